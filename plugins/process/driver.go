@@ -1,0 +1,334 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/shim"
+)
+
+// version is the plugin's version, reported through Info.
+const version = "0.1.0"
+
+// defaultGrace is the grace period when the host does not set one.
+const defaultGrace = 10 * time.Second
+
+// driver runs process tasks as processes on the host, each under a shim.
+type driver struct {
+	log      hclog.Logger
+	events   sdk.Publisher
+	shimPath string
+	baseEnv  []string
+	grace    time.Duration
+
+	mu      sync.Mutex
+	handles map[string]*handle
+}
+
+func newDriver(log hclog.Logger) *driver {
+	return &driver{log: log, handles: map[string]*handle{}}
+}
+
+func (d *driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
+	d.grace = defaultGrace
+	if v := cfg.Settings[sdk.SettingGracePeriod]; v != "" {
+		g, err := time.ParseDuration(v)
+		if err != nil {
+			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: %w", sdk.SettingGracePeriod, v, err)
+		}
+		d.grace = g
+	}
+	path, err := findShim()
+	if err != nil {
+		return sdk.Info{}, err
+	}
+	d.shimPath = path
+	d.baseEnv = baseEnv(os.Environ())
+	d.log.Debug("initialised", "shim", path, "grace", d.grace)
+	return sdk.Info{Name: "process", Version: version, Kinds: []sdk.Kind{sdk.KindProcess}}, nil
+}
+
+// findShim locates the task-executor-shim executable: $TASK_EXECUTOR_SHIM,
+// then beside this plugin or one directory up (bin/plugins/process finds
+// bin/task-executor-shim), then $PATH.
+func findShim() (string, error) {
+	if p := os.Getenv("TASK_EXECUTOR_SHIM"); p != "" {
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		for _, p := range []string{filepath.Join(dir, "task-executor-shim"), filepath.Join(dir, "..", "task-executor-shim")} {
+			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+				return filepath.Clean(p), nil
+			}
+		}
+	}
+	p, err := exec.LookPath("task-executor-shim")
+	if err != nil {
+		return "", fmt.Errorf("while looking for task-executor-shim beside the plugin and in $PATH: %w", err)
+	}
+	return p, nil
+}
+
+// baseEnv is the environment every task starts from: the plugin's own (the
+// host's), minus what go-plugin and the host set for the plugin itself.
+func baseEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "PLUGIN_") || strings.HasPrefix(k, "TASK_EXECUTOR_") || k == sdk.Handshake.MagicCookieKey {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+func (d *driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
+	if spec.Process == nil {
+		return fmt.Errorf("the process runtime runs only process tasks: %w", sdk.ErrInvalidSpec)
+	}
+	for _, e := range spec.Process.Env {
+		if e.ValueFrom != nil {
+			return fmt.Errorf("env %q: valueFrom is not supported for process tasks: %w", e.Name, sdk.ErrInvalidSpec)
+		}
+	}
+	return nil
+}
+
+func (d *driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, error) {
+	if err := d.Validate(ctx, task.Spec); err != nil {
+		return sdk.TaskStatus{}, err
+	}
+	d.mu.Lock()
+	h, ok := d.handles[task.Name]
+	if !ok {
+		h = newHandle(task.Name, shimDir(task))
+		d.handles[task.Name] = h
+	}
+	d.mu.Unlock()
+	if ok {
+		return d.await(ctx, h)
+	}
+
+	// A shim may exist from before a plugin restart that was not followed
+	// by Recover (the host retried a Start whose answer it never got).
+	res, found := d.inspect(ctx, h)
+	var err error
+	if !found {
+		res, err = shim.Launch(ctx, d.shimPath, h.dir, d.shimSpec(task))
+	}
+	if err != nil {
+		d.forget(h)
+		h.fail(err)
+		return sdk.TaskStatus{}, fmt.Errorf("while starting task %q: %w", task.Name, err)
+	}
+	h.settle(res, &d.events, d.log)
+	st, _ := h.snapshot()
+	return st, nil
+}
+
+// await waits until another call has launched or recovered h.
+func (d *driver) await(ctx context.Context, h *handle) (sdk.TaskStatus, error) {
+	select {
+	case <-h.ready:
+		return h.snapshot()
+	case <-ctx.Done():
+		return sdk.TaskStatus{}, ctx.Err()
+	}
+}
+
+func (d *driver) forget(h *handle) {
+	d.mu.Lock()
+	if d.handles[h.name] == h {
+		delete(d.handles, h.name)
+	}
+	d.mu.Unlock()
+}
+
+func (d *driver) shimSpec(task sdk.Task) shim.Spec {
+	p := task.Spec.Process
+	env := append([]string(nil), d.baseEnv...)
+	for _, e := range p.Env {
+		env = append(env, e.Name+"="+e.Value)
+	}
+	spec := shim.Spec{
+		Argv:   p.Argv(),
+		Env:    dedupEnv(env),
+		Dir:    p.WorkingDir,
+		Stdout: filepath.Join(task.Dir, "stdout.log"),
+		Stderr: filepath.Join(task.Dir, "stderr.log"),
+		Grace:  d.grace,
+	}
+	if p.WorkingDir == "" {
+		spec.Dir = task.Dir
+	}
+	if p.TimeoutSeconds != nil && *p.TimeoutSeconds > 0 {
+		spec.Timeout = time.Duration(*p.TimeoutSeconds) * time.Second
+	}
+	return spec
+}
+
+// dedupEnv keeps the last value of each variable, in first-seen order, so
+// a task's env overrides the base environment.
+func dedupEnv(env []string) []string {
+	idx := make(map[string]int, len(env))
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
+func (d *driver) lookup(name string) (*handle, error) {
+	d.mu.Lock()
+	h, ok := d.handles[name]
+	d.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("task %q: %w", name, sdk.ErrNotFound)
+	}
+	return h, nil
+}
+
+func (d *driver) Stop(ctx context.Context, name string, grace time.Duration) error {
+	h, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	if _, err := d.await(ctx, h); err != nil {
+		return err
+	}
+	if h.terminated() {
+		return nil
+	}
+	if err := shim.Stop(h.dir, grace); err != nil && !errors.Is(err, shim.ErrGone) {
+		return fmt.Errorf("while stopping task %q: %w", name, err)
+	}
+	select {
+	case <-h.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("while waiting for task %q to stop: %w", name, ctx.Err())
+	}
+}
+
+func (d *driver) Remove(ctx context.Context, name string) error {
+	h, err := d.lookup(name)
+	if errors.Is(err, sdk.ErrNotFound) {
+		return nil
+	}
+	if !h.terminated() {
+		// Remove is meant for terminated tasks; make sure nothing of the
+		// task outlives its directory.
+		if err := d.Stop(ctx, name, 0); err != nil {
+			return err
+		}
+	}
+	d.forget(h)
+	return nil
+}
+
+func (d *driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) {
+	h, err := d.lookup(name)
+	if err != nil {
+		return sdk.TaskStatus{}, err
+	}
+	select {
+	case <-h.ready:
+		return h.snapshot()
+	default:
+		return sdk.TaskStatus{Name: name, State: sdk.Waiting("ContainerCreating", "the task is being started")}, nil
+	}
+}
+
+func (d *driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
+	d.mu.Lock()
+	hs := make([]*handle, 0, len(d.handles))
+	for _, h := range d.handles {
+		hs = append(hs, h)
+	}
+	d.mu.Unlock()
+	out := make([]sdk.TaskStatus, 0, len(hs))
+	for _, h := range hs {
+		select {
+		case <-h.ready:
+			if st, err := h.snapshot(); err == nil {
+				out = append(out, st)
+			}
+		default:
+		}
+	}
+	return out, nil
+}
+
+func (d *driver) Recover(ctx context.Context, tasks []sdk.Task) ([]sdk.TaskStatus, error) {
+	out := make([]sdk.TaskStatus, 0, len(tasks))
+	for _, task := range tasks {
+		d.mu.Lock()
+		h, ok := d.handles[task.Name]
+		if !ok {
+			h = newHandle(task.Name, shimDir(task))
+			d.handles[task.Name] = h
+		}
+		d.mu.Unlock()
+		if ok {
+			if st, err := d.await(ctx, h); err == nil {
+				out = append(out, st)
+			}
+			continue
+		}
+		res, found := d.inspect(ctx, h)
+		if !found {
+			d.forget(h)
+			h.fail(fmt.Errorf("task %q was never started: %w", task.Name, sdk.ErrNotFound))
+			continue
+		}
+		h.settle(res, &d.events, d.log)
+		st, _ := h.snapshot()
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// inspect looks for a shim launched for h before this plugin process
+// started. found is false if there is none (the task was never started).
+// A shim directory that cannot be read is reported as a task whose end is
+// unknown rather than started again: a second copy of a task is worse than
+// a lost status.
+func (d *driver) inspect(ctx context.Context, h *handle) (res shim.Result, found bool) {
+	res, alive, err := shim.Inspect(ctx, h.dir)
+	switch {
+	case err == nil:
+		d.log.Debug("found a task started earlier", "task", h.name, "shimAlive", alive)
+		return res, true
+	case errors.Is(err, os.ErrNotExist), ctx.Err() != nil:
+		// With ctx gone, Launch fails on the live shim's lock: the caller
+		// gets an error and may retry.
+		return shim.Result{}, false
+	}
+	d.log.Error("cannot read a task's shim state; reporting its end as unknown", "task", h.name, "error", err)
+	return shim.Result{Exit: &shim.Exit{
+		ExitCode: 137, Reason: shim.ReasonStatusUnknown, FinishedAt: time.Now(),
+		Message: fmt.Sprintf("cannot read the task's state: %v", err),
+	}}, true
+}
+
+func (d *driver) Events(ctx context.Context) (<-chan sdk.TaskStatus, error) {
+	return d.events.Subscribe(ctx), nil
+}

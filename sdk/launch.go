@@ -1,0 +1,115 @@
+package sdk
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+)
+
+// Plugin is a running plugin process, seen from the side that launched it
+// (the host, or a conformance test).
+type Plugin struct {
+	// Runtime talks to the plugin.
+	Runtime Runtime
+	client  *plugin.Client
+	// lifeline is the host's end of the pipe the plugin watches; closing it
+	// tells the plugin to exit.
+	lifeline *os.File
+}
+
+// LaunchOptions tune Launch.
+type LaunchOptions struct {
+	// Logger receives go-plugin's log and the plugin's own log lines.
+	Logger hclog.Logger
+	// Env is added to the plugin's environment (which is otherwise the
+	// launching process's).
+	Env []string
+	// StartTimeout bounds the handshake; zero means 10 seconds.
+	StartTimeout time.Duration
+}
+
+// Launch starts the plugin executable at path and connects to it over gRPC
+// with go-plugin's automatic mutual TLS, so that only the launching process
+// can talk to the plugin.
+func Launch(path string, opts LaunchOptions) (*Plugin, error) {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 10 * time.Second
+	}
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("while creating the lifeline pipe: %w", err)
+	}
+	cmd := exec.Command(path)
+	cmd.ExtraFiles = []*os.File{lifeR}
+	// Our variables go last so they win over inherited ones of the same name.
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=3", EnvLifelineFD))
+	cmd.Env = append(cmd.Env, opts.Env...)
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  Handshake,
+		Plugins:          plugin.PluginSet{PluginName: &GRPCPlugin{}},
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		SkipHostEnv:      true, // cmd.Env already holds it
+
+		Logger:       opts.Logger,
+		StartTimeout: opts.StartTimeout,
+		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes))},
+	})
+	p := &Plugin{client: client, lifeline: lifeW}
+	rpc, err := client.Client()
+	lifeR.Close() // the plugin has its copy now
+	if err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("while starting plugin %s: %w", path, err)
+	}
+	raw, err := rpc.Dispense(PluginName)
+	if err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("while dispensing the runtime of plugin %s: %w", path, err)
+	}
+	rt, ok := raw.(Runtime)
+	if !ok {
+		p.Kill()
+		return nil, fmt.Errorf("plugin %s dispensed %T, not a runtime", path, raw)
+	}
+	p.Runtime = rt
+	return p, nil
+}
+
+// Pid returns the plugin's process ID, or 0 if it is unknown.
+func (p *Plugin) Pid() int {
+	if rc := p.client.ReattachConfig(); rc != nil {
+		return rc.Pid
+	}
+	return 0
+}
+
+// Exited reports whether the plugin process has exited.
+func (p *Plugin) Exited() bool { return p.client.Exited() }
+
+// Ping checks that the plugin answers.
+func (p *Plugin) Ping(ctx context.Context) error {
+	rpc, err := p.client.Client()
+	if err != nil {
+		return err
+	}
+	return rpc.Ping()
+}
+
+// Kill stops the plugin: a graceful shutdown request, then a kill. Tasks
+// the plugin started keep running; a new plugin can Recover them.
+func (p *Plugin) Kill() {
+	p.client.Kill()
+	p.lifeline.Close()
+}
