@@ -54,7 +54,7 @@ func (d *driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 	}
 	d.shimPath = path
 	d.baseEnv = baseEnv(os.Environ())
-	d.log.Debug("initialised", "shim", path, "grace", d.grace)
+	d.log.Debug("initialised", "shim", path, "grace", d.grace.String())
 	return sdk.Info{Name: "process", Version: version, Kinds: []sdk.Kind{sdk.KindProcess}}, nil
 }
 

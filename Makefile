@@ -1,0 +1,38 @@
+# task-executor: `make run` starts the host on 127.0.0.1:5758 with its data
+# in ./.data; `make test` runs vet and every test (with the race detector).
+
+GO      ?= go
+BIN     := bin
+# Every directory under plugins/ is a runtime plugin, built into bin/plugins/.
+PLUGINS := $(patsubst plugins/%/,%,$(sort $(dir $(wildcard plugins/*/main.go))))
+
+.PHONY: build run test bench proto clean
+
+build:
+	$(GO) build -o $(BIN)/task-executor ./cmd/task-executor
+	$(GO) build -o $(BIN)/task-executor-shim ./cmd/task-executor-shim
+	@mkdir -p $(BIN)/plugins
+	$(foreach p,$(PLUGINS),$(GO) build -o $(BIN)/plugins/$(p) ./plugins/$(p) &&) true
+
+run: build
+	$(BIN)/task-executor --listen-addr 127.0.0.1:5758 --data-dir ./.data --plugin-dir $(BIN)/plugins
+
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Benchmarks of the real binaries over HTTP; see docs/benchmarks.md.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 500x -count 1 ./host/e2e/
+
+# Regenerates the gRPC code from sdk/runtimepb/runtime.proto. Needs protoc
+# (Debian: protobuf-compiler) and the Go plugins, installed on demand.
+proto:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --proto_path=sdk/runtimepb \
+		--go_out=paths=source_relative:sdk/runtimepb \
+		--go-grpc_out=paths=source_relative:sdk/runtimepb sdk/runtimepb/runtime.proto
+
+clean:
+	rm -rf $(BIN) .data

@@ -1,0 +1,148 @@
+// Command task-executor is the task-executor host: it serves the HTTP API,
+// keeps task state in the data directory and runs tasks through its runtime
+// plugins. Every flag can also be set through the environment variable
+// named beside it; a flag given on the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/opensandbox/task-executor/host"
+)
+
+func main() {
+	cfg, logFormat, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "task-executor:", err)
+		os.Exit(2)
+	}
+	log := hclog.New(&hclog.LoggerOptions{
+		Name:       "task-executor",
+		Level:      hclog.LevelFromString(cfg.LogLevel),
+		JSONFormat: logFormat == "json",
+		Output:     os.Stderr,
+	})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := host.Run(ctx, cfg, log); err != nil {
+		log.Error("exiting", "error", err)
+		os.Exit(1)
+	}
+}
+
+// envOf maps each flag to its environment variable.
+var envOf = map[string]string{
+	"data-dir":              "DATA_DIR",
+	"listen-addr":           "LISTEN_ADDR",
+	"enable-sidecar-mode":   "ENABLE_SIDECAR_MODE",
+	"main-container-name":   "MAIN_CONTAINER_NAME",
+	"enable-container-mode": "ENABLE_CONTAINER_MODE",
+	"cri-socket":            "CRI_SOCKET",
+	"reconcile-interval":    "RECONCILE_INTERVAL",
+	"plugin-dir":            "PLUGIN_DIR",
+	"log-level":             "LOG_LEVEL",
+	"log-format":            "LOG_FORMAT",
+	"max-concurrent-tasks":  "MAX_CONCURRENT_TASKS",
+	"grace-period":          "GRACE_PERIOD",
+}
+
+func parseFlags(args []string) (host.Config, string, error) {
+	var cfg host.Config
+	var logFormat string
+	fs := flag.NewFlagSet("task-executor", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/sandbox/tasks", "directory for task state and output")
+	fs.StringVar(&cfg.ListenAddr, "listen-addr", "0.0.0.0:5758", "address of the HTTP API")
+	fs.BoolVar(&cfg.SidecarMode, "enable-sidecar-mode", false, "run process tasks inside the main container (nsenter runtime)")
+	fs.StringVar(&cfg.MainContainerName, "main-container-name", "main", "sidecar mode: the main container, found by SANDBOX_MAIN_CONTAINER=<name> in a process's environment")
+	fs.BoolVar(&cfg.ContainerMode, "enable-container-mode", false, "accept container tasks (cri runtime)")
+	fs.StringVar(&cfg.CRISocket, "cri-socket", "/var/run/containerd/containerd.sock", "CRI runtime socket for container tasks")
+	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 500*time.Millisecond, "how often to compare the task table with the runtimes (a safety net; status changes are pushed)")
+	fs.StringVar(&cfg.PluginDir, "plugin-dir", defaultPluginDir(), "directory of runtime plugin executables")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent-tasks", 0, "tasks allowed to run at once (0: no cap); the others wait as Queued")
+	fs.DurationVar(&cfg.GracePeriod, "grace-period", 10*time.Second, "default time between SIGTERM and SIGKILL when a task is stopped")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fmt.Fprintln(os.Stdout, "Usage: task-executor [flags]  (each flag also reads the environment variable in brackets)")
+			fs.VisitAll(func(f *flag.Flag) {
+				fmt.Fprintf(os.Stdout, "  --%s [%s] (default %q)\n      %s\n", f.Name, envOf[f.Name], f.DefValue, f.Usage)
+			})
+		}
+		return cfg, "", err
+	}
+	if fs.NArg() > 0 {
+		return cfg, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envOf[f.Name]
+		v, ok := os.LookupEnv(env)
+		if set[f.Name] || !ok || envErr != nil {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			envErr = fmt.Errorf("invalid value %q for %s: %v", v, env, err)
+		}
+	})
+	if envErr != nil {
+		return cfg, "", envErr
+	}
+	return cfg, logFormat, check(cfg, logFormat)
+}
+
+func check(cfg host.Config, logFormat string) error {
+	switch strings.ToLower(cfg.LogLevel) {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("invalid --log-level %q: want trace, debug, info, warn or error", cfg.LogLevel)
+	}
+	if logFormat != "text" && logFormat != "json" {
+		return fmt.Errorf("invalid --log-format %q: want text or json", logFormat)
+	}
+	if _, _, err := net.SplitHostPort(cfg.ListenAddr); err != nil {
+		return fmt.Errorf("invalid --listen-addr %q: %v", cfg.ListenAddr, err)
+	}
+	if cfg.ReconcileInterval <= 0 {
+		return fmt.Errorf("invalid --reconcile-interval %s: must be positive", cfg.ReconcileInterval)
+	}
+	if cfg.MaxConcurrent < 0 {
+		return fmt.Errorf("invalid --max-concurrent-tasks %d: must be 0 (no cap) or more", cfg.MaxConcurrent)
+	}
+	if cfg.GracePeriod < 0 {
+		return fmt.Errorf("invalid --grace-period %s: must not be negative", cfg.GracePeriod)
+	}
+	if cfg.DataDir == "" {
+		return errors.New("--data-dir must not be empty")
+	}
+	return nil
+}
+
+// defaultPluginDir is plugins/ beside the executable.
+func defaultPluginDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "plugins"
+	}
+	return filepath.Join(filepath.Dir(exe), "plugins")
+}

@@ -1,0 +1,240 @@
+// Package api serves the host's HTTP API: the task endpoints of the users'
+// documentation and /health. Client mistakes get a 4xx with a JSON
+// {"code", "message"} body and change nothing.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/store"
+)
+
+// MaxBodyBytes bounds a request body.
+const MaxBodyBytes = 1 << 20
+
+// Tasks is what the API needs of the controller.
+type Tasks interface {
+	Create(ctx context.Context, t reconcile.NewTask) (reconcile.Task, error)
+	Delete(ctx context.Context, name string, grace *time.Duration) error
+	Sync(ctx context.Context, desired []reconcile.NewTask) ([]reconcile.Task, error)
+	Get(name string) (reconcile.Task, bool)
+	List() []reconcile.Task
+}
+
+// Handler returns the API's HTTP handler.
+func Handler(tasks Tasks, log hclog.Logger) http.Handler {
+	s := &server{tasks: tasks, log: log}
+	r := httprouter.New()
+	r.POST("/tasks", s.create)
+	r.GET("/tasks/:name", s.get)
+	r.DELETE("/tasks/:name", s.delete)
+	r.POST("/setTasks", s.setTasks)
+	r.GET("/getTasks", s.list)
+	r.GET("/health", s.health)
+	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", req.Method, req.URL.Path))
+	})
+	r.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s", req.Method, req.URL.Path))
+	})
+	r.PanicHandler = func(w http.ResponseWriter, req *http.Request, v interface{}) {
+		log.Error("panic while serving a request", "method", req.Method, "path", req.URL.Path, "panic", v)
+		writeError(w, http.StatusInternalServerError, "internal error")
+	}
+	return r
+}
+
+type server struct {
+	tasks Tasks
+	log   hclog.Logger
+}
+
+func (s *server) health(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "healthy"})
+}
+
+func (s *server) get(w http.ResponseWriter, _ *http.Request, ps httprouter.Params) {
+	name := ps.ByName("name")
+	t, ok := s.tasks.Get(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("task %q not found", name))
+		return
+	}
+	writeJSON(w, http.StatusOK, toAPI(t))
+}
+
+func (s *server) list(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
+	writeJSON(w, http.StatusOK, listToAPI(s.tasks.List()))
+}
+
+func (s *server) create(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
+	var in taskIn
+	if status, err := decode(w, req, &in); err != nil {
+		writeError(w, status, err.Error())
+		return
+	}
+	if err := validate(in); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	t, err := s.tasks.Create(req.Context(), reconcile.NewTask{Name: in.Name, Spec: *in.Spec})
+	if err != nil {
+		s.fail(w, req, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toAPI(t))
+}
+
+func (s *server) delete(w http.ResponseWriter, req *http.Request, ps httprouter.Params) {
+	var grace *time.Duration
+	if v := req.URL.Query().Get("gracePeriodSeconds"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 || n > 24*3600 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("gracePeriodSeconds %q must be a whole number of seconds from 0 to 86400", v))
+			return
+		}
+		g := time.Duration(n) * time.Second
+		grace = &g
+	}
+	if err := s.tasks.Delete(req.Context(), ps.ByName("name"), grace); err != nil {
+		s.fail(w, req, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *server) setTasks(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
+	var raw json.RawMessage
+	if status, err := decode(w, req, &raw); err != nil {
+		writeError(w, status, err.Error())
+		return
+	}
+	if b := bytes.TrimSpace(raw); len(b) == 0 || b[0] != '[' {
+		writeError(w, http.StatusBadRequest, "the body must be a JSON array of tasks")
+		return
+	}
+	var in []taskIn
+	if err := strictUnmarshal(raw, &in); err != nil {
+		writeError(w, http.StatusBadRequest, describeJSONError(err))
+		return
+	}
+	desired := make([]reconcile.NewTask, 0, len(in))
+	seen := make(map[string]bool, len(in))
+	for i, t := range in {
+		if err := validate(t); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("task [%d]: %v", i, err))
+			return
+		}
+		if seen[t.Name] {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("task name %q appears more than once", t.Name))
+			return
+		}
+		seen[t.Name] = true
+		desired = append(desired, reconcile.NewTask{Name: t.Name, Spec: *t.Spec})
+	}
+	ts, err := s.tasks.Sync(req.Context(), desired)
+	if err != nil {
+		s.fail(w, req, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, listToAPI(ts))
+}
+
+// fail answers with the status code an error from the controller calls for.
+func (s *server) fail(w http.ResponseWriter, req *http.Request, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, reconcile.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, reconcile.ErrExists), errors.Is(err, reconcile.ErrConflict):
+		code = http.StatusConflict
+	case errors.Is(err, reconcile.ErrInvalid):
+		code = http.StatusBadRequest
+	case errors.Is(err, reconcile.ErrTooMany):
+		code = http.StatusTooManyRequests
+	case errors.Is(err, store.ErrNoSpace):
+		code = http.StatusInsufficientStorage
+	case errors.Is(err, reconcile.ErrUnavailable), errors.Is(err, store.ErrReadOnly):
+		code = http.StatusServiceUnavailable
+	}
+	if code >= 500 {
+		s.log.Error("request failed", "method", req.Method, "path", req.URL.Path, "code", code, "error", err)
+	}
+	writeError(w, code, err.Error())
+}
+
+// decode reads a JSON body strictly into v: one value, no unknown fields,
+// at most MaxBodyBytes.
+func decode(w http.ResponseWriter, req *http.Request, v any) (int, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return http.StatusRequestEntityTooLarge, fmt.Errorf("the request body is larger than %d bytes", MaxBodyBytes)
+		}
+		return http.StatusBadRequest, fmt.Errorf("while reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return http.StatusBadRequest, errors.New("the request body is empty")
+	}
+	if err := strictUnmarshal(body, v); err != nil {
+		return http.StatusBadRequest, errors.New(describeJSONError(err))
+	}
+	return 0, nil
+}
+
+func strictUnmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("unexpected data after the JSON value")
+	}
+	return nil
+}
+
+func describeJSONError(err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("malformed JSON at byte %d: %v", syn.Offset, err)
+	case errors.As(err, &typ):
+		field := typ.Field
+		if field == "" {
+			field = "the body"
+		}
+		return fmt.Sprintf("%s: expected %s, got JSON %s", field, typ.Type, typ.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "malformed JSON: unexpected end of input"
+	}
+	return "invalid JSON: " + err.Error()
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"code":500,"message":"cannot encode the response"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, Error{Code: code, Message: msg})
+}

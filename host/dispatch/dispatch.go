@@ -1,0 +1,321 @@
+// Package dispatch finds the runtime plugins, launches each with go-plugin,
+// keeps it running (a plugin that dies is started again, and its runtime's
+// tasks are handed to the new process to recover), and forwards the status
+// changes plugins push to an Observer (the controller).
+//
+// Plugins are not reattached after a host restart: they exit with the host
+// (see sdk.Serve) and are started afresh, which is what lets the host use
+// go-plugin's AutoMTLS. Nothing is lost by it: a runtime keeps what it needs
+// to find its tasks outside the plugin process.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// Observer receives what plugins report.
+type Observer interface {
+	// RuntimeUp: the runtime's plugin has (re)started and is ready.
+	RuntimeUp(name string, rt sdk.Runtime)
+	// RuntimeDown: the runtime's plugin has gone.
+	RuntimeDown(name string)
+	// Observe: a task's status changed.
+	Observe(runtime string, st sdk.TaskStatus)
+}
+
+// Config tells the manager where plugins are and what to tell them.
+type Config struct {
+	PluginDir string
+	DataDir   string
+	Settings  map[string]string
+	LogLevel  string
+}
+
+// RuntimeStatus describes an installed runtime for operators.
+type RuntimeStatus struct {
+	sdk.Info
+	Path     string
+	Healthy  bool
+	Restarts int
+	// LastError is why the plugin last failed, if it did.
+	LastError string
+}
+
+// Manager runs the plugins.
+type Manager struct {
+	cfg Config
+	log hclog.Logger
+	obs Observer
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	sups      []*supervisor
+	byName    map[string]*supervisor
+	launching int
+}
+
+// New returns a manager; Start launches the plugins.
+func New(cfg Config, log hclog.Logger) *Manager {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{cfg: cfg, log: log, ctx: ctx, cancel: cancel, byName: map[string]*supervisor{}}
+}
+
+// Start finds the plugin executables and launches them, reporting to obs.
+// It returns once every plugin has been tried once, so that the set of
+// installed runtimes is known; plugins that failed keep being retried.
+func (m *Manager) Start(obs Observer) error {
+	m.obs = obs
+	paths, err := discover(m.cfg.PluginDir)
+	if err != nil {
+		return err
+	}
+	if len(paths) == 0 {
+		m.log.Warn("no runtime plugins found; every task will be refused", "dir", m.cfg.PluginDir)
+	}
+	var first sync.WaitGroup
+	for _, p := range paths {
+		s := &supervisor{m: m, path: p, log: m.log.Named(filepath.Base(p))}
+		m.sups = append(m.sups, s)
+		first.Add(1)
+		m.wg.Add(1)
+		go s.run(first.Done)
+	}
+	first.Wait()
+	return nil
+}
+
+// discover lists the executable regular files in dir. Everything in the
+// plugin directory is taken for a plugin: keep other files elsewhere.
+func discover(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("while reading the plugin directory %s: %w", dir, err)
+	}
+	var out []string
+	for _, e := range entries {
+		if e.Name()[0] == '.' {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		fi, err := os.Stat(p) // follows links on purpose
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+			continue
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, abs)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Runtime returns the named runtime if its plugin is up.
+func (m *Manager) Runtime(name string) (sdk.Runtime, bool) {
+	m.mu.Lock()
+	s := m.byName[name]
+	m.mu.Unlock()
+	if s == nil {
+		return nil, false
+	}
+	return s.current()
+}
+
+// Installed lists the runtimes that were found, whether up or not.
+func (m *Manager) Installed() []sdk.Info {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]sdk.Info, 0, len(m.byName))
+	for _, s := range m.byName {
+		s.mu.Lock()
+		out = append(out, s.info)
+		s.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Status describes every plugin found.
+func (m *Manager) Status() []RuntimeStatus {
+	m.mu.Lock()
+	sups := append([]*supervisor(nil), m.sups...)
+	m.mu.Unlock()
+	out := make([]RuntimeStatus, 0, len(sups))
+	for _, s := range sups {
+		s.mu.Lock()
+		st := RuntimeStatus{Info: s.info, Path: s.path, Healthy: s.plugin != nil, Restarts: s.restarts}
+		if s.lastErr != nil {
+			st.LastError = s.lastErr.Error()
+		}
+		s.mu.Unlock()
+		out = append(out, st)
+	}
+	return out
+}
+
+// isPlugin reports whether pid is one of the plugin processes, or whether
+// that cannot be told because a plugin is being launched right now.
+func (m *Manager) isPlugin(pid int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.launching > 0 {
+		return true
+	}
+	for _, s := range m.sups {
+		if s.pid() == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// Close stops every plugin. Tasks keep running.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// supervisor keeps one plugin executable running.
+type supervisor struct {
+	m    *Manager
+	path string
+	log  hclog.Logger
+
+	mu       sync.Mutex
+	info     sdk.Info
+	plugin   *sdk.Plugin
+	restarts int
+	lastErr  error
+}
+
+func (s *supervisor) current() (sdk.Runtime, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.plugin == nil {
+		return nil, false
+	}
+	return s.plugin.Runtime, true
+}
+
+func (s *supervisor) pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.plugin == nil {
+		return 0
+	}
+	return s.plugin.Pid()
+}
+
+// errFatal marks a failure that restarting will not mend.
+var errFatal = errors.New("not restarting the plugin")
+
+func (s *supervisor) run(firstDone func()) {
+	defer s.m.wg.Done()
+	var once sync.Once
+	ready := func() { once.Do(firstDone) }
+	defer ready()
+	backoff := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		began := time.Now()
+		err := s.serve(ready)
+		ready()
+		if s.m.ctx.Err() != nil {
+			return
+		}
+		s.mu.Lock()
+		s.lastErr = err
+		s.restarts++
+		s.mu.Unlock()
+		if errors.Is(err, errFatal) {
+			s.log.Error("plugin disabled", "path", s.path, "error", err)
+			return
+		}
+		if time.Since(began) > time.Minute {
+			backoff = 100 * time.Millisecond
+		}
+		s.log.Error("plugin stopped; restarting", "path", s.path, "error", err, "in", backoff)
+		select {
+		case <-s.m.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// serve launches the plugin once and forwards its events until it goes.
+func (s *supervisor) serve(ready func()) error {
+	m := s.m
+	m.mu.Lock()
+	m.launching++
+	m.mu.Unlock()
+	p, err := sdk.Launch(s.path, sdk.LaunchOptions{
+		Logger: s.log,
+		Env:    []string{sdk.EnvLogLevel + "=" + m.cfg.LogLevel},
+	})
+	m.mu.Lock()
+	m.launching--
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	defer p.Kill()
+
+	ctx, cancel := context.WithTimeout(m.ctx, 30*time.Second)
+	info, err := p.Runtime.Init(ctx, sdk.Config{DataDir: m.cfg.DataDir, Settings: m.cfg.Settings})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("while initialising the plugin: %w", err)
+	}
+	if info.Name == "" {
+		return fmt.Errorf("the plugin reports no runtime name: %w", errFatal)
+	}
+	m.mu.Lock()
+	if other := m.byName[info.Name]; other != nil && other != s {
+		m.mu.Unlock()
+		return fmt.Errorf("runtime %q is provided by %s already: %w", info.Name, other.path, errFatal)
+	}
+	m.byName[info.Name] = s
+	m.mu.Unlock()
+
+	events, err := p.Runtime.Events(m.ctx)
+	if err != nil {
+		return fmt.Errorf("while subscribing to the plugin's events: %w", err)
+	}
+	s.mu.Lock()
+	s.info = info
+	s.plugin = p
+	s.lastErr = nil
+	s.mu.Unlock()
+	s.log.Info("runtime plugin up", "runtime", info.Name, "version", info.Version, "pid", p.Pid())
+	ready()
+	// Recovery runs beside the event stream: events that arrive meanwhile
+	// are applied as they come.
+	go m.obs.RuntimeUp(info.Name, p.Runtime)
+	for st := range events {
+		m.obs.Observe(info.Name, st)
+	}
+	s.mu.Lock()
+	s.plugin = nil
+	s.mu.Unlock()
+	m.obs.RuntimeDown(info.Name)
+	if m.ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("the plugin's event stream ended (plugin exited?)")
+}

@@ -1,0 +1,50 @@
+package e2e
+
+import (
+	"fmt"
+	"os/exec"
+	"sort"
+	"testing"
+	"time"
+)
+
+// BenchmarkTrueTask measures, over real HTTP against the real binaries,
+// the time from POST /tasks of a /bin/true task until GET /tasks/{name}
+// first shows it terminated; and, in the same run, the floor: a bare
+// fork+exec+wait of /bin/true. It reports the p50 and p99 of both.
+func BenchmarkTrueTask(b *testing.B) {
+	h := startHost(b)
+	floor := make([]time.Duration, 0, b.N)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		began := time.Now()
+		if err := exec.Command("/bin/true").Run(); err != nil {
+			b.Fatal(err)
+		}
+		floor = append(floor, time.Since(began))
+
+		name := fmt.Sprintf("true-%d", i)
+		began = time.Now()
+		h.mustDo(201, "POST", "/tasks", processTask(name, "/bin/true"))
+		for {
+			if t, ok := h.get(name); ok && t.Status.State.Terminated != nil {
+				if t.Status.State.Terminated.ExitCode != 0 {
+					b.Fatalf("task %s: %+v", name, t.Status.State.Terminated)
+				}
+				break
+			}
+		}
+		lat = append(lat, time.Since(began))
+	}
+	b.StopTimer()
+	report := func(unit string, ds []time.Duration) {
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		b.ReportMetric(ms(ds[len(ds)/2]), unit+"-p50-ms")
+		b.ReportMetric(ms(ds[len(ds)*99/100]), unit+"-p99-ms")
+	}
+	report("visible", lat)
+	report("floor", floor)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

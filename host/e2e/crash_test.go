@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// crashTasks creates n tasks that end at staggered times with varied exit
+// codes, each recording every run in runs/, and waits until all run.
+func crashTasks(t *testing.T, h *hostProc, n int) (want map[string]int32, runs string) {
+	t.Helper()
+	runs = t.TempDir()
+	want = map[string]int32{}
+	var tasks []any
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("crash-%02d", i)
+		code := int32(i % 7)
+		// Durations from 0.6s to 5.5s: some tasks end while the host (or
+		// plugin) is down, some after it is back.
+		delay := 0.6 + float64(i%50)*0.1
+		want[name] = code
+		tasks = append(tasks, shTask(name, fmt.Sprintf("echo x >> %s/%s; sleep %.1f; exit %d", runs, name, delay, code)))
+	}
+	h.mustDo(200, "POST", "/setTasks", tasks)
+	eventually(t, 30*time.Second, func() bool {
+		for _, tk := range h.list() {
+			if tk.Status.State.Running == nil && tk.Status.State.Terminated == nil {
+				return false
+			}
+		}
+		return true
+	}, func() string { return "not all tasks started" })
+	return want, runs
+}
+
+// exitsRecorded counts the tasks whose shim has recorded an exit.
+func exitsRecorded(dataDir string) int {
+	m, _ := filepath.Glob(filepath.Join(dataDir, "*", "shim", "exit.json"))
+	return len(m)
+}
+
+// checkOutcome waits until every task has terminated and checks its exit
+// code, and that each ran exactly once.
+func checkOutcome(t *testing.T, h *hostProc, want map[string]int32, runs string) {
+	t.Helper()
+	eventually(t, 60*time.Second, func() bool {
+		ts := h.list()
+		if len(ts) != len(want) {
+			t.Fatalf("%d tasks listed after the crash, want %d", len(ts), len(want))
+		}
+		for _, tk := range ts {
+			if tk.Status.State.Terminated == nil {
+				return false
+			}
+		}
+		return true
+	}, func() string { return "not every task terminated after the crash" })
+	for _, tk := range h.list() {
+		term := tk.Status.State.Terminated
+		code, ok := want[tk.Name]
+		wantReason := "Failed"
+		if code == 0 {
+			wantReason = "Succeeded"
+		}
+		if !ok || term.ExitCode != code || term.Reason != wantReason {
+			t.Errorf("task %s: exit %d %s (%s), want %d %s", tk.Name, term.ExitCode, term.Reason, term.Message, code, wantReason)
+		}
+		b, err := os.ReadFile(filepath.Join(runs, tk.Name))
+		if err != nil || strings.Count(string(b), "x") != 1 {
+			t.Errorf("task %s ran %d times, want once (%v)", tk.Name, strings.Count(string(b), "x"), err)
+		}
+	}
+}
+
+func TestHostKilledMidFlight(t *testing.T) {
+	h := startHost(t)
+	want, runs := crashTasks(t, h, 50)
+	plugin := h.pluginPID()
+	h.kill9()
+	// The plugin follows its host; the tasks do not.
+	eventually(t, 10*time.Second, func() bool { return !alive(plugin) },
+		func() string { return "the plugin outlived its killed host" })
+	eventually(t, 30*time.Second, func() bool { return exitsRecorded(h.dataDir) >= 15 },
+		func() string { return "tasks did not finish while the host was down" })
+	down := exitsRecorded(h.dataDir)
+	if down == len(want) {
+		t.Fatal("every task finished while the host was down; none was in flight at the restart")
+	}
+	t.Logf("%d of %d tasks finished while the host was down", down, len(want))
+	h.restart()
+	checkOutcome(t, h, want, runs)
+}
+
+func TestPluginKilledMidFlight(t *testing.T) {
+	h := &hostProc{t: t, dataDir: filepath.Join(t.TempDir(), "data")}
+	h.privatePlugins()
+	h.start()
+	t.Cleanup(h.cleanup)
+	want, runs := crashTasks(t, h, 50)
+	plugin := h.pluginPID()
+	// Take the plugin away so the host cannot restart it at once: tasks
+	// must end while no plugin watches them.
+	exe := filepath.Join(h.pluginDir, "process")
+	if err := os.Rename(exe, exe+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() bool { return exitsRecorded(h.dataDir) >= 15 },
+		func() string { return "tasks did not finish while the plugin was down" })
+	down := exitsRecorded(h.dataDir)
+	if down == len(want) {
+		t.Fatal("every task finished while the plugin was down; none was in flight at its restart")
+	}
+	t.Logf("%d of %d tasks finished while the plugin was down", down, len(want))
+	if err := os.Rename(exe+".away", exe); err != nil {
+		t.Fatal(err)
+	}
+	checkOutcome(t, h, want, runs)
+	if h.pluginPID() == plugin {
+		t.Fatal("the plugin was not restarted")
+	}
+}

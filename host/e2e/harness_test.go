@@ -1,0 +1,412 @@
+// Package e2e drives the built task-executor binaries (host, shim, process
+// plugin) over real HTTP, with real processes.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opensandbox/task-executor/host/api"
+)
+
+// binDir holds the binaries built once for the whole package, laid out as
+// `make build` lays them out.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "task-executor-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = filepath.Join(dir, "bin")
+	if err := build(binDir); err != nil {
+		fmt.Fprintln(os.Stderr, "building the binaries:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func build(bin string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	for _, b := range []struct{ out, pkg string }{
+		{"task-executor", "./cmd/task-executor"},
+		{"task-executor-shim", "./cmd/task-executor-shim"},
+		{"plugins/process", "./plugins/process"},
+	} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b.out), b.pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+		}
+	}
+	return nil
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// hostProc is a running task-executor host.
+type hostProc struct {
+	t         testing.TB
+	dataDir   string
+	pluginDir string
+	args      []string
+	cmd     *exec.Cmd
+	url     string
+	logs    *syncBuffer
+	exited  chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startHost starts a host on a free port with a new data directory.
+func startHost(t testing.TB, extra ...string) *hostProc {
+	t.Helper()
+	h := &hostProc{t: t, dataDir: filepath.Join(t.TempDir(), "data"), pluginDir: filepath.Join(binDir, "plugins"), args: extra}
+	h.start()
+	t.Cleanup(h.cleanup)
+	return h
+}
+
+// start launches the host process on h's data directory and waits until it
+// serves.
+func (h *hostProc) start() {
+	t := h.t
+	t.Helper()
+	args := append([]string{
+		"--listen-addr", "127.0.0.1:0", "--data-dir", h.dataDir,
+		"--plugin-dir", h.pluginDir,
+		"--log-format", "json", "--log-level", "debug", "--grace-period", "2s",
+	}, h.args...)
+	cmd := exec.Command(filepath.Join(binDir, "task-executor"), args...)
+	// Plugins copied elsewhere (privatePlugins) still find the shim.
+	cmd.Env = append(os.Environ(), "TASK_EXECUTOR_SHIM="+filepath.Join(binDir, "task-executor-shim"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.logs = &syncBuffer{}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h.cmd = cmd
+	h.exited = make(chan struct{})
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			h.logs.Write(append(append([]byte(nil), line...), '\n'))
+			var m map[string]any
+			if json.Unmarshal(line, &m) == nil && m["@message"] == "serving" {
+				if a, ok := m["addr"].(string); ok {
+					addr <- a
+				}
+			}
+		}
+		_ = cmd.Wait()
+		close(h.exited)
+	}()
+	select {
+	case a := <-addr:
+		h.url = "http://" + a
+	case <-h.exited:
+		t.Fatalf("the host exited before serving:\n%s", h.logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the host did not start serving in time:\n%s", h.logs.String())
+	}
+}
+
+// kill9 kills the host with SIGKILL and waits until it is gone.
+func (h *hostProc) kill9() {
+	h.t.Helper()
+	_ = h.cmd.Process.Signal(syscall.SIGKILL)
+	<-h.exited
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (h *hostProc) stop() {
+	h.t.Helper()
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.exited:
+	case <-time.After(30 * time.Second):
+		h.t.Fatalf("the host did not exit after SIGTERM:\n%s", h.logs.String())
+	}
+}
+
+// restart starts a new host process on the same data directory.
+func (h *hostProc) restart() {
+	h.t.Helper()
+	h.start()
+}
+
+// cleanup ends the host and every process its tasks left, by PID.
+func (h *hostProc) cleanup() {
+	if h.cmd != nil && h.cmd.ProcessState == nil {
+		_ = h.cmd.Process.Signal(syscall.SIGKILL)
+		<-h.exited
+	}
+	killTasks(h.dataDir)
+	if h.t.Failed() {
+		h.t.Logf("host log:\n%s", h.logs.String())
+	}
+}
+
+// shimState is the part of a shim's state.json the tests use.
+type shimState struct {
+	ShimPID   int    `json:"shimPid"`
+	ShimStart uint64 `json:"shimStart"`
+	PID       int    `json:"pid"`
+	PIDStart  uint64 `json:"pidStart"`
+}
+
+func readShimState(dataDir, name string) (shimState, error) {
+	var st shimState
+	b, err := os.ReadFile(filepath.Join(dataDir, name, "shim", "state.json"))
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// killTasks kills, by PID, the shim and the process group of every task in
+// dataDir whose recorded identity still matches.
+func killTasks(dataDir string) {
+	entries, _ := os.ReadDir(dataDir)
+	for _, e := range entries {
+		st, err := readShimState(dataDir, e.Name())
+		if err != nil {
+			continue
+		}
+		if procStart(st.PID) == st.PIDStart {
+			_ = syscall.Kill(-st.PID, syscall.SIGKILL)
+		}
+		if procStart(st.ShimPID) == st.ShimStart {
+			_ = syscall.Kill(st.ShimPID, syscall.SIGKILL)
+		}
+	}
+}
+
+// procStart returns a process's start time (0 if it does not exist).
+func procStart(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	v, _ := strconv.ParseUint(fields[19], 10, 64)
+	return v
+}
+
+// procPPID returns a process's parent PID (0 if it does not exist).
+func procPPID(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	v, _ := strconv.Atoi(fields[1])
+	return v
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	return s[strings.LastIndexByte(s, ')')+2] != 'Z'
+}
+
+// children returns the child PIDs of pid.
+func children(pid int) []int {
+	paths, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, p := range paths {
+		b, _ := os.ReadFile(p)
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// privatePlugins gives h a plugin directory of its own, so the test may
+// take a plugin away; it takes effect at the next (re)start.
+func (h *hostProc) privatePlugins() {
+	h.t.Helper()
+	dir := filepath.Join(h.t.TempDir(), "plugins")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		h.t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(binDir, "plugins", "process"))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "process"), b, 0o755)
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.pluginDir = dir
+}
+
+// pluginPID returns the PID of the host's process plugin.
+func (h *hostProc) pluginPID() int {
+	h.t.Helper()
+	want := filepath.Join(h.pluginDir, "process")
+	for _, c := range children(h.cmd.Process.Pid) {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); err == nil && exe == want {
+			return c
+		}
+	}
+	h.t.Fatalf("no process plugin among the host's children")
+	return 0
+}
+
+// do sends a request and returns the status code and body.
+func (h *hostProc) do(method, path string, body any) (int, []byte) {
+	h.t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	case []byte:
+		r = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		r = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, h.url+path, r)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return resp.StatusCode, out
+}
+
+// mustDo is do that fails the test unless the status is want.
+func (h *hostProc) mustDo(want int, method, path string, body any) []byte {
+	h.t.Helper()
+	code, out := h.do(method, path, body)
+	if code != want {
+		h.t.Fatalf("%s %s: got %d, want %d: %s", method, path, code, want, out)
+	}
+	return out
+}
+
+func (h *hostProc) get(name string) (api.Task, bool) {
+	h.t.Helper()
+	code, out := h.do("GET", "/tasks/"+name, nil)
+	if code == http.StatusNotFound {
+		return api.Task{}, false
+	}
+	if code != http.StatusOK {
+		h.t.Fatalf("GET /tasks/%s: %d %s", name, code, out)
+	}
+	var t api.Task
+	if err := json.Unmarshal(out, &t); err != nil {
+		h.t.Fatal(err)
+	}
+	return t, true
+}
+
+func (h *hostProc) list() []api.Task {
+	h.t.Helper()
+	var ts []api.Task
+	if err := json.Unmarshal(h.mustDo(200, "GET", "/getTasks", nil), &ts); err != nil {
+		h.t.Fatal(err)
+	}
+	return ts
+}
+
+// waitTerminated polls until the task has terminated and returns it.
+func (h *hostProc) waitTerminated(name string, within time.Duration) api.Task {
+	h.t.Helper()
+	var last api.Task
+	eventually(h.t, within, func() bool {
+		t, ok := h.get(name)
+		last = t
+		return ok && t.Status.State.Terminated != nil
+	}, func() string { return fmt.Sprintf("task %s never terminated; last: %+v", name, last.Status.State) })
+	return last
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, within time.Duration, cond func() bool, msg func() string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, msg())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// processTask builds a process task.
+func processTask(name string, command ...string) map[string]any {
+	return map[string]any{"name": name, "spec": map[string]any{"process": map[string]any{"command": command}}}
+}
+
+// shTask runs a shell script.
+func shTask(name, script string) map[string]any {
+	return processTask(name, "sh", "-c", script)
+}

@@ -1,0 +1,956 @@
+// Package reconcile holds the host's table of tasks and moves every task
+// through its life: it hands new tasks to their runtime (in creation order,
+// within --max-concurrent-tasks), applies the status changes runtimes push,
+// carries out deletions, re-adopts tasks after a restart of the host or of a
+// plugin, and periodically compares its view with each runtime's as a
+// safety net for a lost event.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/opensandbox/task-executor/host/store"
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// Runtimes is how the controller reaches runtime plugins (package dispatch).
+type Runtimes interface {
+	// Runtime returns the named runtime if its plugin is up.
+	Runtime(name string) (sdk.Runtime, bool)
+	// Installed lists every runtime found, up or not.
+	Installed() []sdk.Info
+}
+
+// Config tunes the controller.
+type Config struct {
+	// SidecarMode runs process specs on the nsenter runtime.
+	SidecarMode bool
+	// ContainerMode allows container specs.
+	ContainerMode bool
+	// MaxConcurrent caps the tasks running at once; 0 means no cap.
+	MaxConcurrent int
+	// GracePeriod is the default grace period of a deletion.
+	GracePeriod time.Duration
+	// ReconcileInterval is how often the controller compares its view with
+	// the runtimes' and retries what failed.
+	ReconcileInterval time.Duration
+}
+
+// Task is a task as the API shows it.
+type Task struct {
+	Name                string
+	Spec                sdk.TaskSpec
+	Runtime             string
+	CreatedAt           time.Time
+	DeletionTimestamp   *time.Time
+	DeletionGracePeriod time.Duration
+	State               corev1.ContainerState
+}
+
+// NewTask is a task a client asks for.
+type NewTask struct {
+	Name string
+	Spec sdk.TaskSpec
+}
+
+// phase is where a task is in its hand-over to the runtime.
+type phase int
+
+const (
+	// phaseUnknown: loaded from disk, or a Start whose outcome was lost;
+	// the runtime must be asked (Recover) before anything else.
+	phaseUnknown phase = iota
+	// phasePending: not handed to the runtime; waits in c.pending.
+	phasePending
+	// phaseStarting: a Start call is in flight.
+	phaseStarting
+	// phaseStarted: the runtime has the task.
+	phaseStarted
+	// phaseDone: the task has terminated.
+	phaseDone
+)
+
+type entry struct {
+	rec   store.Record
+	seq   uint64 // creation order
+	phase phase
+	// retryAt delays the next Start after a failed one.
+	retryAt time.Time
+	// maybeStarted is set once a Start has been sent: from then on only the
+	// runtime can say whether the task runs.
+	maybeStarted bool
+	// deleteActive is set while a goroutine carries out the deletion.
+	deleteActive bool
+	// marking is set while a deletion is being recorded on disk.
+	marking bool
+	// dirty is set while a write of the record is queued.
+	dirty bool
+	// ioMu orders the record's writes against the removal of its
+	// directory; removed is set (under it) once the directory is gone.
+	ioMu    sync.Mutex
+	removed bool
+}
+
+func (e *entry) view() Task {
+	r := e.rec
+	return Task{
+		Name: r.Name, Spec: r.Spec, Runtime: r.Runtime, CreatedAt: r.CreatedAt,
+		DeletionTimestamp: r.DeletionTimestamp, DeletionGracePeriod: r.DeletionGracePeriod, State: r.State,
+	}
+}
+
+// runtimeState is the controller's view of one runtime.
+type runtimeState struct {
+	rt sdk.Runtime
+	// epoch counts the runtime's (re)starts; work begun under an older epoch
+	// was done with a plugin that has since gone.
+	epoch uint64
+	// recovered is false until Recover has succeeded for this epoch;
+	// nothing is started on the runtime before.
+	recovered bool
+	// recovering is set while a Recover runs.
+	recovering bool
+}
+
+// Controller owns the task table.
+type Controller struct {
+	cfg      Config
+	log      hclog.Logger
+	store    *store.Store
+	runtimes Runtimes
+
+	// opMu orders mutations: single-task ones share it, a setTasks takes it
+	// alone so that it sees and changes the table as one.
+	opMu sync.RWMutex
+
+	mu       sync.Mutex
+	tasks    map[string]*entry
+	reserved map[string]bool // names being created
+	pending  []*entry        // phasePending, in creation order
+	active   int             // tasks handed to a runtime and not terminated
+	seq      uint64
+	rts      map[string]*runtimeState
+
+	persistQ chan *entry
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	kick     chan struct{}
+}
+
+// New loads the store and returns a controller. Call Run to start its
+// background work.
+func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controller, error) {
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = 500 * time.Millisecond
+	}
+	recs, err := st.Load()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Controller{
+		cfg: cfg, log: log, store: st, runtimes: rts,
+		tasks: map[string]*entry{}, reserved: map[string]bool{}, rts: map[string]*runtimeState{},
+		persistQ: make(chan *entry, 1024), ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1),
+	}
+	sort.Slice(recs, func(i, j int) bool {
+		if !recs[i].CreatedAt.Equal(recs[j].CreatedAt) {
+			return recs[i].CreatedAt.Before(recs[j].CreatedAt)
+		}
+		return recs[i].Name < recs[j].Name
+	})
+	for _, r := range recs {
+		c.seq++
+		e := &entry{rec: r, seq: c.seq, phase: phaseUnknown}
+		if r.State.Terminated != nil {
+			e.phase = phaseDone
+		}
+		c.tasks[r.Name] = e
+	}
+	log.Info("loaded the task store", "tasks", len(recs), "dir", st.Root())
+	return c, nil
+}
+
+// Run starts the controller's background work; it stops when Close is
+// called.
+func (c *Controller) Run() {
+	workers := 8
+	for i := 0; i < workers; i++ {
+		c.wg.Add(1)
+		go c.persister()
+	}
+	c.wg.Add(1)
+	go c.loop()
+	c.mu.Lock()
+	for _, e := range c.tasks {
+		if e.rec.DeletionTimestamp != nil {
+			c.scheduleDeleteLocked(e)
+		}
+	}
+	c.mu.Unlock()
+}
+
+// Close stops the background work after the queued writes are done. Tasks
+// keep running in their runtimes.
+func (c *Controller) Close() {
+	c.cancel()
+	c.wg.Wait()
+	// Write what the persisters did not get to.
+	c.mu.Lock()
+	var dirty []*entry
+	for _, e := range c.tasks {
+		if e.dirty {
+			dirty = append(dirty, e)
+		}
+	}
+	c.mu.Unlock()
+	for _, e := range dirty {
+		c.persistOne(e)
+	}
+}
+
+// Get returns a task.
+func (c *Controller) Get(name string) (Task, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.tasks[name]
+	if !ok {
+		return Task{}, false
+	}
+	return e.view(), true
+}
+
+// List returns every task, sorted by name.
+func (c *Controller) List() []Task {
+	c.mu.Lock()
+	out := make([]Task, 0, len(c.tasks))
+	for _, e := range c.tasks {
+		out = append(out, e.view())
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// resolveRuntime picks the runtime for a spec and checks it is installed
+// and runs specs of that kind.
+func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
+	kind := spec.Kind()
+	if kind == sdk.KindContainer && !c.cfg.ContainerMode && spec.Runtime == "" {
+		return "", fmt.Errorf("container tasks need container mode: start the executor with --enable-container-mode (or ENABLE_CONTAINER_MODE=true): %w", ErrInvalid)
+	}
+	name := spec.Runtime
+	if name == "" {
+		switch kind {
+		case sdk.KindProcess:
+			name = "process"
+			if c.cfg.SidecarMode {
+				name = "nsenter"
+			}
+		case sdk.KindContainer:
+			name = "cri"
+		}
+	}
+	installed := c.runtimes.Installed()
+	var names []string
+	for _, info := range installed {
+		names = append(names, info.Name)
+		if info.Name != name {
+			continue
+		}
+		for _, k := range info.Kinds {
+			if k == kind {
+				return name, nil
+			}
+		}
+		return "", fmt.Errorf("runtime %q does not run %s tasks: %w", name, kind, ErrInvalid)
+	}
+	sort.Strings(names)
+	return "", fmt.Errorf("runtime %q is not installed (installed: %v): %w", name, names, ErrInvalid)
+}
+
+// admit resolves and validates a new task with its runtime.
+func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store.Record, error) {
+	name, err := c.resolveRuntime(t.Spec)
+	if err != nil {
+		return store.Record{}, fmt.Errorf("task %q: %w", t.Name, err)
+	}
+	rt, ok := c.runtimes.Runtime(name)
+	if !ok {
+		return store.Record{}, fmt.Errorf("task %q: runtime %q is not running right now; retry shortly: %w", t.Name, name, ErrUnavailable)
+	}
+	if err := rt.Validate(ctx, t.Spec); err != nil {
+		if errors.Is(err, sdk.ErrInvalidSpec) {
+			return store.Record{}, fmt.Errorf("task %q: %v: %w", t.Name, err, ErrInvalid)
+		}
+		return store.Record{}, fmt.Errorf("task %q: runtime %q could not check the spec: %v: %w", t.Name, name, err, ErrUnavailable)
+	}
+	return store.Record{
+		Name: t.Name, Spec: t.Spec, Runtime: name, CreatedAt: now,
+		State: sdk.Waiting(sdk.ReasonInitialized, ""),
+	}, nil
+}
+
+// Create creates one task.
+func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
+	c.opMu.RLock()
+	defer c.opMu.RUnlock()
+	c.mu.Lock()
+	if _, ok := c.tasks[t.Name]; ok || c.reserved[t.Name] {
+		c.mu.Unlock()
+		return Task{}, fmt.Errorf("task %q: %w", t.Name, ErrExists)
+	}
+	c.reserved[t.Name] = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.reserved, t.Name)
+		c.mu.Unlock()
+	}()
+
+	rec, err := c.admit(ctx, t, time.Now())
+	if err != nil {
+		return Task{}, err
+	}
+	if err := c.store.Create(rec); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return Task{}, fmt.Errorf("task %q: %w", t.Name, ErrExists)
+		}
+		return Task{}, err
+	}
+	c.mu.Lock()
+	e := c.insertLocked(rec)
+	v := e.view()
+	c.pumpLocked()
+	c.mu.Unlock()
+	return v, nil
+}
+
+func (c *Controller) insertLocked(rec store.Record) *entry {
+	c.seq++
+	e := &entry{rec: rec, seq: c.seq, phase: phasePending}
+	c.tasks[rec.Name] = e
+	c.pending = append(c.pending, e)
+	return e
+}
+
+// Delete accepts the deletion of a task; the task is stopped and removed in
+// the background. grace nil means the default grace period. Deleting a task
+// that is already being deleted is not an error.
+func (c *Controller) Delete(ctx context.Context, name string, grace *time.Duration) error {
+	c.opMu.RLock()
+	defer c.opMu.RUnlock()
+	c.mu.Lock()
+	e, ok := c.tasks[name]
+	if !ok {
+		c.mu.Unlock()
+		return fmt.Errorf("task %q: %w", name, ErrNotFound)
+	}
+	if e.rec.DeletionTimestamp != nil || e.marking {
+		c.mu.Unlock()
+		return nil
+	}
+	e.marking = true
+	c.mu.Unlock()
+
+	// Holding ioMu from the snapshot to the write keeps a concurrent write
+	// of an older snapshot from overwriting the mark on disk.
+	e.ioMu.Lock()
+	defer e.ioMu.Unlock()
+	c.mu.Lock()
+	rec := c.markedLocked(e, grace, time.Now())
+	c.mu.Unlock()
+	err := c.store.Put(rec, true)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.marking = false
+	if err != nil {
+		return fmt.Errorf("while recording the deletion of task %q: %w", name, err)
+	}
+	c.applyMarkLocked(e, rec)
+	return nil
+}
+
+// markedLocked returns e's record with a deletion accepted at now.
+func (c *Controller) markedLocked(e *entry, grace *time.Duration, now time.Time) store.Record {
+	rec := e.rec
+	g := c.cfg.GracePeriod
+	if grace != nil {
+		g = *grace
+	}
+	rec.DeletionTimestamp = &now
+	rec.DeletionGracePeriod = g
+	return rec
+}
+
+func (c *Controller) applyMarkLocked(e *entry, marked store.Record) {
+	e.rec.DeletionTimestamp = marked.DeletionTimestamp
+	e.rec.DeletionGracePeriod = marked.DeletionGracePeriod
+	c.scheduleDeleteLocked(e)
+}
+
+// Sync makes the set of tasks equal to desired: names not in it are
+// deleted, new names are created, names with an identical spec are left
+// alone. It changes nothing if any desired task conflicts with an existing
+// one or cannot be admitted.
+func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+
+	want := make(map[string]bool, len(desired))
+	var creates []NewTask
+	c.mu.Lock()
+	for _, t := range desired {
+		want[t.Name] = true
+		e, ok := c.tasks[t.Name]
+		if !ok {
+			creates = append(creates, t)
+			continue
+		}
+		if !specEqual(e.rec.Spec, t.Spec) {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("task %q exists with a different spec; delete it first: %w", t.Name, ErrConflict)
+		}
+		if e.rec.DeletionTimestamp != nil {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("task %q is being deleted; send it again once it is gone: %w", t.Name, ErrConflict)
+		}
+	}
+	var deletes []*entry
+	for name, e := range c.tasks {
+		if !want[name] && e.rec.DeletionTimestamp == nil && !e.marking {
+			deletes = append(deletes, e)
+		}
+	}
+	c.mu.Unlock()
+
+	now := time.Now()
+	recs := make([]store.Record, 0, len(creates))
+	for _, t := range creates {
+		rec, err := c.admit(ctx, t, now)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rec)
+	}
+	if len(recs) > 0 {
+		if err := c.store.Create(recs...); err != nil {
+			return nil, err
+		}
+	}
+	c.mu.Lock()
+	for _, e := range deletes {
+		e.marking = true
+	}
+	c.mu.Unlock()
+	// As in Delete: no write of an older snapshot may land between the
+	// snapshot and the write of a mark.
+	for _, e := range deletes {
+		e.ioMu.Lock()
+		defer e.ioMu.Unlock()
+	}
+	c.mu.Lock()
+	marks := make([]store.Record, len(deletes))
+	for i, e := range deletes {
+		marks[i] = c.markedLocked(e, nil, now)
+	}
+	c.mu.Unlock()
+	if err := c.store.PutAll(marks); err != nil {
+		// Undo everything so the request changes nothing: the creates, and
+		// the deletion marks that did reach the disk.
+		for _, r := range recs {
+			_ = c.store.Remove(r.Name)
+		}
+		c.mu.Lock()
+		unmarked := make([]store.Record, len(deletes))
+		for i, e := range deletes {
+			e.marking = false
+			unmarked[i] = e.rec
+		}
+		c.mu.Unlock()
+		if perr := c.store.PutAll(unmarked); perr != nil {
+			c.log.Error("cannot roll back deletion marks; those tasks will be deleted at the next start", "error", perr)
+		}
+		return nil, fmt.Errorf("while recording deletions: %w", err)
+	}
+
+	c.mu.Lock()
+	for i, e := range deletes {
+		e.marking = false
+		c.applyMarkLocked(e, marks[i])
+	}
+	for _, r := range recs {
+		c.insertLocked(r)
+	}
+	c.pumpLocked()
+	c.mu.Unlock()
+	return c.List(), nil
+}
+
+// pumpLocked hands pending tasks to their runtimes in creation order, as
+// far as free slots allow, and labels the rest.
+func (c *Controller) pumpLocked() {
+	if c.ctx.Err() != nil {
+		return // shutting down: start nothing new
+	}
+	now := time.Now()
+	kept := c.pending[:0]
+	slotsFull := false
+	for _, e := range c.pending {
+		rs := c.rts[e.rec.Runtime]
+		ready := rs != nil && rs.recovered && !rs.recovering && !now.Before(e.retryAt)
+		if !slotsFull && c.cfg.MaxConcurrent > 0 && c.active >= c.cfg.MaxConcurrent {
+			slotsFull = true
+		}
+		switch {
+		case e.rec.DeletionTimestamp != nil:
+			// Deleted before it ever started: the deletion removes it.
+			continue
+		case slotsFull:
+			c.setWaitingLocked(e, sdk.ReasonQueued,
+				fmt.Sprintf("waiting for one of the %d task slots (--max-concurrent-tasks) to free", c.cfg.MaxConcurrent))
+			kept = append(kept, e)
+		case !ready:
+			kept = append(kept, e)
+		default:
+			e.phase = phaseStarting
+			e.maybeStarted = true
+			c.active++
+			c.wg.Add(1)
+			go c.start(e, rs.rt, rs.epoch)
+		}
+	}
+	for i := len(kept); i < len(c.pending); i++ {
+		c.pending[i] = nil
+	}
+	c.pending = kept
+}
+
+func (c *Controller) setWaitingLocked(e *entry, reason, msg string) {
+	if w := e.rec.State.Waiting; w != nil && w.Reason == reason && w.Message == msg {
+		return
+	}
+	if e.rec.State.Running != nil || e.rec.State.Terminated != nil {
+		return
+	}
+	e.rec.State = sdk.Waiting(reason, msg)
+}
+
+// start hands one task to its runtime.
+func (c *Controller) start(e *entry, rt sdk.Runtime, epoch uint64) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
+	defer cancel()
+	c.mu.Lock()
+	task := sdk.Task{Name: e.rec.Name, Spec: e.rec.Spec, Dir: c.store.Dir(e.rec.Name)}
+	c.mu.Unlock()
+	st, err := rt.Start(ctx, task)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tasks[task.Name] != e || e.phase != phaseStarting {
+		return
+	}
+	rs := c.rts[e.rec.Runtime]
+	if rs == nil || rs.epoch != epoch {
+		// The plugin restarted meanwhile; its Recover decides.
+		return
+	}
+	switch {
+	case err == nil:
+		e.phase = phaseStarted
+		c.applyLocked(e, st.State)
+	case errors.Is(err, sdk.ErrInvalidSpec):
+		// The runtime will never run it: that is the task's end, as a
+		// container that cannot be created is in Kubernetes.
+		e.phase = phaseStarted
+		now := time.Now()
+		c.applyLocked(e, sdk.Terminated(128, 0, sdk.ReasonStartError, err.Error(), time.Time{}, now))
+	default:
+		// The outcome is unknown (the plugin may have died mid-call).
+		// Start is idempotent, so ask again a little later.
+		c.log.Warn("starting a task failed; will retry", "task", task.Name, "runtime", e.rec.Runtime, "error", err)
+		c.active--
+		e.phase = phasePending
+		e.retryAt = time.Now().Add(time.Second)
+		c.requeueLocked(e)
+	}
+	if e.rec.DeletionTimestamp != nil {
+		c.scheduleDeleteLocked(e)
+	}
+}
+
+// requeueLocked puts e back into the pending queue at its creation-order
+// place.
+func (c *Controller) requeueLocked(e *entry) {
+	i := sort.Search(len(c.pending), func(i int) bool { return c.pending[i].seq > e.seq })
+	c.pending = append(c.pending, nil)
+	copy(c.pending[i+1:], c.pending[i:])
+	c.pending[i] = e
+}
+
+// rank orders states so a late event cannot move a task backwards.
+func rank(s corev1.ContainerState) int {
+	switch {
+	case s.Terminated != nil:
+		return 2
+	case s.Running != nil:
+		return 1
+	}
+	return 0
+}
+
+// applyLocked records a state the runtime reported for e.
+func (c *Controller) applyLocked(e *entry, s corev1.ContainerState) {
+	cur := e.rec.State
+	if cur.Terminated != nil || rank(s) < rank(cur) {
+		return
+	}
+	if rank(s) == rank(cur) && rank(s) == 1 {
+		return // running → running: nothing new
+	}
+	e.rec.State = s
+	if s.Terminated != nil {
+		if e.phase == phaseStarting || e.phase == phaseStarted {
+			c.active--
+		}
+		e.phase = phaseDone
+		c.pumpLocked()
+	}
+	if rank(s) > 0 {
+		c.persistLocked(e)
+	}
+}
+
+// Observe applies a status a runtime pushed.
+func (c *Controller) Observe(runtime string, st sdk.TaskStatus) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.tasks[st.Name]
+	if !ok || e.rec.Runtime != runtime {
+		return
+	}
+	if e.phase == phaseUnknown {
+		// The runtime knows the task, so it was started; Recover will say
+		// the same.
+		e.phase = phaseStarted
+		c.active++
+	}
+	c.applyLocked(e, st.State)
+}
+
+// RuntimeUp is called when a runtime's plugin has (re)started: the
+// controller re-adopts the runtime's tasks, then resumes starting tasks on
+// it.
+func (c *Controller) RuntimeUp(name string, rt sdk.Runtime) {
+	c.mu.Lock()
+	rs := c.rts[name]
+	if rs == nil {
+		rs = &runtimeState{}
+		c.rts[name] = rs
+	}
+	rs.rt = rt
+	rs.epoch++
+	rs.recovered = false
+	c.mu.Unlock()
+	c.recover(name)
+}
+
+// RuntimeDown is called when a runtime's plugin has gone.
+func (c *Controller) RuntimeDown(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rs := c.rts[name]; rs != nil {
+		rs.rt = nil
+		rs.epoch++
+		rs.recovered = false
+	}
+}
+
+// recover asks a runtime about every unfinished task it may have.
+func (c *Controller) recover(name string) {
+	c.mu.Lock()
+	rs := c.rts[name]
+	if rs == nil || rs.rt == nil || rs.recovered || rs.recovering {
+		c.mu.Unlock()
+		return
+	}
+	rs.recovering = true
+	rt, epoch := rs.rt, rs.epoch
+	var tasks []sdk.Task
+	var asked []*entry
+	for _, e := range c.tasks {
+		if e.rec.Runtime != name || e.phase == phaseDone || e.phase == phasePending {
+			continue
+		}
+		tasks = append(tasks, sdk.Task{Name: e.rec.Name, Spec: e.rec.Spec, Dir: c.store.Dir(e.rec.Name)})
+		asked = append(asked, e)
+	}
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
+	defer cancel()
+	sts, err := rt.Recover(ctx, tasks)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rs.recovering = false
+	if rs.epoch != epoch {
+		return
+	}
+	if err != nil {
+		c.log.Warn("recovering tasks failed; will retry", "runtime", name, "tasks", len(tasks), "error", err)
+		return
+	}
+	found := make(map[string]sdk.TaskStatus, len(sts))
+	for _, s := range sts {
+		found[s.Name] = s
+	}
+	for _, e := range asked {
+		if c.tasks[e.rec.Name] != e {
+			continue
+		}
+		s, ok := found[e.rec.Name]
+		switch {
+		case ok:
+			if e.phase != phaseStarted && e.phase != phaseDone {
+				if e.phase != phaseStarting {
+					c.active++
+				}
+				e.phase = phaseStarted
+			}
+			c.applyLocked(e, s.State)
+		case e.phase == phaseUnknown || e.phase == phaseStarting || e.phase == phaseStarted:
+			// Never started (or the start was lost): start it, in order.
+			if e.phase != phaseUnknown {
+				c.active--
+			}
+			e.phase = phasePending
+			c.requeueLocked(e)
+		}
+	}
+	rs.recovered = true
+	c.log.Info("recovered tasks", "runtime", name, "asked", len(tasks), "found", len(sts))
+	c.pumpLocked()
+	for _, e := range c.tasks {
+		if e.rec.Runtime == name && e.rec.DeletionTimestamp != nil {
+			c.scheduleDeleteLocked(e)
+		}
+	}
+}
+
+// scheduleDeleteLocked carries out an accepted deletion in the background
+// once the task is in a state that allows it.
+func (c *Controller) scheduleDeleteLocked(e *entry) {
+	if e.deleteActive || e.rec.DeletionTimestamp == nil {
+		return
+	}
+	switch {
+	case e.phase == phasePending && !e.maybeStarted:
+		// Never handed to a runtime: nothing to stop.
+		e.deleteActive = true
+		c.wg.Add(1)
+		go c.finishDelete(e, nil, 0)
+		return
+	case e.phase == phaseStarting:
+		return // start() calls back once the runtime has answered
+	case e.phase == phaseUnknown:
+		return // recover() calls back once the runtime has answered
+	}
+	rs := c.rts[e.rec.Runtime]
+	if rs == nil || rs.rt == nil || !rs.recovered {
+		return // the runtime is down; recover() calls back
+	}
+	e.deleteActive = true
+	c.wg.Add(1)
+	go c.finishDelete(e, rs.rt, rs.epoch)
+}
+
+// finishDelete stops the task (unless it has terminated), has the runtime
+// release it and removes its directory.
+func (c *Controller) finishDelete(e *entry, rt sdk.Runtime, epoch uint64) {
+	defer c.wg.Done()
+	c.mu.Lock()
+	name, grace, terminated := e.rec.Name, e.rec.DeletionGracePeriod, e.rec.State.Terminated != nil
+	c.mu.Unlock()
+	fail := func(what string, err error) {
+		c.log.Warn("deleting a task failed; will retry", "task", name, "step", what, "error", err)
+		c.mu.Lock()
+		e.deleteActive = false
+		c.mu.Unlock()
+	}
+	if rt != nil {
+		ctx, cancel := context.WithTimeout(c.ctx, grace+time.Minute)
+		defer cancel()
+		if !terminated {
+			if err := rt.Stop(ctx, name, grace); err != nil && !errors.Is(err, sdk.ErrNotFound) {
+				fail("stop", err)
+				return
+			}
+		}
+		if err := rt.Remove(ctx, name); err != nil {
+			fail("remove", err)
+			return
+		}
+	}
+	e.ioMu.Lock()
+	err := c.store.Remove(name)
+	e.removed = err == nil
+	e.ioMu.Unlock()
+	if err != nil {
+		fail("remove files", err)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tasks[name] == e {
+		delete(c.tasks, name)
+		if e.phase == phaseStarting || e.phase == phaseStarted {
+			c.active--
+		}
+		for i, p := range c.pending {
+			if p == e {
+				c.pending = append(c.pending[:i], c.pending[i+1:]...)
+				break
+			}
+		}
+		c.pumpLocked()
+	}
+	c.log.Debug("task deleted", "task", name)
+}
+
+// persistLocked queues a write of e's record. Writes of the same task are
+// coalesced: the writer always takes the newest record.
+func (c *Controller) persistLocked(e *entry) {
+	if e.dirty {
+		return
+	}
+	e.dirty = true
+	select {
+	case c.persistQ <- e:
+	default:
+		// The queue is full: write from a goroutine of its own rather than
+		// block the caller, which holds the table lock.
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			select {
+			case c.persistQ <- e:
+			case <-c.ctx.Done(): // Close writes what is still dirty
+			}
+		}()
+	}
+}
+
+func (c *Controller) persister() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case e := <-c.persistQ:
+			c.persistOne(e)
+		}
+	}
+}
+
+func (c *Controller) persistOne(e *entry) {
+	// The snapshot is taken under ioMu so that writes land in the order of
+	// their snapshots.
+	e.ioMu.Lock()
+	defer e.ioMu.Unlock()
+	c.mu.Lock()
+	if e.removed || c.tasks[e.rec.Name] != e {
+		c.mu.Unlock()
+		return // deleted meanwhile
+	}
+	e.dirty = false
+	rec := e.rec
+	c.mu.Unlock()
+	// A final state is what a crash must not lose; a running state is only
+	// a hint for the next start.
+	if err := c.store.Put(rec, rec.State.Terminated != nil); err != nil {
+		c.log.Error("cannot save a task's state; will retry", "task", rec.Name, "error", err)
+		time.AfterFunc(time.Second, func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.ctx.Err() == nil {
+				c.persistLocked(e)
+			}
+		})
+	}
+}
+
+// loop is the safety net: it compares the controller's view with each
+// runtime's, and retries what failed.
+func (c *Controller) loop() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		case <-c.kick:
+		}
+		c.reconcile()
+	}
+}
+
+func (c *Controller) reconcile() {
+	c.mu.Lock()
+	type target struct {
+		name  string
+		rt    sdk.Runtime
+		epoch uint64
+	}
+	var up []target
+	var needRecover []string
+	for name, rs := range c.rts {
+		switch {
+		case rs.rt == nil:
+		case !rs.recovered:
+			needRecover = append(needRecover, name)
+		default:
+			up = append(up, target{name, rs.rt, rs.epoch})
+		}
+	}
+	for _, e := range c.tasks {
+		if e.rec.DeletionTimestamp != nil {
+			c.scheduleDeleteLocked(e)
+		}
+	}
+	c.pumpLocked()
+	c.mu.Unlock()
+
+	for _, name := range needRecover {
+		c.recover(name)
+	}
+	for _, tg := range up {
+		ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+		sts, err := tg.rt.List(ctx)
+		cancel()
+		if err != nil {
+			continue // the dispatcher notices a dead plugin
+		}
+		c.mu.Lock()
+		if rs := c.rts[tg.name]; rs != nil && rs.epoch == tg.epoch {
+			for _, s := range sts {
+				if e, ok := c.tasks[s.Name]; ok && e.rec.Runtime == tg.name && e.phase == phaseStarted {
+					c.applyLocked(e, s.State)
+				}
+			}
+		}
+		c.mu.Unlock()
+	}
+}

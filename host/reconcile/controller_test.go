@@ -1,0 +1,450 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/opensandbox/task-executor/host/store"
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// fakeRuntime is an in-memory runtime: tasks "run" until the test ends
+// them with exit.
+type fakeRuntime struct {
+	pub sdk.Publisher
+
+	mu       sync.Mutex
+	tasks    map[string]sdk.TaskStatus
+	starts   map[string]int
+	recovers [][]string
+	startErr error
+	block    chan struct{} // when set, Start waits on it
+}
+
+func newFake() *fakeRuntime {
+	return &fakeRuntime{tasks: map[string]sdk.TaskStatus{}, starts: map[string]int{}}
+}
+
+func (f *fakeRuntime) Init(context.Context, sdk.Config) (sdk.Info, error) {
+	return sdk.Info{Name: "process", Kinds: []sdk.Kind{sdk.KindProcess}}, nil
+}
+
+func (f *fakeRuntime) Validate(_ context.Context, spec sdk.TaskSpec) error {
+	if spec.Process != nil && spec.Process.Command[0] == "refused" {
+		return fmt.Errorf("refused by the runtime: %w", sdk.ErrInvalidSpec)
+	}
+	return nil
+}
+
+func (f *fakeRuntime) Start(ctx context.Context, t sdk.Task) (sdk.TaskStatus, error) {
+	f.mu.Lock()
+	block, err := f.block, f.startErr
+	f.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return sdk.TaskStatus{}, ctx.Err()
+		}
+	}
+	if err != nil {
+		return sdk.TaskStatus{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starts[t.Name]++
+	if st, ok := f.tasks[t.Name]; ok {
+		return st, nil
+	}
+	st := sdk.TaskStatus{Name: t.Name, State: sdk.Running(time.Now())}
+	f.tasks[t.Name] = st
+	return st, nil
+}
+
+// exit ends a running task and publishes it.
+func (f *fakeRuntime) exit(name string, code int32) {
+	f.mu.Lock()
+	st := sdk.TaskStatus{Name: name, State: sdk.Terminated(code, 0, "", "", time.Now(), time.Now())}
+	f.tasks[name] = st
+	f.mu.Unlock()
+	f.pub.Publish(st)
+}
+
+func (f *fakeRuntime) Stop(_ context.Context, name string, _ time.Duration) error {
+	f.mu.Lock()
+	st, ok := f.tasks[name]
+	f.mu.Unlock()
+	if !ok {
+		return sdk.ErrNotFound
+	}
+	if !st.IsTerminal() {
+		f.exit(name, 143)
+	}
+	return nil
+}
+
+func (f *fakeRuntime) Remove(_ context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.tasks, name)
+	return nil
+}
+
+func (f *fakeRuntime) Status(_ context.Context, name string) (sdk.TaskStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.tasks[name]
+	if !ok {
+		return st, sdk.ErrNotFound
+	}
+	return st, nil
+}
+
+func (f *fakeRuntime) List(context.Context) ([]sdk.TaskStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []sdk.TaskStatus
+	for _, st := range f.tasks {
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func (f *fakeRuntime) Recover(_ context.Context, ts []sdk.Task) ([]sdk.TaskStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var names []string
+	var out []sdk.TaskStatus
+	for _, t := range ts {
+		names = append(names, t.Name)
+		if st, ok := f.tasks[t.Name]; ok {
+			out = append(out, st)
+		}
+	}
+	f.recovers = append(f.recovers, names)
+	return out, nil
+}
+
+func (f *fakeRuntime) Events(ctx context.Context) (<-chan sdk.TaskStatus, error) {
+	return f.pub.Subscribe(ctx), nil
+}
+
+func (f *fakeRuntime) startCount(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.starts[name]
+}
+
+// fakeRuntimes serves one fake runtime named "process", which can be
+// taken down and brought up again like a plugin.
+type fakeRuntimes struct {
+	mu sync.Mutex
+	rt *fakeRuntime
+	up bool
+}
+
+func (r *fakeRuntimes) Runtime(name string) (sdk.Runtime, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if name != "process" || !r.up {
+		return nil, false
+	}
+	return r.rt, true
+}
+
+func (r *fakeRuntimes) Installed() []sdk.Info {
+	return []sdk.Info{{Name: "process", Kinds: []sdk.Kind{sdk.KindProcess}}}
+}
+
+// env is a controller on a fake runtime, with the event pump a dispatcher
+// would run.
+type env struct {
+	t     *testing.T
+	dir   string
+	rts   *fakeRuntimes
+	c     *Controller
+	stopE context.CancelFunc
+}
+
+func newEnv(t *testing.T, dir string, rt *fakeRuntime, cfg Config) *env {
+	t.Helper()
+	st, err := store.Open(dir, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rts := &fakeRuntimes{rt: rt, up: true}
+	if cfg.ReconcileInterval == 0 {
+		cfg.ReconcileInterval = 20 * time.Millisecond
+	}
+	c, err := New(cfg, st, rts, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Run()
+	e := &env{t: t, dir: dir, rts: rts, c: c}
+	e.up(rt)
+	t.Cleanup(e.close)
+	return e
+}
+
+// up brings rt up as the runtime, as the dispatcher does after a
+// (re)start.
+func (e *env) up(rt *fakeRuntime) {
+	ctx, cancel := context.WithCancel(context.Background())
+	e.rts.mu.Lock()
+	e.rts.rt, e.rts.up = rt, true
+	e.rts.mu.Unlock()
+	ch, _ := rt.Events(ctx)
+	e.stopE = cancel
+	go func() {
+		for st := range ch {
+			e.c.Observe("process", st)
+		}
+	}()
+	e.c.RuntimeUp("process", rt)
+}
+
+func (e *env) down() {
+	e.stopE()
+	e.rts.mu.Lock()
+	e.rts.up = false
+	e.rts.mu.Unlock()
+	e.c.RuntimeDown("process")
+}
+
+func (e *env) close() {
+	if e.stopE != nil {
+		e.stopE()
+	}
+	e.c.Close()
+}
+
+func (e *env) create(name string, cmd ...string) {
+	e.t.Helper()
+	if len(cmd) == 0 {
+		cmd = []string{"sleep", "1"}
+	}
+	if _, err := e.c.Create(context.Background(), NewTask{Name: name, Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: cmd}}}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) waitFor(what string, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (e *env) state(name string) string {
+	t, ok := e.c.Get(name)
+	switch {
+	case !ok:
+		return "gone"
+	case t.State.Terminated != nil:
+		return fmt.Sprintf("terminated:%d", t.State.Terminated.ExitCode)
+	case t.State.Running != nil:
+		return "running"
+	case t.State.Waiting != nil:
+		return "waiting:" + t.State.Waiting.Reason
+	}
+	return "none"
+}
+
+func TestCreateRunExitPersists(t *testing.T) {
+	rt := newFake()
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	e.create("a")
+	e.waitFor("running", func() bool { return e.state("a") == "running" })
+	rt.exit("a", 3)
+	e.waitFor("terminated", func() bool { return e.state("a") == "terminated:3" })
+	e.waitFor("the final state on disk", func() bool {
+		b, _ := os.ReadFile(filepath.Join(e.dir, "a", store.RecordFile))
+		return strings.Contains(string(b), `"exitCode":3`)
+	})
+	// A late "running" from the runtime must not move the task back.
+	e.c.Observe("process", sdk.TaskStatus{Name: "a", State: sdk.Running(time.Now())})
+	if got := e.state("a"); got != "terminated:3" {
+		t.Fatalf("a late event moved the task to %s", got)
+	}
+	if n := rt.startCount("a"); n != 1 {
+		t.Fatalf("started %d times", n)
+	}
+}
+
+func TestRefusedSpecIsInvalid(t *testing.T) {
+	e := newEnv(t, t.TempDir(), newFake(), Config{})
+	_, err := e.c.Create(context.Background(), NewTask{Name: "r", Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"refused"}}}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "refused by the runtime") {
+		t.Fatalf("got %v, want ErrInvalid with the runtime's message", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "r")); !os.IsNotExist(err) {
+		t.Fatal("a refused task left a directory")
+	}
+}
+
+func TestStartFailureIsRetried(t *testing.T) {
+	rt := newFake()
+	rt.startErr = fmt.Errorf("connection reset: %w", sdk.ErrUnavailable)
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	e.create("a")
+	time.Sleep(50 * time.Millisecond) // a few failed attempts
+	if got := e.state("a"); got != "waiting:Initialized" {
+		t.Fatalf("state %s after failed starts", got)
+	}
+	rt.mu.Lock()
+	rt.startErr = nil
+	rt.mu.Unlock()
+	e.waitFor("running after the retry", func() bool { return e.state("a") == "running" })
+}
+
+func TestDeleteWhileStarting(t *testing.T) {
+	rt := newFake()
+	rt.block = make(chan struct{})
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	e.create("a")
+	if err := e.c.Delete(context.Background(), "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	if tk, _ := e.c.Get("a"); tk.DeletionTimestamp == nil {
+		t.Fatal("no deletionTimestamp while deleting")
+	}
+	close(rt.block) // the start completes; then the task must be stopped and removed
+	e.waitFor("deletion", func() bool { return e.state("a") == "gone" })
+	if _, err := rt.Status(context.Background(), "a"); !errors.Is(err, sdk.ErrNotFound) {
+		t.Fatal("the runtime still holds the deleted task")
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "a")); !os.IsNotExist(err) {
+		t.Fatal("the deleted task's directory is still there")
+	}
+}
+
+func TestDeleteQueuedNeedsNoRuntime(t *testing.T) {
+	rt := newFake()
+	e := newEnv(t, t.TempDir(), rt, Config{MaxConcurrent: 1})
+	e.create("first")
+	e.create("queued")
+	e.waitFor("queued", func() bool { return e.state("queued") == "waiting:Queued" })
+	e.down()
+	if err := e.c.Delete(context.Background(), "queued", nil); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("deletion with the runtime down", func() bool { return e.state("queued") == "gone" })
+	e.up(rt)
+	e.create("later")
+	rt.exit("first", 0)
+	// Tasks start in creation order: once "later" runs, "queued" would
+	// have been started already had it survived its deletion.
+	e.waitFor("later running", func() bool { return e.state("later") == "running" })
+	if rt.startCount("queued") != 0 {
+		t.Fatal("a task deleted before it started was started")
+	}
+}
+
+func TestHostRestartRecovers(t *testing.T) {
+	dir := t.TempDir()
+	rt := newFake()
+	e := newEnv(t, dir, rt, Config{})
+	e.create("done")
+	e.create("running")
+	e.waitFor("both running", func() bool { return e.state("done") == "running" && e.state("running") == "running" })
+	rt.exit("done", 0)
+	e.waitFor("done", func() bool { return e.state("done") == "terminated:0" })
+	e.close()
+
+	// Between the two hosts: "running" ends unobserved, and a record
+	// exists for a task whose start never reached the runtime.
+	rt.exit("running", 7)
+	st, _ := store.Open(dir, hclog.NewNullLogger())
+	if err := st.Create(store.Record{Name: "never", Runtime: "process", CreatedAt: time.Now(),
+		Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"x"}}}, State: sdk.Waiting(sdk.ReasonInitialized, "")}); err != nil {
+		t.Fatal(err)
+	}
+
+	e2 := newEnv(t, dir, rt, Config{})
+	e2.waitFor("recovered states", func() bool {
+		return e2.state("running") == "terminated:7" && e2.state("never") == "running" && e2.state("done") == "terminated:0"
+	})
+	rt.mu.Lock()
+	asked := rt.recovers[len(rt.recovers)-1]
+	rt.mu.Unlock()
+	if strings.Contains(strings.Join(asked, ","), "done") {
+		t.Fatalf("Recover was asked about a terminated task: %v", asked)
+	}
+	if rt.startCount("running") != 1 || rt.startCount("never") != 1 {
+		t.Fatalf("starts: running %d, never %d; want 1 each", rt.startCount("running"), rt.startCount("never"))
+	}
+}
+
+func TestPluginRestartRecovers(t *testing.T) {
+	rt := newFake()
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	e.create("a")
+	e.create("b")
+	e.waitFor("running", func() bool { return e.state("a") == "running" && e.state("b") == "running" })
+	e.down()
+	rt.exit("a", 5) // unobserved: no subscriber while down
+	e.up(rt)
+	e.waitFor("a's exit after recovery", func() bool { return e.state("a") == "terminated:5" })
+	if e.state("b") != "running" || rt.startCount("b") != 1 {
+		t.Fatalf("b: %s, started %d times", e.state("b"), rt.startCount("b"))
+	}
+}
+
+func TestMaxConcurrent(t *testing.T) {
+	rt := newFake()
+	e := newEnv(t, t.TempDir(), rt, Config{MaxConcurrent: 2})
+	for i := 0; i < 5; i++ {
+		e.create(fmt.Sprintf("t%d", i))
+	}
+	e.waitFor("two running", func() bool { return e.state("t0") == "running" && e.state("t1") == "running" })
+	for i := 2; i < 5; i++ {
+		if got := e.state(fmt.Sprintf("t%d", i)); got != "waiting:Queued" {
+			t.Fatalf("t%d: %s, want queued", i, got)
+		}
+	}
+	rt.exit("t1", 0)
+	e.waitFor("t2 started in order", func() bool { return e.state("t2") == "running" })
+	if e.state("t3") != "waiting:Queued" {
+		t.Fatalf("t3 overtook: %s", e.state("t3"))
+	}
+}
+
+func TestSyncConflictChangesNothing(t *testing.T) {
+	rt := newFake()
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	e.create("keep", "sleep")
+	e.create("other")
+	spec := func(cmd string) sdk.TaskSpec { return sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{cmd}}} }
+	_, err := e.c.Sync(context.Background(), []NewTask{{Name: "keep", Spec: spec("different")}, {Name: "new", Spec: spec("sleep")}})
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("got %v, want a conflict", err)
+	}
+	if _, ok := e.c.Get("new"); ok {
+		t.Fatal("a conflicting sync created a task")
+	}
+	if tk, _ := e.c.Get("other"); tk.DeletionTimestamp != nil {
+		t.Fatal("a conflicting sync deleted a task")
+	}
+	ts, err := e.c.Sync(context.Background(), []NewTask{{Name: "keep", Spec: spec("sleep")}, {Name: "new", Spec: spec("sleep")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ts) != 3 {
+		t.Fatalf("sync returned %d tasks, want keep, new and other (being deleted)", len(ts))
+	}
+	e.waitFor("other deleted", func() bool { return e.state("other") == "gone" })
+}
