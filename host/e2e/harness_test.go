@@ -75,10 +75,10 @@ type hostProc struct {
 	dataDir   string
 	pluginDir string
 	args      []string
-	cmd     *exec.Cmd
-	url     string
-	logs    *syncBuffer
-	exited  chan struct{}
+	cmd       *exec.Cmd
+	url       string
+	logs      *syncBuffer
+	exited    chan struct{}
 }
 
 type syncBuffer struct {
