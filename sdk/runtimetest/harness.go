@@ -1,0 +1,67 @@
+package runtimetest
+
+import (
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// Harness adapts one runtime flavour to the kit. Its methods may be called
+// from parallel tests.
+type Harness interface {
+	// Launch starts a fresh instance of the runtime, for example a plugin
+	// process (see LaunchPlugin). The kit calls Init on it itself, and
+	// Close once the test is done with it.
+	Launch(t *testing.T) Instance
+
+	// Spec returns a spec that runs the POSIX sh script with the options
+	// applied. The process flavour runs `sh -c script` (see ShellSpec); a
+	// container flavour wraps the script in an image that has a shell.
+	Spec(script string, opts SpecOptions) sdk.TaskSpec
+
+	// StartErrorSpec returns a spec the runtime accepts (Validate passes)
+	// but cannot start, such as a command that does not exist (see
+	// MissingCommandSpec) or, for a container flavour, an image without
+	// the entrypoint it names.
+	StartErrorSpec() sdk.TaskSpec
+
+	// Output returns what a task wrote to stdout and stderr, as plain
+	// text; the order between the two streams does not matter. The process
+	// flavour reads the task directory's log files (see ReadTaskFiles).
+	Output(t *testing.T, task sdk.Task) string
+
+	// Settings are handed to Init in sdk.Config.Settings. A short
+	// sdk.SettingGracePeriod keeps the timeout tests fast; the kit reads it
+	// to know how long a timeout may take.
+	Settings() map[string]string
+}
+
+// Instance is one running instance of a runtime.
+type Instance interface {
+	// Runtime is the instance's runtime, as the host would see it.
+	Runtime() sdk.Runtime
+
+	// Kill simulates a crash of the instance: for a plugin, SIGKILL to its
+	// process (by PID), so it gets no chance to clean up. Tasks it started
+	// must keep running. Kill returns once the instance is gone.
+	Kill()
+
+	// Close stops the instance in an orderly way. It must be safe to call
+	// more than once and after Kill.
+	Close()
+}
+
+// SpecOptions are the parts of a task spec the kit varies, beyond the
+// script.
+type SpecOptions struct {
+	// Env is set in the task's environment, in order: a later entry for
+	// the same name wins.
+	Env []corev1.EnvVar
+	// WorkingDir is the absolute directory the script starts in; empty
+	// means the runtime's default.
+	WorkingDir string
+	// TimeoutSeconds, when positive, is the task's timeout.
+	TimeoutSeconds int64
+}
