@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
@@ -59,6 +60,9 @@ func Logger(name string) hclog.Logger {
 // to keep their tasks running (see the package documentation).
 func Serve(rt Runtime) {
 	logger := Logger("plugin")
+	// Whatever the host left open without close-on-exec must not leak into
+	// the processes the runtime starts (the lifeline included).
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	watchLifeline(logger)
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,

@@ -122,6 +122,10 @@ type Info struct {
 	Version string
 	// Kinds are the spec kinds the runtime runs.
 	Kinds []Kind
+	// NoValidate tells the host not to call Validate: the runtime accepts
+	// every spec of its kinds that passes the host's own checks. It saves a
+	// round trip to the plugin on every create.
+	NoValidate bool
 }
 
 // Config is what the host tells a plugin when it starts it.

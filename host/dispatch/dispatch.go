@@ -125,15 +125,21 @@ func discover(dir string) ([]string, error) {
 	return out, nil
 }
 
-// Runtime returns the named runtime if its plugin is up.
-func (m *Manager) Runtime(name string) (sdk.Runtime, bool) {
+// Runtime returns what the named runtime said of itself and, if its plugin
+// is up, the runtime.
+func (m *Manager) Runtime(name string) (sdk.Info, sdk.Runtime, bool) {
 	m.mu.Lock()
 	s := m.byName[name]
 	m.mu.Unlock()
 	if s == nil {
-		return nil, false
+		return sdk.Info{}, nil, false
 	}
-	return s.current()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.plugin == nil {
+		return s.info, nil, false
+	}
+	return s.info, s.plugin.Runtime, true
 }
 
 // Installed lists the runtimes that were found, whether up or not.
@@ -201,15 +207,6 @@ type supervisor struct {
 	plugin   *sdk.Plugin
 	restarts int
 	lastErr  error
-}
-
-func (s *supervisor) current() (sdk.Runtime, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.plugin == nil {
-		return nil, false
-	}
-	return s.plugin.Runtime, true
 }
 
 func (s *supervisor) pid() int {

@@ -43,11 +43,14 @@ func snapshot(t *testing.T, dir string) map[string]string {
 func TestBadInputChangesNothing(t *testing.T) {
 	h := startHost(t)
 	h.mustDo(201, "POST", "/tasks", processTask("existing", "sleep", "60"))
-	// Wait until the task's running state is on disk, so nothing changes
-	// on its own while the bad requests come in.
+	// Wait until the task's running state is on disk and its shim has
+	// recorded the run, so nothing changes on its own while the bad
+	// requests come in.
+	h.shimState("existing")
 	eventually(t, 10*time.Second, func() bool {
 		b, _ := os.ReadFile(filepath.Join(h.dataDir, "existing", "task.json"))
-		return strings.Contains(string(b), `"running"`)
+		_, err := os.Stat(filepath.Join(h.dataDir, "existing", "shim-ctl"))
+		return strings.Contains(string(b), `"running"`) && err == nil
 	}, func() string { return "the running state never reached the disk" })
 
 	task := func(name string, spec any) string {

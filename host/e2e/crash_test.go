@@ -40,7 +40,7 @@ func crashTasks(t *testing.T, h *hostProc, n int) (want map[string]int32, runs s
 
 // exitsRecorded counts the tasks whose shim has recorded an exit.
 func exitsRecorded(dataDir string) int {
-	m, _ := filepath.Glob(filepath.Join(dataDir, "*", "shim", "exit.json"))
+	m, _ := filepath.Glob(filepath.Join(dataDir, "*", "shim-exit.json"))
 	return len(m)
 }
 

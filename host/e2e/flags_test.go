@@ -68,10 +68,7 @@ func TestGracefulShutdown(t *testing.T) {
 		tk, _ := h.get("survivor")
 		return tk.Status.State.Running != nil
 	}, func() string { return "the task never ran" })
-	st, err := readShimState(h.dataDir, "survivor")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := h.shimState("survivor")
 	h.stop()
 	if code := h.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("the host exited %d after SIGTERM, want 0", code)

@@ -115,7 +115,8 @@ func (h *hostProc) start() {
 	args := append([]string{
 		"--listen-addr", "127.0.0.1:0", "--data-dir", h.dataDir,
 		"--plugin-dir", h.pluginDir,
-		"--log-format", "json", "--log-level", "debug", "--grace-period", "2s",
+		"--log-format", "json", "--grace-period", "2s",
+		"--log-level", "debug",
 	}, h.args...)
 	cmd := exec.Command(filepath.Join(binDir, "task-executor"), args...)
 	// Plugins copied elsewhere (privatePlugins) still find the shim.
@@ -203,11 +204,24 @@ type shimState struct {
 
 func readShimState(dataDir, name string) (shimState, error) {
 	var st shimState
-	b, err := os.ReadFile(filepath.Join(dataDir, name, "shim", "state.json"))
+	b, err := os.ReadFile(filepath.Join(dataDir, name, "shim-state.json"))
 	if err != nil {
 		return st, err
 	}
 	return st, json.Unmarshal(b, &st)
+}
+
+// shimState waits for a task's shim to record its state (shortly after the
+// task starts) and returns it.
+func (h *hostProc) shimState(name string) shimState {
+	h.t.Helper()
+	var st shimState
+	eventually(h.t, 10*time.Second, func() bool {
+		var err error
+		st, err = readShimState(h.dataDir, name)
+		return err == nil
+	}, func() string { return "task " + name + "'s shim never recorded its state" })
+	return st
 }
 
 // killTasks kills, by PID, the shim and the process group of every task in

@@ -40,10 +40,7 @@ func TestTaskNotForkedByHost(t *testing.T) {
 		tk, _ := h.get("sleeper")
 		return tk.Status.State.Running != nil
 	}, func() string { return "the task never ran" })
-	st, err := readShimState(h.dataDir, "sleeper")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := h.shimState("sleeper")
 	hostPID, pluginPID := h.cmd.Process.Pid, h.pluginPID()
 	if got := procPPID(st.PID); got != st.ShimPID {
 		t.Errorf("the task's parent is %d, want its shim %d", got, st.ShimPID)

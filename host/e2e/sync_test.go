@@ -29,7 +29,7 @@ func TestSetTasks(t *testing.T) {
 		g, _ := h.get("gone")
 		return k.Status.State.Running != nil && g.Status.State.Running != nil
 	}, func() string { return "the tasks never ran" })
-	before, _ := readShimState(h.dataDir, "keep")
+	before := h.shimState("keep")
 
 	// A different spec for an existing name fails the whole request and
 	// changes nothing: "gone" must survive too.
@@ -47,7 +47,7 @@ func TestSetTasks(t *testing.T) {
 
 	// The same spec leaves the task alone; a missing name is deleted.
 	h.mustDo(200, "POST", "/setTasks", []any{keep, processTask("new", "true")})
-	after, _ := readShimState(h.dataDir, "keep")
+	after := h.shimState("keep")
 	if after.PID != before.PID {
 		t.Fatalf("an unchanged task was restarted: pid %d → %d", before.PID, after.PID)
 	}

@@ -23,8 +23,9 @@ import (
 
 // Runtimes is how the controller reaches runtime plugins (package dispatch).
 type Runtimes interface {
-	// Runtime returns the named runtime if its plugin is up.
-	Runtime(name string) (sdk.Runtime, bool)
+	// Runtime returns what the named runtime said of itself and, if its
+	// plugin is up, the runtime.
+	Runtime(name string) (sdk.Info, sdk.Runtime, bool)
 	// Installed lists every runtime found, up or not.
 	Installed() []sdk.Info
 }
@@ -284,15 +285,17 @@ func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store
 	if err != nil {
 		return store.Record{}, fmt.Errorf("task %q: %w", t.Name, err)
 	}
-	rt, ok := c.runtimes.Runtime(name)
-	if !ok {
-		return store.Record{}, fmt.Errorf("task %q: runtime %q is not running right now; retry shortly: %w", t.Name, name, ErrUnavailable)
-	}
-	if err := rt.Validate(ctx, t.Spec); err != nil {
-		if errors.Is(err, sdk.ErrInvalidSpec) {
-			return store.Record{}, fmt.Errorf("task %q: %v: %w", t.Name, err, ErrInvalid)
+	info, rt, up := c.runtimes.Runtime(name)
+	if !info.NoValidate {
+		if !up {
+			return store.Record{}, fmt.Errorf("task %q: runtime %q is not running right now; retry shortly: %w", t.Name, name, ErrUnavailable)
 		}
-		return store.Record{}, fmt.Errorf("task %q: runtime %q could not check the spec: %v: %w", t.Name, name, err, ErrUnavailable)
+		if err := rt.Validate(ctx, t.Spec); err != nil {
+			if errors.Is(err, sdk.ErrInvalidSpec) {
+				return store.Record{}, fmt.Errorf("task %q: %v: %w", t.Name, err, ErrInvalid)
+			}
+			return store.Record{}, fmt.Errorf("task %q: runtime %q could not check the spec: %v: %w", t.Name, name, err, ErrUnavailable)
+		}
 	}
 	return store.Record{
 		Name: t.Name, Spec: t.Spec, Runtime: name, CreatedAt: now,
@@ -321,18 +324,36 @@ func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
 	if err != nil {
 		return Task{}, err
 	}
-	if err := c.store.Create(rec); err != nil {
+	commit, err := c.store.Create(rec)
+	if err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return Task{}, fmt.Errorf("task %q: %w", t.Name, ErrExists)
 		}
 		return Task{}, err
 	}
+	// The task starts while its record is made durable: the start does not
+	// wait for the disk, the answer to the client does.
 	c.mu.Lock()
 	e := c.insertLocked(rec)
 	v := e.view()
 	c.pumpLocked()
 	c.mu.Unlock()
+	if err := commit(); err != nil {
+		c.abandon(e)
+		return Task{}, err
+	}
 	return v, nil
+}
+
+// abandon takes back a task whose creation could not be made durable: it is
+// deleted at once, with no grace period.
+func (c *Controller) abandon(e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	e.rec.DeletionTimestamp = &now
+	e.rec.DeletionGracePeriod = 0
+	c.scheduleDeleteLocked(e)
 }
 
 func (c *Controller) insertLocked(rec store.Record) *entry {
@@ -443,7 +464,14 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 		recs = append(recs, rec)
 	}
 	if len(recs) > 0 {
-		if err := c.store.Create(recs...); err != nil {
+		commit, err := c.store.Create(recs...)
+		if err != nil {
+			return nil, err
+		}
+		if err := commit(); err != nil {
+			for _, r := range recs {
+				_ = c.store.Remove(r.Name)
+			}
 			return nil, err
 		}
 	}

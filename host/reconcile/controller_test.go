@@ -152,13 +152,14 @@ type fakeRuntimes struct {
 	up bool
 }
 
-func (r *fakeRuntimes) Runtime(name string) (sdk.Runtime, bool) {
+func (r *fakeRuntimes) Runtime(name string) (sdk.Info, sdk.Runtime, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	info := sdk.Info{Name: "process", Kinds: []sdk.Kind{sdk.KindProcess}}
 	if name != "process" || !r.up {
-		return nil, false
+		return info, nil, false
 	}
-	return r.rt, true
+	return info, r.rt, true
 }
 
 func (r *fakeRuntimes) Installed() []sdk.Info {
@@ -369,8 +370,12 @@ func TestHostRestartRecovers(t *testing.T) {
 	// exists for a task whose start never reached the runtime.
 	rt.exit("running", 7)
 	st, _ := store.Open(dir, hclog.NewNullLogger())
-	if err := st.Create(store.Record{Name: "never", Runtime: "process", CreatedAt: time.Now(),
-		Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"x"}}}, State: sdk.Waiting(sdk.ReasonInitialized, "")}); err != nil {
+	commit, err := st.Create(store.Record{Name: "never", Runtime: "process", CreatedAt: time.Now(),
+		Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"x"}}}, State: sdk.Waiting(sdk.ReasonInitialized, "")})
+	if err == nil {
+		err = commit()
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 

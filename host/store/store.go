@@ -86,13 +86,23 @@ func (s *Store) Root() string { return s.dir }
 // Dir returns a task's directory.
 func (s *Store) Dir(name string) string { return filepath.Join(s.dir, name) }
 
-// Create records new tasks durably: when it returns nil, every record is on
-// disk and survives a crash. On error nothing of the batch is left behind.
-// A name that already has a record gives an error wrapping ErrExists.
-func (s *Store) Create(recs ...Record) error {
+// Create records new tasks. When it returns, the records are written, but
+// not yet durable: commit makes them so, and must succeed before the
+// creation is acknowledged to anyone. In between the caller may already act
+// on them (start the task): a crash before commit can only lose records no
+// client was told about. On error nothing of the batch is left behind; when
+// commit fails, the caller removes the tasks (Remove) once it has undone
+// whatever it started. A name that already has a record gives an error
+// wrapping ErrExists.
+func (s *Store) Create(recs ...Record) (commit func() error, err error) {
 	created := make([]string, 0, len(recs))
 	var mu sync.Mutex
-	err := parallel(len(recs), func(i int) error {
+	undo := func() {
+		for _, name := range created {
+			_ = os.RemoveAll(s.Dir(name))
+		}
+	}
+	err = parallel(len(recs), func(i int) error {
 		rec := recs[i]
 		dir := s.Dir(rec.Name)
 		if err := os.Mkdir(dir, 0o700); err != nil {
@@ -108,18 +118,66 @@ func (s *Store) Create(recs ...Record) error {
 		mu.Lock()
 		created = append(created, rec.Name)
 		mu.Unlock()
-		return s.write(rec, true)
+		return s.writeNew(rec)
 	})
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	return func() error {
+		err := parallel(len(recs), func(i int) error {
+			return syncPath(filepath.Join(s.Dir(recs[i].Name), RecordFile), s.Dir(recs[i].Name))
+		})
+		if err == nil {
+			err = syncDir(s.dir)
+		}
+		if err != nil {
+			return fmt.Errorf("while making new task records durable: %w", classify(err))
+		}
+		return nil
+	}, nil
+}
+
+// writeNew writes the record of a new task in place, with no temporary file
+// and rename: a new file has no old content to protect, and it spares a
+// metadata operation on the path of every create. A crash half-way leaves a
+// record that does not parse, of a creation never acknowledged; Load puts it
+// aside.
+func (s *Store) writeNew(rec Record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("while encoding the record of task %q: %w", rec.Name, err)
+	}
+	f, err := os.OpenFile(filepath.Join(s.Dir(rec.Name), RecordFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("task %q: %w", rec.Name, ErrExists)
+	}
 	if err == nil {
-		err = syncDir(s.dir)
+		_, err = f.Write(b)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
-		for _, name := range created {
-			_ = os.RemoveAll(s.Dir(name))
-		}
-		return err
+		return fmt.Errorf("while writing the record of task %q: %w", rec.Name, classify(err))
 	}
 	return nil
+}
+
+// syncPath fsyncs a file and then its directory.
+func syncPath(file, dir string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(dir)
 }
 
 // Put replaces the record of an existing task. With durable it returns only

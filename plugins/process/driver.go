@@ -23,13 +23,18 @@ const version = "0.1.0"
 // defaultGrace is the grace period when the host does not set one.
 const defaultGrace = 10 * time.Second
 
+// spareShims is how many shims the plugin keeps started ahead of time: a
+// task's start then does not wait for a new shim process to start up. A
+// burst of starts beyond it starts shims on the spot.
+const spareShims = 2
+
 // driver runs process tasks as processes on the host, each under a shim.
 type driver struct {
-	log      hclog.Logger
-	events   sdk.Publisher
-	shimPath string
-	baseEnv  []string
-	grace    time.Duration
+	log     hclog.Logger
+	events  sdk.Publisher
+	shims   *shim.Launcher
+	baseEnv []string
+	grace   time.Duration
 
 	mu      sync.Mutex
 	handles map[string]*handle
@@ -52,10 +57,12 @@ func (d *driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 	if err != nil {
 		return sdk.Info{}, err
 	}
-	d.shimPath = path
+	d.shims = shim.NewLauncher(path, spareShims)
 	d.baseEnv = baseEnv(os.Environ())
 	d.log.Debug("initialised", "shim", path, "grace", d.grace.String())
-	return sdk.Info{Name: "process", Version: version, Kinds: []sdk.Kind{sdk.KindProcess}}, nil
+	// Validate refuses only what the host refuses too (see the HTTP API's
+	// checks), so the host need not ask.
+	return sdk.Info{Name: "process", Version: version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}, nil
 }
 
 // findShim locates the task-executor-shim executable: $TASK_EXECUTOR_SHIM,
@@ -126,7 +133,7 @@ func (d *driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 	res, found := d.inspect(ctx, h)
 	var err error
 	if !found {
-		res, err = shim.Launch(ctx, d.shimPath, h.dir, d.shimSpec(task))
+		res, err = d.shims.Launch(ctx, h.dir, d.shimSpec(task))
 	}
 	if err != nil {
 		d.forget(h)

@@ -45,7 +45,7 @@ func (h *handle) settle(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
 		close(h.done)
 		return
 	}
-	go h.watch(*res.State, pub, log)
+	go h.watch(res, pub, log)
 }
 
 // fail records that the task could not be launched for a reason other than
@@ -57,10 +57,10 @@ func (h *handle) fail(err error) {
 	close(h.ready)
 }
 
-// watch waits for the shim to end and publishes the task's exit.
-func (h *handle) watch(st shim.State, pub *sdk.Publisher, log hclog.Logger) {
+// watch waits for the task to end and publishes its exit.
+func (h *handle) watch(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
 	for attempt := 0; ; attempt++ {
-		exit, err := shim.Wait(context.Background(), h.dir, st)
+		exit, err := res.WaitExit(context.Background(), h.dir)
 		if err == nil {
 			h.mu.Lock()
 			h.status = exitStatus(h.name, exit)

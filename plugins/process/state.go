@@ -1,18 +1,16 @@
 package main
 
 import (
-	"path/filepath"
-
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
-// A process task's recoverable state is entirely in its shim's directory
-// inside the task's directory; the plugin keeps nothing that a restart would
-// lose. These helpers translate between that state and the SDK's statuses.
+// A process task's recoverable state is entirely in its shim's files in the
+// task's directory; the plugin keeps nothing that a restart would lose. These helpers translate between that state and the SDK's statuses.
 
-// shimDir is the shim's state directory for a task.
-func shimDir(task sdk.Task) string { return filepath.Join(task.Dir, "shim") }
+// shimDir is the shim's state directory for a task: the task's own
+// directory, so that a start creates no directory (see package shim).
+func shimDir(task sdk.Task) string { return task.Dir }
 
 // statusOf describes a shim's result as a task status.
 func statusOf(name string, res shim.Result) sdk.TaskStatus {

@@ -437,10 +437,12 @@ func (x *InitRequest) GetSettings() map[string]string {
 }
 
 type InitResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
-	Kinds         []string               `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Kinds   []string               `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	// When set, the host does not call Validate (see sdk.Info.NoValidate).
+	NoValidate    bool `protobuf:"varint,4,opt,name=no_validate,json=noValidate,proto3" json:"no_validate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -494,6 +496,13 @@ func (x *InitResponse) GetKinds() []string {
 		return x.Kinds
 	}
 	return nil
+}
+
+func (x *InitResponse) GetNoValidate() bool {
+	if x != nil {
+		return x.NoValidate
+	}
+	return false
 }
 
 type ValidateRequest struct {
@@ -1165,11 +1174,13 @@ const file_runtime_proto_rawDesc = "" +
 	"\bsettings\x18\x02 \x03(\v22.taskexecutor.runtime.v1.InitRequest.SettingsEntryR\bsettings\x1a;\n" +
 	"\rSettingsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
 	"\fInitResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
-	"\x05kinds\x18\x03 \x03(\tR\x05kinds\".\n" +
+	"\x05kinds\x18\x03 \x03(\tR\x05kinds\x12\x1f\n" +
+	"\vno_validate\x18\x04 \x01(\bR\n" +
+	"noValidate\".\n" +
 	"\x0fValidateRequest\x12\x1b\n" +
 	"\tspec_json\x18\x01 \x01(\fR\bspecJson\"\x12\n" +
 	"\x10ValidateResponse\"A\n" +

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,95 +22,291 @@ import (
 type Result struct {
 	State *State
 	Exit  *Exit
+	// exits, for a shim this process launched, is the connection on which
+	// the shim reports the task's exit.
+	exits *reportConn
+}
+
+// reportConn reads a launched shim's reports.
+type reportConn struct {
+	conn *net.UnixConn
+	r    *bufio.Reader
+}
+
+func (c *reportConn) read() (report, error) {
+	var r report
+	b, err := c.r.ReadBytes('\n')
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("while decoding the shim's report: %w", err)
+	}
+	return r, nil
+}
+
+// WaitExit blocks until the task of a Result from Launch or Inspect has
+// ended and returns how. A shim this process launched reports the exit
+// itself, the quickest way to learn it; otherwise (or if that report does
+// not come) it is Wait.
+func (r Result) WaitExit(ctx context.Context, dir string) (Exit, error) {
+	if r.Exit != nil {
+		return *r.Exit, nil
+	}
+	if r.exits != nil {
+		stop := context.AfterFunc(ctx, func() { _ = r.exits.conn.SetReadDeadline(time.Unix(1, 0)) })
+		rep, err := r.exits.read()
+		stop()
+		r.exits.conn.Close()
+		if err == nil && rep.Exit != nil {
+			return *rep.Exit, nil
+		}
+		if ctx.Err() != nil {
+			return Exit{}, ctx.Err()
+		}
+	}
+	return Wait(ctx, dir, *r.State)
+}
+
+// Launcher starts shims from the task-executor-shim executable at Path. It
+// keeps Spares shims started ahead of time, idle until Launch hands one a
+// job, so that the start-up of a new program is not on the path of a task's
+// start. It is safe for concurrent use.
+type Launcher struct {
+	path   string
+	spares int
+
+	mu          sync.Mutex
+	idle        []*idleShim
+	filling     bool
+	closed      bool
+	refillTimer *time.Timer
+	refillDue   bool
+}
+
+// idleShim is a started shim that waits for a job on conn.
+type idleShim struct {
+	pid  int
+	conn *net.UnixConn
+}
+
+// NewLauncher returns a launcher that keeps spares idle shims of the
+// executable at path.
+func NewLauncher(path string, spares int) *Launcher {
+	l := &Launcher{path: path, spares: spares}
+	l.refill()
+	return l
 }
 
 // Launch starts a shim for spec with state directory dir (created if
 // needed; a previous attempt's files in it are replaced) and returns once
-// the task has started or failed to. shimPath is the task-executor-shim
-// executable.
+// the task has started or failed to. It is Launcher.Launch without spares.
+func Launch(ctx context.Context, shimPath, dir string, spec Spec) (Result, error) {
+	return (&Launcher{path: shimPath}).Launch(ctx, dir, spec)
+}
+
+// Launch starts a shim for spec with state directory dir (created if
+// needed; a previous attempt's files in it are replaced) and returns once
+// the task has started or failed to.
 //
 // The caller must make sure only one Launch runs per directory and that no
 // shim of an earlier Launch in it is still alive (see Inspect).
-func Launch(ctx context.Context, shimPath, dir string, spec Spec) (Result, error) {
+func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Result{}, fmt.Errorf("while creating the shim directory: %w", err)
 	}
-	// Take the lock before anything else and hand it over to the shim: a
-	// live shim's files are then never touched, and there is no moment in
-	// which a live shim does not hold it.
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	// Lock the directory before anything else and hand the lock over to the
+	// shim: a live shim's files are then never touched, and there is no
+	// moment in which a live shim does not hold it.
+	lock, err := lockDir(dir)
 	if err != nil {
-		return Result{}, fmt.Errorf("while opening the shim lock: %w", err)
+		return Result{}, err
 	}
 	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		return Result{}, fmt.Errorf("while taking the shim lock (is a shim still running?): %w", err)
-	}
 	for _, name := range []string{stateFile, exitFile, ctlFile} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
 		}
 	}
-	if err := writeJSON(dir, specFile, spec); err != nil {
-		return Result{}, err
-	}
-	if err := syscall.Mkfifo(filepath.Join(dir, ctlFile), 0o600); err != nil {
-		return Result{}, fmt.Errorf("while creating the control FIFO: %w", err)
-	}
-	logf, err := os.OpenFile(filepath.Join(dir, logFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	line, err := json.Marshal(job{Dir: dir, Spec: spec})
 	if err != nil {
-		return Result{}, fmt.Errorf("while opening the shim log: %w", err)
+		return Result{}, fmt.Errorf("while encoding the job: %w", err)
 	}
-	defer logf.Close()
-	devnull, err := os.Open(os.DevNull)
+
+	sh, err := l.take()
 	if err != nil {
 		return Result{}, err
+	}
+	defer l.refillSoon()
+	keep := false
+	defer func() {
+		if !keep {
+			sh.conn.Close()
+		}
+	}()
+	// Handing over the job is local and quick, and is not interrupted: once
+	// asked, the shim starts the task even if the caller stops waiting, and
+	// a later Inspect finds it.
+	if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(int(lock.Fd())), nil); err != nil {
+		return Result{}, l.failed(ctx, dir, "while handing the job to the shim", err)
+	}
+	if _, err := sh.conn.Write(append(line, '\n')); err != nil {
+		return Result{}, l.failed(ctx, dir, "while handing the job to the shim", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = sh.conn.SetReadDeadline(time.Unix(1, 0)) })
+	rc := &reportConn{conn: sh.conn, r: bufio.NewReader(sh.conn)}
+	r, err := rc.read()
+	if !stop() || err != nil {
+		return Result{}, l.failed(ctx, dir, "while waiting for the shim to start the task", err)
+	}
+	res := Result{State: r.State, Exit: r.Exit}
+	if res.State != nil {
+		keep = true
+		res.exits = rc
+	}
+	return res, nil
+}
+
+// lockDir opens dir and takes its flock, or fails if a shim holds it.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("while opening the shim directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("while locking the shim directory (is a shim still running?): %w", err)
+	}
+	return f, nil
+}
+
+// failed describes a launch that went wrong after the job was sent.
+func (l *Launcher) failed(ctx context.Context, dir, what string, err error) error {
+	if ctx.Err() != nil {
+		// The shim carries on; a later Inspect finds it.
+		return fmt.Errorf("%s: %w", what, ctx.Err())
+	}
+	return fmt.Errorf("%s (see %s): %w", what, filepath.Join(dir, logFile), err)
+}
+
+// take returns an idle shim, starting one if none is spare, and tops the
+// spares up in the background.
+func (l *Launcher) take() (*idleShim, error) {
+	l.mu.Lock()
+	var sh *idleShim
+	if n := len(l.idle); n > 0 {
+		sh = l.idle[n-1]
+		l.idle = l.idle[:n-1]
+	}
+	l.mu.Unlock()
+	if sh != nil {
+		return sh, nil
+	}
+	return l.spawn()
+}
+
+// refillDelay is how long after a launch the spares are topped up. Starting
+// a shim costs a few milliseconds of CPU; done at once, it would compete
+// with the task just started and with the report of its exit.
+const refillDelay = 20 * time.Millisecond
+
+// refillSoon tops the spares up refillDelay from now, unless a top-up is
+// already due.
+func (l *Launcher) refillSoon() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.refillDue {
+		return
+	}
+	l.refillDue = true
+	l.refillTimer = time.AfterFunc(refillDelay, func() {
+		l.mu.Lock()
+		l.refillDue = false
+		l.mu.Unlock()
+		l.refill()
+	})
+}
+
+// refill starts spares in the background until there are enough.
+func (l *Launcher) refill() {
+	l.mu.Lock()
+	if l.filling || l.closed || len(l.idle) >= l.spares {
+		l.mu.Unlock()
+		return
+	}
+	l.filling = true
+	l.mu.Unlock()
+	go func() {
+		for {
+			l.mu.Lock()
+			if l.closed || len(l.idle) >= l.spares {
+				l.filling = false
+				l.mu.Unlock()
+				return
+			}
+			l.mu.Unlock()
+			sh, err := l.spawn()
+			if err != nil {
+				l.mu.Lock()
+				l.filling = false
+				l.mu.Unlock()
+				return // Launch starts one itself and reports the error
+			}
+			l.mu.Lock()
+			l.idle = append(l.idle, sh)
+			l.mu.Unlock()
+		}
+	}()
+}
+
+// spawn starts a shim that waits for a job.
+func (l *Launcher) spawn() (*idleShim, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("while creating the shim's socket: %w", err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "shim")
+	theirs := os.NewFile(uintptr(fds[1]), "launcher")
+	defer theirs.Close()
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		ours.Close()
+		return nil, err
 	}
 	defer devnull.Close()
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return Result{}, fmt.Errorf("while creating the report pipe: %w", err)
-	}
-	defer pr.Close()
-
-	pid, err := syscall.ForkExec(shimPath, []string{shimPath, dir}, &syscall.ProcAttr{
-		Dir:   dir,
+	pid, err := syscall.ForkExec(l.path, []string{l.path}, &syscall.ProcAttr{
+		Dir:   "/",
 		Env:   []string{"GOMAXPROCS=1"},
-		Files: []uintptr{devnull.Fd(), pw.Fd(), logf.Fd(), lock.Fd()},
+		Files: []uintptr{devnull.Fd(), devnull.Fd(), devnull.Fd(), theirs.Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
-	pw.Close()
 	if err != nil {
-		return Result{}, fmt.Errorf("while starting the shim %s: %w", shimPath, err)
+		ours.Close()
+		return nil, fmt.Errorf("while starting the shim %s: %w", l.path, err)
 	}
 	// The shim is our child until we die: reap it whenever it ends, so it
-	// does not linger as a zombie. Wait does the same for orphans it finds.
+	// does not linger as a zombie.
 	go reapWhenDone(pid)
-
-	type line struct {
-		r   report
-		err error
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		return nil, fmt.Errorf("while wrapping the shim's socket: %w", err)
 	}
-	ch := make(chan line, 1)
-	go func() {
-		var l line
-		b, err := bufio.NewReader(pr).ReadBytes('\n')
-		if err != nil {
-			l.err = fmt.Errorf("the shim ended without reporting (see %s): %w", filepath.Join(dir, logFile), err)
-		} else if err := json.Unmarshal(b, &l.r); err != nil {
-			l.err = fmt.Errorf("while decoding the shim's report: %w", err)
-		}
-		ch <- l
-	}()
-	select {
-	case l := <-ch:
-		if l.err != nil {
-			return Result{}, l.err
-		}
-		return Result{State: l.r.State, Exit: l.r.Exit}, nil
-	case <-ctx.Done():
-		// The shim carries on; a later Inspect finds it.
-		return Result{}, fmt.Errorf("while waiting for the shim to start the task: %w", ctx.Err())
+	return &idleShim{pid: pid, conn: c.(*net.UnixConn)}, nil
+}
+
+// Close ends the idle shims. Shims running tasks are not affected.
+func (l *Launcher) Close() {
+	l.mu.Lock()
+	l.closed = true
+	if l.refillTimer != nil {
+		l.refillTimer.Stop()
+	}
+	idle := l.idle
+	l.idle = nil
+	l.mu.Unlock()
+	for _, sh := range idle {
+		sh.conn.Close() // the shim reads EOF and exits
 	}
 }
 
@@ -153,45 +351,55 @@ func awaitPidfd(ctx context.Context, fd int) error {
 }
 
 // Inspect reads a state directory left by a shim, for a plugin that has
-// restarted. It returns os.ErrNotExist (wrapped) when no shim was ever
-// launched there, or when one was launched but died before starting the
-// task (its directory is then cleared so Launch can try again). alive
-// reports whether the shim still runs.
+// restarted. It returns os.ErrNotExist (wrapped) when no shim has run a task
+// there (none was launched, or one ended before starting its task): Launch
+// may then try again. alive reports whether the shim still runs.
 func Inspect(ctx context.Context, dir string) (res Result, alive bool, err error) {
-	if _, err := os.Stat(filepath.Join(dir, specFile)); err != nil {
+	if _, err := os.Stat(dir); err != nil {
 		return Result{}, false, err
 	}
 	for {
-		var exit Exit
-		if err := readJSON(dir, exitFile, &exit); err == nil {
-			return Result{Exit: &exit}, shimAlive(dir), nil
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return Result{}, false, err
-		}
 		alive = shimAlive(dir)
-		var st State
-		if err := readJSON(dir, stateFile, &st); err == nil {
-			if alive {
-				return Result{State: &st}, true, nil
-			}
-			// Dead without an exit file: look once more, the shim may have
-			// written it and exited between our two reads.
-			if err := readJSON(dir, exitFile, &exit); err == nil {
-				return Result{Exit: &exit}, false, nil
-			}
+		var exit Exit
+		err := readJSON(dir, exitFile, &exit)
+		switch {
+		case err == nil:
+			return Result{Exit: &exit}, alive, nil
+		case errors.Is(err, errPartial) && !alive:
+			// The shim died writing it.
+			var st State
+			_ = readJSON(dir, stateFile, &st)
 			lost := lostExit(st)
 			return Result{Exit: &lost}, false, nil
-		} else if !errors.Is(err, os.ErrNotExist) {
+		case errors.Is(err, errPartial):
+			// Being written: look again below.
+		case !errors.Is(err, os.ErrNotExist):
 			return Result{}, false, err
+		default:
+			var st State
+			err := readJSON(dir, stateFile, &st)
+			switch {
+			case err == nil && alive:
+				return Result{State: &st}, true, nil
+			case err == nil:
+				// Dead without an exit file: look once more, the shim may
+				// have written it and exited between our reads.
+				if err := readJSON(dir, exitFile, &exit); err == nil {
+					return Result{Exit: &exit}, false, nil
+				}
+				lost := lostExit(st)
+				return Result{Exit: &lost}, false, nil
+			case !errors.Is(err, os.ErrNotExist):
+				return Result{}, false, err
+			case !alive:
+				return Result{}, false, fmt.Errorf("no shim has run a task in %s: %w", dir, os.ErrNotExist)
+			}
 		}
-		if !alive {
-			return Result{}, false, fmt.Errorf("the shim in %s died before starting its task: %w", dir, os.ErrNotExist)
-		}
-		// Alive but has not started the task yet: it is about to.
+		// Alive but has not recorded the task yet: it is about to.
 		select {
 		case <-ctx.Done():
 			return Result{}, true, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 }
@@ -212,7 +420,7 @@ func lostExit(st State) Exit {
 
 // shimAlive reports whether a shim holds the directory's lock.
 func shimAlive(dir string) bool {
-	f, err := os.Open(filepath.Join(dir, lockFile))
+	f, err := os.Open(dir)
 	if err != nil {
 		return false
 	}
@@ -243,7 +451,7 @@ func Wait(ctx context.Context, dir string, st State) (Exit, error) {
 	}
 	if err := readJSON(dir, exitFile, &exit); err == nil {
 		return exit, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
+	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errPartial) {
 		return Exit{}, err
 	}
 	return lostExit(st), nil
@@ -254,12 +462,22 @@ func Wait(ctx context.Context, dir string, st State) (Exit, error) {
 // if no shim is running there; the caller then learns the task's end from
 // Wait or Inspect.
 func Stop(dir string, grace time.Duration) error {
-	f, err := os.OpenFile(filepath.Join(dir, ctlFile), os.O_WRONLY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		if errors.Is(err, unix.ENXIO) || errors.Is(err, os.ErrNotExist) {
+	var f *os.File
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var err error
+		f, err = os.OpenFile(filepath.Join(dir, ctlFile), os.O_WRONLY|unix.O_NONBLOCK, 0)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.ENXIO) && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("while opening the shim's control FIFO: %w", err)
+		}
+		// No FIFO, or nobody reading it: either the shim is gone, or it
+		// has just started the task and is about to open it.
+		if !shimAlive(dir) || time.Now().After(deadline) {
 			return ErrGone
 		}
-		return fmt.Errorf("while opening the shim's control FIFO: %w", err)
+		time.Sleep(time.Millisecond)
 	}
 	defer f.Close()
 	if grace < 0 {

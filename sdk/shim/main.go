@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,33 +20,40 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Main is the shim process's main function: `task-executor-shim <state-dir>`,
-// started by Launch with the flock'ed lock file as descriptor 3 and a pipe for
-// the start report as standard output. It returns the process exit code.
+// jobFD is the descriptor of the shim's socket to its launcher.
+const jobFD = 3
+
+// Main is the shim process's main function, started by a Launcher with its
+// end of a socket pair as descriptor 3. It waits for a job, runs the task
+// and returns the process exit code. A shim whose launcher goes away before
+// sending a job simply exits.
 func Main(args []string) int {
 	// One P is plenty for a process that mostly sleeps in wait4, and keeps
 	// the per-task memory small.
 	runtime.GOMAXPROCS(1)
-	log := hclog.New(&hclog.LoggerOptions{Name: "shim", Output: os.Stderr, Level: hclog.Info})
-	if len(args) != 2 {
-		log.Error("usage: task-executor-shim STATE-DIR")
-		return 2
-	}
-	dir := args[1]
-	// Descriptor 3 is the lock that tells the world this shim is alive; the
-	// task must not inherit it, or it would outlive the shim.
-	syscall.CloseOnExec(3)
+	// Nothing the shim inherited may reach the task, nor be held open by
+	// the shim: whatever the plugin's own parent left open without
+	// close-on-exec is closed, and the socket is kept from the task.
+	closeInherited()
+	syscall.CloseOnExec(jobFD)
 	// The shim lives in its own session; swallow the signals a terminal or a
 	// careless kill would send so the task's supervisor stays up. Handlers
 	// (unlike ignored dispositions) are reset for the task at exec.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE)
 
-	var spec Spec
-	if err := readJSON(dir, specFile, &spec); err != nil {
-		log.Error("cannot read the spec", "error", err)
-		return 1
+	warmUp()
+	sock := os.NewFile(jobFD, "launcher")
+	j, lock, err := receiveJob(sock)
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			fmt.Fprintln(os.Stderr, "task-executor-shim:", err)
+			return 1
+		}
+		return 0 // an idle shim whose launcher went away
 	}
-	s := &supervisor{dir: dir, spec: spec, log: log}
+	defer lock.Close()
+	log := hclog.New(&hclog.LoggerOptions{Name: "shim", Output: &lazyFile{path: filepath.Join(j.Dir, logFile)}, Level: hclog.Info})
+	s := &supervisor{dir: j.Dir, spec: j.Spec, log: log, sock: sock}
 	if err := s.run(); err != nil {
 		log.Error("shim failed", "error", err)
 		return 1
@@ -53,10 +61,103 @@ func Main(args []string) int {
 	return 0
 }
 
+// warmUp runs, while the shim waits for a job, the code a job needs first
+// (JSON, /proc): on a cold process each first use costs page faults and
+// cache fills that would otherwise lie on the path of a task's start.
+func warmUp() {
+	var j job
+	_ = json.Unmarshal([]byte(`{"dir":"/","spec":{"argv":["true"],"env":["A=b"],"stdout":"/o","stderr":"/e","timeout":1,"grace":1}}`), &j)
+	st := State{ShimPID: os.Getpid(), StartedAt: time.Now()}
+	st.ShimStart, _ = procStart(st.ShimPID)
+	_, _ = json.Marshal(report{State: &st})
+	_, _ = os.Stat(os.DevNull)
+}
+
+// lazyFile is the shim's log: the file is created on the first write, so
+// a task that gives the shim nothing to say costs no file.
+type lazyFile struct {
+	path string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+func (l *lazyFile) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return 0, err
+		}
+		l.f = f
+	}
+	return l.f.Write(b)
+}
+
+// closeInherited closes the descriptors above the socket that the shim
+// inherited. The Go runtime's own descriptors are close-on-exec, which is
+// how they are told apart.
+func closeInherited() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= jobFD {
+			continue
+		}
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// receiveJob reads the job and the lock's descriptor from the launcher.
+func receiveJob(sock *os.File) (job, *os.File, error) {
+	var j job
+	b := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4))
+	var n, oobn int
+	var err error
+	for {
+		n, oobn, _, _, err = unix.Recvmsg(int(sock.Fd()), b, oob, unix.MSG_CMSG_CLOEXEC)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return j, nil, fmt.Errorf("while waiting for a job: %w", err)
+	}
+	if n == 0 {
+		return j, nil, io.EOF
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return j, nil, fmt.Errorf("the job carries no lock descriptor (%v)", err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return j, nil, fmt.Errorf("the job carries no lock descriptor (%v)", err)
+	}
+	lock := os.NewFile(uintptr(fds[0]), "state directory")
+	line, err := bufio.NewReader(sock).ReadBytes('\n')
+	if err != nil {
+		lock.Close()
+		return j, nil, fmt.Errorf("while reading the job: %w", err)
+	}
+	if err := json.Unmarshal(line, &j); err != nil {
+		lock.Close()
+		return j, nil, fmt.Errorf("while decoding the job: %w", err)
+	}
+	return j, lock, nil
+}
+
 type supervisor struct {
 	dir  string
 	spec Spec
 	log  hclog.Logger
+	sock *os.File
 
 	mu            sync.Mutex
 	pid           int  // the task's PID, also its process group ID
@@ -64,21 +165,16 @@ type supervisor struct {
 	stopRequested bool
 	timedOut      bool
 	killTimer     *time.Timer
+	killAt        time.Time
 }
 
 func (s *supervisor) run() error {
-	ctl, err := os.OpenFile(filepath.Join(s.dir, ctlFile), os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("while opening the control FIFO: %w", err)
-	}
-	defer ctl.Close()
-
 	startedAt := time.Now()
 	pid, err := s.start()
 	if err != nil {
 		exit := startError(err, startedAt)
 		s.log.Info("task could not start", "error", err)
-		if werr := writeJSON(s.dir, exitFile, exit); werr != nil {
+		if werr := writeExit(s.dir, exit); werr != nil {
 			return werr
 		}
 		s.report(report{Exit: &exit})
@@ -90,20 +186,41 @@ func (s *supervisor) run() error {
 	s.mu.Lock()
 	s.pid = pid
 	s.mu.Unlock()
+	s.send(report{State: &st})
+	record := time.AfterFunc(recordDelay, func() { s.record(st) })
+	if s.spec.Timeout > 0 {
+		time.AfterFunc(s.spec.Timeout-time.Since(startedAt), s.timeout)
+	}
+	exit := s.wait(startedAt)
+	record.Stop()
+	// The launcher, if it still listens, hears first; the record follows.
+	// Either one reaching the host is enough for the exit to be known.
+	s.report(report{Exit: &exit})
+	return writeExit(s.dir, exit)
+}
+
+// record writes the task's state and opens the control FIFO (see
+// recordDelay).
+func (s *supervisor) record(st State) {
 	if err := writeJSON(s.dir, stateFile, st); err != nil {
 		// Without state.json nobody could find the task again: better to
 		// end it now than to leave it running unsupervised.
 		s.signal(syscall.SIGKILL)
 		s.log.Error("cannot record the task's state; killed it", "error", err)
+		return
 	}
-	s.report(report{State: &st})
-
+	ctlPath := filepath.Join(s.dir, ctlFile)
+	if err := syscall.Mkfifo(ctlPath, 0o600); err != nil {
+		s.log.Error("cannot create the control FIFO; the task cannot be stopped through it", "error", err)
+		return
+	}
+	// The FIFO stays open until the shim exits.
+	ctl, err := os.OpenFile(ctlPath, os.O_RDWR, 0)
+	if err != nil {
+		s.log.Error("cannot open the control FIFO; the task cannot be stopped through it", "error", err)
+		return
+	}
 	go s.readControl(ctl)
-	if s.spec.Timeout > 0 {
-		time.AfterFunc(s.spec.Timeout-time.Since(startedAt), s.timeout)
-	}
-	exit := s.wait(startedAt)
-	return writeJSON(s.dir, exitFile, exit)
 }
 
 // start forks and execs the task in a new process group.
@@ -160,15 +277,18 @@ func openLog(path string) (*os.File, error) {
 	return f, nil
 }
 
-// report writes the start report to the launcher and lets go of the pipe,
-// so that the launcher's death cannot reach the shim through it.
-func (s *supervisor) report(r report) {
+// send sends a report to the launcher. A launcher that has gone away is no
+// concern of the shim's: the write fails (SIGPIPE is not fatal here) and
+// the files tell a restarted plugin everything.
+func (s *supervisor) send(r report) {
 	b, _ := json.Marshal(r)
-	_, _ = os.Stdout.Write(append(b, '\n'))
-	if devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
-		_ = syscall.Dup2(int(devnull.Fd()), 1)
-		devnull.Close()
-	}
+	_, _ = s.sock.Write(append(b, '\n'))
+}
+
+// report sends the last report and lets go of the socket.
+func (s *supervisor) report(r report) {
+	s.send(r)
+	s.sock.Close()
 }
 
 // readControl carries out requests written to the control FIFO, one per
@@ -201,12 +321,13 @@ func (s *supervisor) timeout() {
 	}
 	s.timedOut = true
 	s.mu.Unlock()
-	s.log.Info("task timed out", "timeout", s.spec.Timeout)
+	s.log.Info("task timed out", "timeout", s.spec.Timeout.String())
 	s.terminate(s.spec.Grace)
 }
 
-// terminate sends SIGTERM to the task's process group, then SIGKILL after
-// grace. A second call can only shorten the grace period.
+// terminate sends SIGTERM to the task's process group and makes sure a
+// SIGKILL follows within grace. A later request with a shorter grace brings
+// the SIGKILL forward; a longer one never delays it.
 func (s *supervisor) terminate(grace time.Duration) {
 	if grace <= 0 {
 		s.signal(syscall.SIGKILL)
@@ -215,9 +336,15 @@ func (s *supervisor) terminate(grace time.Duration) {
 	s.signal(syscall.SIGTERM)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.killTimer == nil {
-		s.killTimer = time.AfterFunc(grace, func() { s.signal(syscall.SIGKILL) })
+	at := time.Now().Add(grace)
+	if s.killTimer != nil && !at.Before(s.killAt) {
+		return
 	}
+	if s.killTimer != nil {
+		s.killTimer.Stop()
+	}
+	s.killAt = at
+	s.killTimer = time.AfterFunc(grace, func() { s.signal(syscall.SIGKILL) })
 }
 
 // signal signals the task's whole process group, unless the task has been
@@ -286,7 +413,7 @@ func (s *supervisor) wait(startedAt time.Time) Exit {
 	case s.stopRequested:
 		exit.Message = "stopped on request"
 	}
-	s.log.Info("task exited", "pid", s.pid, "exitCode", exit.ExitCode, "reason", exit.Reason)
+	s.log.Debug("task exited", "pid", s.pid, "exitCode", exit.ExitCode, "reason", exit.Reason)
 	return exit
 }
 

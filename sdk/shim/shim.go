@@ -1,23 +1,33 @@
 // Package shim runs a task's process under a tiny per-task supervisor, the
 // shim, so that the task and its exit status survive the plugin and the host.
 //
-// A plugin calls Launch; the shim (the task-executor-shim executable, whose
-// main is Main) forks the task in its own process group, records the task's
-// PID and then its exit in files under a state directory, enforces the
-// task's timeout and carries out stop requests. The shim runs in its own
-// session with no pipe to the plugin left open, so a plugin or host that is
-// killed takes nothing with it. A restarted plugin finds the shim again with
-// Inspect and Wait; nothing is identified by a bare PID: a PID is trusted only
+// A plugin creates a Launcher and calls Launch; the shim (the
+// task-executor-shim executable, whose main is Main) forks the task in its
+// own process group, records the task's PID and then its exit in files under
+// a state directory, enforces the task's timeout and carries out stop
+// requests. The shim runs in its own session and keeps no pipe or socket to
+// the plugin once the task has started, so a plugin or host that is killed
+// takes nothing with it. A restarted plugin finds the shim again with Inspect
+// and Wait; nothing is identified by a bare PID: a PID is trusted only
 // together with the process start time recorded beside it.
 //
-// Files in the state directory (0700, files 0600):
+// A Launcher keeps a few shims started ahead of time, idle until they get a
+// job: starting a task then costs a message and a fork, not the start-up of
+// a new program.
 //
-//	spec.json   what to run (written by Launch)
-//	lock        flock held by the shim for its whole life: "is a shim alive?"
-//	ctl         FIFO the shim reads stop requests from
-//	state.json  PIDs and start time, once the task runs
-//	exit.json   how the task ended; its presence means the task is over
-//	shim.log    the shim's own log
+// The shim's state directory is given by the plugin (the process runtime
+// uses the task's own directory, so that starting a task creates no
+// directory). The directory itself is the lock: the shim holds an flock on
+// it for its whole life ("is a shim alive?"). The shim's files in it
+// (0600):
+//
+//	shim-state.json  PIDs and start time, written shortly after the task
+//	                 starts (a task that ends sooner never needs it)
+//	shim-ctl         FIFO the shim reads stop requests from, made at the
+//	                 same moment
+//	shim-exit.json   how the task ended; its presence means the task is over
+//	shim.log         the shim's own log, written only when there is
+//	                 something to say
 package shim
 
 import (
@@ -33,12 +43,19 @@ import (
 
 // File names inside a state directory.
 const (
-	specFile  = "spec.json"
-	lockFile  = "lock"
-	ctlFile   = "ctl"
-	stateFile = "state.json"
-	exitFile  = "exit.json"
+	ctlFile   = "shim-ctl"
+	stateFile = "shim-state.json"
+	exitFile  = "shim-exit.json"
 	logFile   = "shim.log"
+)
+
+// recordDelay is how long after the start a shim records the task's run
+// (state.json, the control FIFO). Creating files is by far the dearest
+// part of a start on some machines; a task that ends within the delay
+// never needs them, and for the others they are made off the path of the
+// start. Until then, Inspect and Stop see a live shim and wait.
+const (
+	recordDelay = 10 * time.Millisecond
 )
 
 // Spec is what a shim runs.
@@ -91,7 +108,14 @@ const (
 	ReasonStatusUnknown = "ContainerStatusUnknown"
 )
 
-// report is the one line a shim writes to its launcher once the task has
+// job is what a launcher sends an idle shim: one JSON line, after a byte
+// that carries the locked state directory's descriptor.
+type job struct {
+	Dir  string `json:"dir"`
+	Spec Spec   `json:"spec"`
+}
+
+// report is the one line a shim sends its launcher once the task has
 // started or failed to.
 type report struct {
 	State *State `json:"state,omitempty"`
@@ -120,15 +144,43 @@ func writeJSON(dir, name string, v any) error {
 	return nil
 }
 
+// writeExit writes the exit record. It is written in place, in one write,
+// rather than renamed into place: a rename is one more dear metadata
+// operation on the path from a task's exit to its report. A reader that
+// catches the file half-written (it cannot parse it) while the shim lives
+// looks again; once the shim is dead, an unreadable record means the shim
+// died writing it.
+func writeExit(dir string, e Exit) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("while encoding the exit record: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, exitFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("while writing the exit record: %w", err)
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("while writing the exit record: %w", err)
+	}
+	return nil
+}
+
+// errPartial marks a record that exists but cannot be parsed (yet).
+var errPartial = errors.New("record is incomplete")
+
 // readJSON reads dir/name into v; a missing file gives an error wrapping
-// os.ErrNotExist.
+// os.ErrNotExist, one that does not parse an error wrapping errPartial.
 func readJSON(dir, name string, v any) error {
 	b, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
 		return err
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("while decoding %s: %w", filepath.Join(dir, name), err)
+		return fmt.Errorf("while decoding %s: %v: %w", filepath.Join(dir, name), err, errPartial)
 	}
 	return nil
 }
