@@ -2,6 +2,7 @@
 # in ./.data; `make test` runs vet and every test (with the race detector).
 
 GO      ?= go
+CC      ?= cc
 BIN     := bin
 # Every directory under plugins/ is a runtime plugin, built into bin/plugins/.
 PLUGINS := $(patsubst plugins/%/,%,$(sort $(dir $(wildcard plugins/*/main.go))))
@@ -10,7 +11,7 @@ PLUGINS := $(patsubst plugins/%/,%,$(sort $(dir $(wildcard plugins/*/main.go))))
 
 build:
 	$(GO) build -o $(BIN)/task-executor ./cmd/task-executor
-	$(GO) build -o $(BIN)/task-executor-shim ./cmd/task-executor-shim
+	$(CC) -O2 -static -Wall -Wno-format-truncation -o $(BIN)/task-executor-shim sdk/shim/csrc/shim.c
 	@mkdir -p $(BIN)/plugins
 	$(foreach p,$(PLUGINS),$(GO) build -o $(BIN)/plugins/$(p) ./plugins/$(p) &&) true
 

@@ -43,15 +43,14 @@ func snapshot(t *testing.T, dir string) map[string]string {
 func TestBadInputChangesNothing(t *testing.T) {
 	h := startHost(t)
 	h.mustDo(201, "POST", "/tasks", processTask("existing", "sleep", "60"))
-	// Wait until the task's running state is on disk and its shim has
-	// recorded the run, so nothing changes on its own while the bad
-	// requests come in.
+	// Wait until the task runs and its shim has recorded the run, so
+	// nothing changes on its own while the bad requests come in.
 	h.shimState("existing")
 	eventually(t, 10*time.Second, func() bool {
-		b, _ := os.ReadFile(filepath.Join(h.dataDir, "existing", "task.json"))
+		tk, _ := h.get("existing")
 		_, err := os.Stat(filepath.Join(h.dataDir, "existing", "shim-ctl"))
-		return strings.Contains(string(b), `"running"`) && err == nil
-	}, func() string { return "the running state never reached the disk" })
+		return tk.Status.State.Running != nil && err == nil
+	}, func() string { return "the task never settled into running" })
 
 	task := func(name string, spec any) string {
 		b, _ := json.Marshal(map[string]any{"name": name, "spec": spec})

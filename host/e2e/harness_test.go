@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/host/api"
+	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
 // binDir holds the binaries built once for the whole package, laid out as
@@ -47,9 +49,11 @@ func build(bin string) error {
 	if err != nil {
 		return err
 	}
+	if err := shim.Build(context.Background(), filepath.Join(bin, "task-executor-shim")); err != nil {
+		return err
+	}
 	for _, b := range []struct{ out, pkg string }{
 		{"task-executor", "./cmd/task-executor"},
-		{"task-executor-shim", "./cmd/task-executor-shim"},
 		{"plugins/process", "./plugins/process"},
 	} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b.out), b.pkg)

@@ -654,7 +654,11 @@ func (c *Controller) applyLocked(e *entry, s corev1.ContainerState) {
 		e.phase = phaseDone
 		c.pumpLocked()
 	}
-	if rank(s) > 0 {
+	// Only the final state is saved: it is what a crash must not lose. A
+	// running state would be a hint at best (after a restart the runtime
+	// is asked anyway), and writing it costs every task's start two
+	// metadata operations on the disk.
+	if s.Terminated != nil {
 		c.persistLocked(e)
 	}
 }
@@ -904,9 +908,7 @@ func (c *Controller) persistOne(e *entry) {
 	e.dirty = false
 	rec := e.rec
 	c.mu.Unlock()
-	// A final state is what a crash must not lose; a running state is only
-	// a hint for the next start.
-	if err := c.store.Put(rec, rec.State.Terminated != nil); err != nil {
+	if err := c.store.Put(rec, true); err != nil {
 		c.log.Error("cannot save a task's state; will retry", "task", rec.Name, "error", err)
 		time.AfterFunc(time.Second, func() {
 			c.mu.Lock()

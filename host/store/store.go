@@ -1,7 +1,8 @@
 // Package store keeps the host's durable record of every task: one
 // directory per task under the data directory, holding task.json (the
-// host's record) beside whatever the task's runtime keeps there (output,
-// shim state).
+// host's record) and stdout.log and stderr.log (created empty, for the
+// task's runtime to append to), beside whatever else the runtime keeps
+// there (shim state).
 //
 // Every write of task.json is atomic (temporary file, rename); the writes
 // that acknowledge something to a client (a task created, a deletion
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/opensandbox/task-executor/sdk"
@@ -35,6 +37,7 @@ const RecordFile = "task.json"
 // subdomains and cannot start with a dot, so these never collide.
 const (
 	trashPrefix   = ".trash-"
+	sparePrefix   = ".spare-"
 	quarantineDir = ".quarantine"
 	tmpPrefix     = "." + RecordFile + ".tmp-"
 )
@@ -64,8 +67,9 @@ var ErrReadOnly = errors.New("the task store is read-only")
 
 // Store is the data directory.
 type Store struct {
-	dir string
-	log hclog.Logger
+	dir    string
+	log    hclog.Logger
+	spares *spares
 }
 
 // Open opens (creating if needed) the data directory dir.
@@ -77,7 +81,9 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("while creating the data directory: %w", classify(err))
 	}
-	return &Store{dir: abs, log: log}, nil
+	st := &Store{dir: abs, log: log}
+	st.spares = newSpares(abs, log)
+	return st, nil
 }
 
 // Root returns the data directory's absolute path.
@@ -97,31 +103,19 @@ func (s *Store) Dir(name string) string { return filepath.Join(s.dir, name) }
 func (s *Store) Create(recs ...Record) (commit func() error, err error) {
 	created := make([]string, 0, len(recs))
 	var mu sync.Mutex
-	undo := func() {
+	err = parallel(len(recs), func(i int) error {
+		if err := s.createOne(recs[i]); err != nil {
+			return err
+		}
+		mu.Lock()
+		created = append(created, recs[i].Name)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
 		for _, name := range created {
 			_ = os.RemoveAll(s.Dir(name))
 		}
-	}
-	err = parallel(len(recs), func(i int) error {
-		rec := recs[i]
-		dir := s.Dir(rec.Name)
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			if !errors.Is(err, os.ErrExist) {
-				return fmt.Errorf("while creating the directory of task %q: %w", rec.Name, classify(err))
-			}
-			// A directory without a record is what a create that crashed
-			// half-way leaves: it was never acknowledged, so reuse it.
-			if _, err := os.Stat(filepath.Join(dir, RecordFile)); err == nil {
-				return fmt.Errorf("task %q: %w", rec.Name, ErrExists)
-			}
-		}
-		mu.Lock()
-		created = append(created, rec.Name)
-		mu.Unlock()
-		return s.writeNew(rec)
-	})
-	if err != nil {
-		undo()
 		return nil, err
 	}
 	return func() error {
@@ -138,30 +132,42 @@ func (s *Store) Create(recs ...Record) (commit func() error, err error) {
 	}, nil
 }
 
-// writeNew writes the record of a new task in place, with no temporary file
-// and rename: a new file has no old content to protect, and it spares a
-// metadata operation on the path of every create. A crash half-way leaves a
-// record that does not parse, of a creation never acknowledged; Load puts it
-// aside.
-func (s *Store) writeNew(rec Record) error {
+// createOne writes a new task's record into a prepared directory and
+// renames the directory into place: the task appears whole or not at all.
+func (s *Store) createOne(rec Record) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("while encoding the record of task %q: %w", rec.Name, err)
 	}
-	f, err := os.OpenFile(filepath.Join(s.Dir(rec.Name), RecordFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("task %q: %w", rec.Name, ErrExists)
-	}
-	if err == nil {
-		_, err = f.Write(b)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
+	spare, err := s.spares.take()
 	if err != nil {
+		return fmt.Errorf("while preparing the directory of task %q: %w", rec.Name, classify(err))
+	}
+	if err := os.WriteFile(filepath.Join(spare, RecordFile), b, 0o600); err != nil {
+		_ = os.RemoveAll(spare)
 		return fmt.Errorf("while writing the record of task %q: %w", rec.Name, classify(err))
 	}
-	return nil
+	dir := s.Dir(rec.Name)
+	for attempt := 0; ; attempt++ {
+		err := unix.Renameat2(unix.AT_FDCWD, spare, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EEXIST) || attempt > 0 {
+			_ = os.RemoveAll(spare)
+			return fmt.Errorf("while creating the directory of task %q: %w", rec.Name, classify(err))
+		}
+		if _, err := os.Stat(filepath.Join(dir, RecordFile)); err == nil {
+			_ = os.RemoveAll(spare)
+			return fmt.Errorf("task %q: %w", rec.Name, ErrExists)
+		}
+		// A directory without a record is what a create that crashed
+		// half-way leaves: it was never acknowledged, so it goes.
+		if err := os.RemoveAll(dir); err != nil {
+			_ = os.RemoveAll(spare)
+			return fmt.Errorf("while removing an incomplete directory of task %q: %w", rec.Name, classify(err))
+		}
+	}
 }
 
 // syncPath fsyncs a file and then its directory.
@@ -255,7 +261,7 @@ func (s *Store) Load() ([]Record, error) {
 	for _, e := range entries {
 		name := e.Name()
 		switch {
-		case strings.HasPrefix(name, trashPrefix):
+		case strings.HasPrefix(name, trashPrefix), strings.HasPrefix(name, sparePrefix):
 			if err := os.RemoveAll(filepath.Join(s.dir, name)); err != nil {
 				s.log.Warn("cannot remove a deleted task's files", "path", name, "error", err)
 			}
@@ -277,6 +283,8 @@ func (s *Store) Load() ([]Record, error) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	// Leftover prepared directories are gone now; prepare fresh ones.
+	go s.spares.fill()
 	return out, nil
 }
 

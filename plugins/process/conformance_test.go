@@ -20,6 +20,7 @@ import (
 
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
+	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
 // Environment of a child test process run by TestConformanceCatchesBrokenRuntimes.
@@ -111,12 +112,10 @@ func build(dir string, race bool) error {
 		out, pkg string
 		race     bool
 	}{
-		// The shim is never a race build: plugins start it with a fixed
-		// environment, so GORACE could not send its reports anywhere we
-		// look, and a race build sleeps a second at every exit, that is
-		// at the end of every task.
-		{filepath.Join(dir, "task-executor-shim"), "github.com/opensandbox/task-executor/cmd/task-executor-shim", false},
 		{filepath.Join(dir, "plugins", "process"), "github.com/opensandbox/task-executor/plugins/process", race},
+	}
+	if err := shim.Build(context.Background(), filepath.Join(dir, "task-executor-shim")); err != nil {
+		return err
 	}
 	for _, tg := range targets {
 		args := []string{"build", "-o", tg.out}

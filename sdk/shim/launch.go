@@ -3,6 +3,7 @@ package shim
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -76,12 +78,10 @@ type Launcher struct {
 	path   string
 	spares int
 
-	mu          sync.Mutex
-	idle        []*idleShim
-	filling     bool
-	closed      bool
-	refillTimer *time.Timer
-	refillDue   bool
+	mu      sync.Mutex
+	idle    []*idleShim
+	filling bool
+	closed  bool
 }
 
 // idleShim is a started shim that waits for a job on conn.
@@ -128,16 +128,13 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 			return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
 		}
 	}
-	line, err := json.Marshal(job{Dir: dir, Spec: spec})
-	if err != nil {
-		return Result{}, fmt.Errorf("while encoding the job: %w", err)
-	}
+	job := encodeJob(dir, spec)
 
 	sh, err := l.take()
 	if err != nil {
 		return Result{}, err
 	}
-	defer l.refillSoon()
+	defer l.refill()
 	keep := false
 	defer func() {
 		if !keep {
@@ -150,7 +147,7 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(int(lock.Fd())), nil); err != nil {
 		return Result{}, l.failed(ctx, dir, "while handing the job to the shim", err)
 	}
-	if _, err := sh.conn.Write(append(line, '\n')); err != nil {
+	if _, err := sh.conn.Write(job); err != nil {
 		return Result{}, l.failed(ctx, dir, "while handing the job to the shim", err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = sh.conn.SetReadDeadline(time.Unix(1, 0)) })
@@ -165,6 +162,34 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 		res.exits = rc
 	}
 	return res, nil
+}
+
+// encodeJob lays a job out the way the shim reads it (see csrc/shim.c): a
+// 4-byte little-endian length, then NUL-terminated fields.
+func encodeJob(dir string, spec Spec) []byte {
+	fields := []string{
+		dir, spec.Stdout, spec.Stderr, spec.Dir,
+		strconv.FormatInt(int64(spec.Timeout), 10), strconv.FormatInt(int64(spec.Grace), 10),
+		strconv.Itoa(len(spec.Argv)),
+	}
+	fields = append(fields, spec.Argv...)
+	fields = append(fields, strconv.Itoa(len(spec.Env)))
+	fields = append(fields, spec.Env...)
+	n := 0
+	for i, f := range fields {
+		// A NUL inside a field would split it; the kernel refuses such
+		// arguments and variables anyway, so cut them there.
+		if j := strings.IndexByte(f, 0); j >= 0 {
+			fields[i] = f[:j]
+		}
+		n += len(fields[i]) + 1
+	}
+	b := make([]byte, 4, 4+n)
+	binary.LittleEndian.PutUint32(b, uint32(n))
+	for _, f := range fields {
+		b = append(append(b, f...), 0)
+	}
+	return b
 }
 
 // lockDir opens dir and takes its flock, or fails if a shim holds it.
@@ -203,28 +228,6 @@ func (l *Launcher) take() (*idleShim, error) {
 		return sh, nil
 	}
 	return l.spawn()
-}
-
-// refillDelay is how long after a launch the spares are topped up. Starting
-// a shim costs a few milliseconds of CPU; done at once, it would compete
-// with the task just started and with the report of its exit.
-const refillDelay = 20 * time.Millisecond
-
-// refillSoon tops the spares up refillDelay from now, unless a top-up is
-// already due.
-func (l *Launcher) refillSoon() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.refillDue {
-		return
-	}
-	l.refillDue = true
-	l.refillTimer = time.AfterFunc(refillDelay, func() {
-		l.mu.Lock()
-		l.refillDue = false
-		l.mu.Unlock()
-		l.refill()
-	})
 }
 
 // refill starts spares in the background until there are enough.
@@ -299,9 +302,6 @@ func (l *Launcher) spawn() (*idleShim, error) {
 func (l *Launcher) Close() {
 	l.mu.Lock()
 	l.closed = true
-	if l.refillTimer != nil {
-		l.refillTimer.Stop()
-	}
 	idle := l.idle
 	l.idle = nil
 	l.mu.Unlock()

@@ -108,15 +108,8 @@ const (
 	ReasonStatusUnknown = "ContainerStatusUnknown"
 )
 
-// job is what a launcher sends an idle shim: one JSON line, after a byte
-// that carries the locked state directory's descriptor.
-type job struct {
-	Dir  string `json:"dir"`
-	Spec Spec   `json:"spec"`
-}
-
-// report is the one line a shim sends its launcher once the task has
-// started or failed to.
+// report is a line a shim sends its launcher: once the task has started
+// (or failed to), and once it has exited.
 type report struct {
 	State *State `json:"state,omitempty"`
 	Exit  *Exit  `json:"exit,omitempty"`

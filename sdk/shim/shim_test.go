@@ -33,11 +33,7 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	shimBin = filepath.Join(dir, "task-executor-shim")
-	// Built without -race on purpose: the shim is the program under test,
-	// not the test binary, and the race runtime would inflate every start.
-	cmd := exec.Command("go", "build", "-o", shimBin, "github.com/opensandbox/task-executor/cmd/task-executor-shim")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
+	if err := Build(context.Background(), shimBin); err != nil {
 		fmt.Fprintf(os.Stderr, "building the shim: %v\n", err)
 		return 1
 	}

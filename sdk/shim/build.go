@@ -1,0 +1,49 @@
+package shim
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// source is the shim program (see csrc/shim.c for why it is C).
+//
+//go:embed csrc/shim.c
+var source []byte
+
+// Build compiles the task-executor-shim executable to out with the C
+// compiler ($CC, or cc), statically linked so that it runs wherever the
+// plugin does. `make build` does the same; Build is for tests and for
+// plugins shipped without the executor's build.
+func Build(ctx context.Context, out string) error {
+	cc := os.Getenv("CC")
+	if cc == "" {
+		cc = "cc"
+	}
+	dir, err := os.MkdirTemp("", "shim-src-")
+	if err != nil {
+		return fmt.Errorf("while building the shim: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	src := filepath.Join(dir, "shim.c")
+	if err := os.WriteFile(src, source, 0o600); err != nil {
+		return fmt.Errorf("while building the shim: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return fmt.Errorf("while building the shim: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, cc, CFlags(src, out)...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("while building the shim with %s: %v\n%s", cc, err, b)
+	}
+	return nil
+}
+
+// CFlags are the compiler arguments that build the shim from src to out
+// (the Makefile uses the same).
+func CFlags(src, out string) []string {
+	return []string{"-O2", "-static", "-Wall", "-Wno-format-truncation", "-o", out, src}
+}

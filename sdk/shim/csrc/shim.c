@@ -1,0 +1,802 @@
+/*
+ * task-executor-shim: the per-task supervisor of package
+ * github.com/opensandbox/task-executor/sdk/shim (see its documentation for
+ * the protocol and the files).
+ *
+ * Why C: one shim runs per task, and it is started for every task. Written
+ * in Go it cost about 4.5 ms of CPU per task (runtime start-up, threads) and
+ * 0.5 MiB of memory on the 2-core machines this product is measured on; this
+ * program costs a fraction of both. It does one thing, in one thread, with
+ * one poll loop.
+ *
+ * It is started by a Launcher with /dev/null as descriptors 0-2 and its end
+ * of a socket pair as descriptor 3, in a session of its own. It waits for a
+ * job: one byte carrying the locked state directory's descriptor
+ * (SCM_RIGHTS), then a 4-byte little-endian length and that many bytes of
+ * NUL-terminated fields:
+ *
+ *   dir, stdout, stderr, workdir, timeout ns, grace ns,
+ *   argc, argv[0..argc-1], envc, env[0..envc-1]
+ *
+ * It answers with JSON lines on the socket: the start report, then the
+ * exit report. EOF before a job means the launcher is gone: exit quietly.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JOB_FD 3
+#define MAX_JOB (64u << 20)
+#define RECORD_DELAY_NS 10000000LL /* see recordDelay in shim.go */
+
+static const char *state_dir, *out_path, *err_path, *work_dir;
+static long long timeout_ns, grace_ns;
+static char **task_argv, **task_env;
+
+static pid_t task_pid = -1;
+static int reaped, stop_requested, timed_out;
+static struct timespec started_at; /* CLOCK_REALTIME */
+static int kill_armed;
+static long long kill_at; /* CLOCK_MONOTONIC ns */
+static int log_fd = -1;
+
+/* ---- small helpers ---- */
+
+/* errstr is strerror in the lower case Go's messages use ("no such file or
+ * directory"), so that the runtime's messages read alike. */
+static const char *errstr(int err) {
+	static char b[4][128];
+	static int next;
+	char *p = b[next++ % 4];
+	snprintf(p, 128, "%s", strerror(err));
+	if (p[0] >= 'A' && p[0] <= 'Z' && !(p[1] >= 'A' && p[1] <= 'Z'))
+		p[0] += 'a' - 'A';
+	return p;
+}
+
+static long long mono_ns(void) {
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* rfc3339 formats a realtime timestamp the way Go's time.Time marshals. */
+static void rfc3339(const struct timespec *t, char *buf, size_t n) {
+	struct tm tm;
+	gmtime_r(&t->tv_sec, &tm);
+	size_t k = strftime(buf, n, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf + k, n - k, ".%09ldZ", t->tv_nsec);
+}
+
+/* logmsg writes to <dir>/shim.log, created on first use: a task that gives
+ * the shim nothing to say costs no file. */
+static void logmsg(const char *level, const char *fmt, ...) {
+	if (log_fd < 0 && state_dir) {
+		char p[4096];
+		snprintf(p, sizeof p, "%s/shim.log", state_dir);
+		log_fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	}
+	if (log_fd < 0)
+		return;
+	char line[4096], ts[64];
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	rfc3339(&now, ts, sizeof ts);
+	int k = snprintf(line, sizeof line, "%s [%s] shim: ", ts, level);
+	va_list ap;
+	va_start(ap, fmt);
+	k += vsnprintf(line + k, sizeof line - k, fmt, ap);
+	va_end(ap);
+	if (k >= (int)sizeof line - 1)
+		k = sizeof line - 2;
+	line[k++] = '\n';
+	(void)!write(log_fd, line, k);
+}
+
+/* buf is a growable string for JSON. */
+struct buf {
+	char *p;
+	size_t n, cap;
+};
+
+static void bput(struct buf *b, const char *s, size_t n) {
+	if (b->n + n + 1 > b->cap) {
+		b->cap = (b->n + n + 1) * 2;
+		b->p = realloc(b->p, b->cap);
+		if (!b->p)
+			abort();
+	}
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+	b->p[b->n] = 0;
+}
+
+static void bprintf(struct buf *b, const char *fmt, ...) {
+	char tmp[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	bput(b, tmp, k < (int)sizeof tmp ? (size_t)k : sizeof tmp - 1);
+}
+
+static void bjson_str(struct buf *b, const char *s) {
+	bput(b, "\"", 1);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			char e[2] = {'\\', (char)c};
+			bput(b, e, 2);
+		} else if (c < 0x20) {
+			bprintf(b, "\\u%04x", c);
+		} else {
+			bput(b, (const char *)&c, 1);
+		}
+	}
+	bput(b, "\"", 1);
+}
+
+static void bjson_time(struct buf *b, const char *key, const struct timespec *t) {
+	char ts[64];
+	rfc3339(t, ts, sizeof ts);
+	bprintf(b, "\"%s\":\"%s\"", key, ts);
+}
+
+/* proc_start returns a process's start time in clock ticks since boot (field
+ * 22 of /proc/<pid>/stat), which with the PID names it unambiguously. */
+static unsigned long long proc_start(pid_t pid) {
+	char p[64], s[1024];
+	snprintf(p, sizeof p, "/proc/%d/stat", pid);
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, s, sizeof s - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	s[n] = 0;
+	char *q = strrchr(s, ')');
+	if (!q)
+		return 0;
+	q++;
+	for (int field = 3; field < 22 && q; field++) {
+		q = strchr(q + 1, ' ');
+	}
+	return q ? strtoull(q + 1, NULL, 10) : 0;
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+	while (n > 0) {
+		ssize_t k = write(fd, p, n);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += k;
+		n -= k;
+	}
+	return 0;
+}
+
+/* write_atomic writes dir/name through a temporary file and a rename. */
+static int write_atomic(const char *name, const char *data, size_t n) {
+	char tmp[4096], dst[4096];
+	snprintf(tmp, sizeof tmp, "%s/.%s.tmp", state_dir, name);
+	snprintf(dst, sizeof dst, "%s/%s", state_dir, name);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	int rc = write_all(fd, data, n);
+	if (close(fd) < 0)
+		rc = -1;
+	if (rc == 0 && rename(tmp, dst) < 0)
+		rc = -1;
+	return rc;
+}
+
+/* ---- reports ---- */
+
+static void send_line(struct buf *b) {
+	bput(b, "\n", 1);
+	/* A launcher that has gone away is no concern: the files tell a
+	 * restarted plugin everything. */
+	if (write_all(JOB_FD, b->p, b->n) < 0 && errno != EPIPE)
+		logmsg("WARN", "cannot send a report to the launcher: %s", errstr(errno));
+}
+
+struct exit_info {
+	int code, signal;
+	const char *reason;
+	char message[2048];
+	int started; /* startedAt is set */
+	struct timespec finished;
+};
+
+static void exit_json(struct buf *b, const struct exit_info *e) {
+	bprintf(b, "{\"exitCode\":%d", e->code);
+	if (e->signal)
+		bprintf(b, ",\"signal\":%d", e->signal);
+	bput(b, ",\"reason\":", 10);
+	bjson_str(b, e->reason);
+	if (e->message[0]) {
+		bput(b, ",\"message\":", 11);
+		bjson_str(b, e->message);
+	}
+	if (e->started) {
+		bput(b, ",", 1);
+		bjson_time(b, "startedAt", &started_at);
+	}
+	bput(b, ",", 1);
+	bjson_time(b, "finishedAt", &e->finished);
+	bput(b, "}", 1);
+}
+
+/* write_exit writes the exit record in place, in one write (see writeExit
+ * in shim.go for why not through a rename). */
+static void write_exit(const struct exit_info *e) {
+	struct buf b = {0};
+	exit_json(&b, e);
+	char p[4096];
+	snprintf(p, sizeof p, "%s/shim-exit.json", state_dir);
+	int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, b.p, b.n) < 0 || close(fd) < 0)
+		logmsg("ERROR", "cannot write the exit record: %s", errstr(errno));
+	free(b.p);
+}
+
+static void report_exit(const struct exit_info *e, int file_first) {
+	struct buf b = {0};
+	if (file_first)
+		write_exit(e);
+	bput(&b, "{\"exit\":", 8);
+	exit_json(&b, e);
+	bput(&b, "}", 1);
+	send_line(&b);
+	free(b.p);
+	close(JOB_FD);
+	if (!file_first)
+		write_exit(e);
+}
+
+/* ---- the job ---- */
+
+static int read_full(int fd, void *p, size_t n) {
+	char *c = p;
+	while (n > 0) {
+		ssize_t k = read(fd, c, n);
+		if (k == 0)
+			return -1;
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		c += k;
+		n -= k;
+	}
+	return 0;
+}
+
+/* receive_job returns 1 with the job read, 0 on EOF (no job will come), -1
+ * on error. */
+static int receive_job(int *lock_fd) {
+	char one;
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {&one, 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+	ssize_t n;
+	do {
+		n = recvmsg(JOB_FD, &msg, MSG_CMSG_CLOEXEC);
+	} while (n < 0 && errno == EINTR);
+	if (n == 0)
+		return 0;
+	if (n < 0)
+		return -1;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+		return -1;
+	memcpy(lock_fd, CMSG_DATA(c), sizeof(int));
+
+	unsigned char lenb[4];
+	if (read_full(JOB_FD, lenb, 4) < 0)
+		return -1;
+	uint32_t len = lenb[0] | lenb[1] << 8 | lenb[2] << 16 | (uint32_t)lenb[3] << 24;
+	if (len == 0 || len > MAX_JOB)
+		return -1;
+	char *p = malloc(len + 1);
+	if (!p || read_full(JOB_FD, p, len) < 0)
+		return -1;
+	p[len] = 0;
+	if (p[len - 1] != 0)
+		return -1;
+
+	/* Fields are NUL-terminated strings laid end to end. */
+	char *end = p + len, *q = p;
+#define NEXT(v)            \
+	do {                   \
+		if (q >= end)      \
+			return -1;     \
+		(v) = q;           \
+		q += strlen(q) + 1; \
+	} while (0)
+	char *s;
+	NEXT(s); state_dir = s;
+	NEXT(s); out_path = s;
+	NEXT(s); err_path = s;
+	NEXT(s); work_dir = s;
+	NEXT(s); timeout_ns = atoll(s);
+	NEXT(s); grace_ns = atoll(s);
+	NEXT(s);
+	long argc = atol(s);
+	if (argc < 0 || argc > (long)len)
+		return -1;
+	task_argv = calloc(argc + 1, sizeof(char *));
+	for (long i = 0; i < argc; i++)
+		NEXT(task_argv[i]);
+	NEXT(s);
+	long envc = atol(s);
+	if (envc < 0 || envc > (long)len)
+		return -1;
+	task_env = calloc(envc + 1, sizeof(char *));
+	for (long i = 0; i < envc; i++)
+		NEXT(task_env[i]);
+#undef NEXT
+	return 1;
+}
+
+/* ---- starting the task ---- */
+
+struct start_err {
+	int code;
+	char msg[2048];
+};
+
+static const char *env_value(const char *key) {
+	size_t k = strlen(key);
+	const char *v = NULL;
+	for (char **e = task_env; *e; e++)
+		if (strncmp(*e, key, k) == 0 && (*e)[k] == '=')
+			v = *e + k + 1; /* the last one wins */
+	return v;
+}
+
+/* look_path finds file the way a shell would, with the task's PATH. */
+static int look_path(const char *file, char *out, size_t n, struct start_err *se) {
+	struct stat st;
+	if (strchr(file, '/')) {
+		if (stat(file, &st) < 0) {
+			se->code = 127;
+			snprintf(se->msg, sizeof se->msg, "exec %s: %s", file, errstr(errno));
+			return -1;
+		}
+		if (S_ISDIR(st.st_mode) || !(st.st_mode & 0111)) {
+			se->code = 126;
+			snprintf(se->msg, sizeof se->msg, "exec %s: permission denied", file);
+			return -1;
+		}
+		snprintf(out, n, "%s", file);
+		return 0;
+	}
+	const char *path = env_value("PATH");
+	if (!path || !*path)
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	char denied[4096] = "";
+	const char *d = path;
+	for (;;) {
+		const char *colon = strchr(d, ':');
+		size_t dl = colon ? (size_t)(colon - d) : strlen(d);
+		char cand[4096];
+		if (dl == 0)
+			snprintf(cand, sizeof cand, "./%s", file);
+		else
+			snprintf(cand, sizeof cand, "%.*s/%s", (int)dl, d, file);
+		if (stat(cand, &st) == 0 && !S_ISDIR(st.st_mode)) {
+			if (st.st_mode & 0111) {
+				snprintf(out, n, "%s", cand);
+				return 0;
+			}
+			if (!denied[0])
+				snprintf(denied, sizeof denied, "%s", cand);
+		}
+		if (!colon)
+			break;
+		d = colon + 1;
+	}
+	if (denied[0]) {
+		se->code = 126;
+		snprintf(se->msg, sizeof se->msg, "exec %s: permission denied", denied);
+	} else {
+		se->code = 127;
+		snprintf(se->msg, sizeof se->msg, "exec \"%s\": executable file not found in $PATH", file);
+	}
+	return -1;
+}
+
+static int exec_error_code(int err) {
+	switch (err) {
+	case ENOENT:
+	case ENOTDIR:
+		return 127;
+	case EACCES:
+	case ENOEXEC:
+	case EISDIR:
+	case EPERM:
+	case ETXTBSY:
+		return 126;
+	}
+	return 128;
+}
+
+static const int handled_signals[] = {SIGHUP, SIGINT, SIGTERM, SIGPIPE};
+
+static pid_t start_task(struct start_err *se) {
+	char path[4096];
+	if (!task_argv[0] || !task_argv[0][0]) {
+		se->code = 127;
+		snprintf(se->msg, sizeof se->msg, "empty command");
+		return -1;
+	}
+	if (look_path(task_argv[0], path, sizeof path, se) < 0)
+		return -1;
+
+	char wd[4096];
+	if (work_dir[0]) {
+		snprintf(wd, sizeof wd, "%s", work_dir);
+	} else {
+		/* The state directory's parent, as Spec.Dir documents. */
+		snprintf(wd, sizeof wd, "%s", state_dir);
+		char *slash = strrchr(wd, '/');
+		if (slash && slash != wd)
+			*slash = 0;
+	}
+	struct stat st;
+	if (stat(wd, &st) < 0) {
+		se->code = 128;
+		snprintf(se->msg, sizeof se->msg, "working directory: stat %s: %s", wd, errstr(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		se->code = 128;
+		snprintf(se->msg, sizeof se->msg, "working directory %s: not a directory", wd);
+		return -1;
+	}
+
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int out = open(out_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	int err = out < 0 ? -1 : open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if (devnull < 0 || out < 0 || err < 0) {
+		se->code = 128;
+		snprintf(se->msg, sizeof se->msg, "while opening the output file: %s", errstr(errno));
+		return -1;
+	}
+
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, devnull, 0);
+	posix_spawn_file_actions_adddup2(&fa, out, 1);
+	posix_spawn_file_actions_adddup2(&fa, err, 2);
+	posix_spawn_file_actions_addchdir_np(&fa, wd);
+	posix_spawnattr_init(&at);
+	sigset_t none, def;
+	sigemptyset(&none);
+	sigemptyset(&def);
+	for (size_t i = 0; i < sizeof handled_signals / sizeof *handled_signals; i++)
+		sigaddset(&def, handled_signals[i]);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &def);
+	posix_spawnattr_setpgroup(&at, 0);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	pid_t pid;
+	int rc = posix_spawn(&pid, path, &fa, &at, task_argv, task_env);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+	close(devnull);
+	close(out);
+	close(err);
+	if (rc != 0) {
+		se->code = exec_error_code(rc);
+		snprintf(se->msg, sizeof se->msg, "exec %s: %s", path, errstr(rc));
+		return -1;
+	}
+	return pid;
+}
+
+/* ---- supervising ---- */
+
+static void signal_task(int sig) {
+	/* Only before the reap: afterwards the PID (and so the group ID) may
+	 * belong to someone else. */
+	if (task_pid > 0 && !reaped && kill(-task_pid, sig) < 0 && errno != ESRCH)
+		logmsg("WARN", "cannot signal the task with %d: %s", sig, errstr(errno));
+}
+
+static void arm(int tfd, long long at_mono_ns) {
+	struct itimerspec its = {0};
+	if (at_mono_ns <= 0)
+		at_mono_ns = 1; /* zero would disarm */
+	its.it_value.tv_sec = at_mono_ns / 1000000000LL;
+	its.it_value.tv_nsec = at_mono_ns % 1000000000LL;
+	timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+/* terminate sends SIGTERM to the task's group and makes sure a SIGKILL
+ * follows within grace; a later request with a shorter grace brings the
+ * SIGKILL forward, a longer one never delays it. */
+static void terminate(long long grace, int kill_tfd) {
+	if (grace <= 0) {
+		signal_task(SIGKILL);
+		return;
+	}
+	signal_task(SIGTERM);
+	long long at = mono_ns() + grace;
+	if (kill_armed && at >= kill_at)
+		return;
+	kill_armed = 1;
+	kill_at = at;
+	arm(kill_tfd, at);
+}
+
+static int record(void) {
+	struct buf b = {0};
+	char ts[64];
+	rfc3339(&started_at, ts, sizeof ts);
+	bprintf(&b, "{\"shimPid\":%d,\"shimStart\":%llu,\"pid\":%d,\"pidStart\":%llu,\"startedAt\":\"%s\"}",
+	        getpid(), proc_start(getpid()), task_pid, proc_start(task_pid), ts);
+	int rc = write_atomic("shim-state.json", b.p, b.n);
+	free(b.p);
+	if (rc < 0) {
+		/* Without the record nobody could find the task again: better to
+		 * end it now than to leave it running unsupervised. */
+		logmsg("ERROR", "cannot record the task's state, killing it: %s", errstr(errno));
+		signal_task(SIGKILL);
+		return -1;
+	}
+	char ctl[4096];
+	snprintf(ctl, sizeof ctl, "%s/shim-ctl", state_dir);
+	if (mkfifo(ctl, 0600) < 0) {
+		logmsg("ERROR", "cannot create the control FIFO; the task cannot be stopped through it: %s", errstr(errno));
+		return -1;
+	}
+	/* Read-write, so that the FIFO never reports EOF while we hold it. */
+	int fd = open(ctl, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		logmsg("ERROR", "cannot open the control FIFO: %s", errstr(errno));
+	return fd;
+}
+
+/* read_control carries out requests from the control FIFO, one per line:
+ * "stop <grace-nanoseconds>". */
+static void read_control(int fd, int kill_tfd) {
+	static char acc[1024];
+	static size_t have;
+	for (;;) {
+		ssize_t n = read(fd, acc + have, sizeof acc - 1 - have);
+		if (n <= 0)
+			break;
+		have += n;
+		acc[have] = 0;
+		char *nl;
+		while ((nl = memchr(acc, '\n', have)) != NULL) {
+			*nl = 0;
+			long long g;
+			char extra;
+			if (sscanf(acc, "stop %lld%c", &g, &extra) == 1 && g >= 0) {
+				stop_requested = 1;
+				terminate(g, kill_tfd);
+			} else {
+				logmsg("WARN", "ignoring an unknown control request: %s", acc);
+			}
+			size_t used = nl - acc + 1;
+			memmove(acc, nl + 1, have - used);
+			have -= used;
+		}
+		if (have == sizeof acc - 1)
+			have = 0; /* a line that long is garbage */
+	}
+}
+
+/* frac formats v/unit with the trailing zeros of its fraction trimmed. */
+static void frac(char *buf, size_t n, long long v, long long unit, const char *suffix) {
+	long long whole = v / unit, rest = v % unit;
+	if (rest == 0) {
+		snprintf(buf, n, "%lld%s", whole, suffix);
+		return;
+	}
+	int digits = 0;
+	for (long long u = unit; u > 1; u /= 10)
+		digits++;
+	char f[32];
+	snprintf(f, sizeof f, "%0*lld", digits, rest);
+	for (int i = (int)strlen(f) - 1; i > 0 && f[i] == '0'; i--)
+		f[i] = 0;
+	snprintf(buf, n, "%lld.%s%s", whole, f, suffix);
+}
+
+/* duration formats ns the way Go's time.Duration does ("300ms", "1m30s"). */
+static void duration(long long ns, char *buf, size_t n) {
+	if (ns < 1000LL)
+		snprintf(buf, n, "%lldns", ns);
+	else if (ns < 1000000LL)
+		frac(buf, n, ns, 1000LL, "\u00b5s");
+	else if (ns < 1000000000LL)
+		frac(buf, n, ns, 1000000LL, "ms");
+	else {
+		long long h = ns / 3600000000000LL, m = ns / 60000000000LL % 60;
+		char sec[48];
+		frac(sec, sizeof sec, ns % 60000000000LL, 1000000000LL, "s");
+		if (h > 0)
+			snprintf(buf, n, "%lldh%lldm%s", h, m, sec);
+		else if (m > 0)
+			snprintf(buf, n, "%lldm%s", m, sec);
+		else
+			snprintf(buf, n, "%s", sec);
+	}
+}
+
+/* supervise runs the task to its end and returns how it ended. */
+static void supervise(struct exit_info *e) {
+	int pidfd = (int)syscall(SYS_pidfd_open, task_pid, 0);
+	int rec_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	int to_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	int kill_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	long long t0 = mono_ns();
+	arm(rec_tfd, t0 + RECORD_DELAY_NS);
+	if (timeout_ns > 0)
+		arm(to_tfd, t0 + timeout_ns);
+	int ctl = -1;
+
+	for (;;) {
+		struct pollfd p[5] = {
+		    {pidfd, POLLIN, 0}, {rec_tfd, POLLIN, 0}, {to_tfd, POLLIN, 0}, {kill_tfd, POLLIN, 0}, {ctl, POLLIN, 0},
+		};
+		/* Without a pidfd (an old kernel), look every 10 ms. */
+		int n = poll(p, 5, pidfd < 0 ? 10 : -1);
+		if (n < 0 && errno != EINTR)
+			logmsg("ERROR", "poll: %s", errstr(errno));
+		siginfo_t si = {0};
+		if ((pidfd >= 0 && (p[0].revents & POLLIN)) ||
+		    (pidfd < 0 && waitid(P_PID, task_pid, &si, WEXITED | WNOWAIT | WNOHANG) == 0 && si.si_pid == task_pid))
+			break;
+		uint64_t ticks;
+		if (p[1].revents & POLLIN) {
+			(void)!read(rec_tfd, &ticks, sizeof ticks);
+			ctl = record();
+		}
+		if (p[2].revents & POLLIN) {
+			(void)!read(to_tfd, &ticks, sizeof ticks);
+			timed_out = 1;
+			char d[32];
+			duration(timeout_ns, d, sizeof d);
+			logmsg("INFO", "task timed out: timeout=%s", d);
+			terminate(grace_ns, kill_tfd);
+		}
+		if (p[3].revents & POLLIN) {
+			(void)!read(kill_tfd, &ticks, sizeof ticks);
+			signal_task(SIGKILL);
+		}
+		if (ctl >= 0 && (p[4].revents & POLLIN))
+			read_control(ctl, kill_tfd);
+	}
+
+	/* The task's main process has exited and is a zombie until reaped, so
+	 * its PID (and the group ID) cannot be reused: end whatever else is left
+	 * in its group (a task ends with its main process, as a container
+	 * does), then reap it. */
+	signal_task(SIGKILL);
+	int status = 0;
+	while (waitpid(task_pid, &status, 0) < 0 && errno == EINTR)
+		;
+	reaped = 1;
+	clock_gettime(CLOCK_REALTIME, &e->finished);
+	e->started = 1;
+	e->message[0] = 0;
+	if (WIFSIGNALED(status)) {
+		e->signal = WTERMSIG(status);
+		e->code = 128 + e->signal;
+		e->reason = "Failed";
+		const char *abbrev = sigabbrev_np(e->signal);
+		snprintf(e->message, sizeof e->message, "killed by signal %d (SIG%s)", e->signal, abbrev ? abbrev : "?");
+	} else {
+		e->code = WEXITSTATUS(status);
+		e->reason = e->code == 0 ? "Succeeded" : "Failed";
+	}
+	if (timed_out) {
+		char d[32];
+		duration(timeout_ns, d, sizeof d);
+		e->reason = "TaskTimeout";
+		snprintf(e->message, sizeof e->message, "task ran longer than its timeout of %s and was stopped", d);
+	} else if (stop_requested) {
+		snprintf(e->message, sizeof e->message, "stopped on request");
+	}
+}
+
+/* close_inherited closes the descriptors above the socket that were
+ * inherited without close-on-exec (whatever the plugin's own parent left
+ * open): nothing of the sort may reach the task or be held by the shim. */
+static void close_inherited(void) {
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return;
+	int self = dirfd(d);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		int fd = atoi(de->d_name);
+		if (fd <= JOB_FD || fd == self)
+			continue;
+		int flags = fcntl(fd, F_GETFD);
+		if (flags >= 0 && !(flags & FD_CLOEXEC))
+			close(fd);
+	}
+	closedir(d);
+}
+
+static void ignore(int sig) { (void)sig; }
+
+int main(void) {
+	fcntl(JOB_FD, F_SETFD, FD_CLOEXEC);
+	close_inherited();
+	/* The shim lives in a session of its own; swallow the signals a
+	 * terminal or a careless kill would send, with a handler rather than
+	 * SIG_IGN: an ignored disposition would pass on to the task. */
+	struct sigaction sa = {0};
+	sa.sa_handler = ignore;
+	for (size_t i = 0; i < sizeof handled_signals / sizeof *handled_signals; i++)
+		sigaction(handled_signals[i], &sa, NULL);
+
+	int lock_fd = -1;
+	int got = receive_job(&lock_fd);
+	if (got == 0)
+		return 0; /* an idle shim whose launcher went away */
+	if (got < 0) {
+		fprintf(stderr, "task-executor-shim: cannot read a job from descriptor %d\n", JOB_FD);
+		return 1;
+	}
+	/* lock_fd is kept open (and its flock held) until we exit. */
+
+	struct exit_info e = {0};
+	struct start_err se = {0};
+	clock_gettime(CLOCK_REALTIME, &started_at);
+	task_pid = start_task(&se);
+	if (task_pid < 0) {
+		logmsg("INFO", "task could not start: %s", se.msg);
+		e.code = se.code;
+		e.reason = "StartError";
+		snprintf(e.message, sizeof e.message, "%s", se.msg);
+		clock_gettime(CLOCK_REALTIME, &e.finished);
+		report_exit(&e, 1);
+		return 0;
+	}
+
+	struct buf b = {0};
+	char ts[64];
+	rfc3339(&started_at, ts, sizeof ts);
+	bprintf(&b, "{\"state\":{\"shimPid\":%d,\"shimStart\":%llu,\"pid\":%d,\"pidStart\":%llu,\"startedAt\":\"%s\"}}",
+	        getpid(), proc_start(getpid()), task_pid, proc_start(task_pid), ts);
+	send_line(&b);
+	free(b.p);
+
+	supervise(&e);
+	/* The launcher, if it still listens, hears first; the record follows.
+	 * Either reaching the host is enough for the exit to be known. */
+	report_exit(&e, 0);
+	return 0;
+}
