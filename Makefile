@@ -21,6 +21,8 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# The benchmarks once, tiny, so they never rot (no timing is checked).
+	$(GO) test -run '^$$' -bench . -benchtime 5x -count 1 ./host/e2e/
 
 # Benchmarks of the real binaries over HTTP; see docs/benchmarks.md.
 bench: build

@@ -43,6 +43,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer st.Close()
 	// Bind first: a port in use should fail the start before anything else
 	// happens.
 	ln, err := net.Listen("tcp", cfg.ListenAddr)

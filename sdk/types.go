@@ -95,9 +95,10 @@ type Task struct {
 	Name string
 	// Spec is what to run.
 	Spec TaskSpec
-	// Dir is the task's directory: stdout.log and stderr.log belong here, and
-	// the runtime may keep its own files here too (but not task.json, which
-	// is the host's).
+	// Dir is the task's directory. The host creates it with task.json (the
+	// host's own, not to be touched) and an empty stdout.log and
+	// stderr.log, where the task's output belongs. The runtime may keep
+	// its own files here too.
 	Dir string
 }
 

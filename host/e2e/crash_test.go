@@ -102,6 +102,10 @@ func TestPluginKilledMidFlight(t *testing.T) {
 	h.start()
 	t.Cleanup(h.cleanup)
 	want, runs := crashTasks(t, h, 50)
+	var shims []shimState
+	for name := range want {
+		shims = append(shims, h.shimState(name))
+	}
 	plugin := h.pluginPID()
 	// Take the plugin away so the host cannot restart it at once: tasks
 	// must end while no plugin watches them.
@@ -112,6 +116,20 @@ func TestPluginKilledMidFlight(t *testing.T) {
 	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	// The host is the child subreaper of its plugins: the orphaned shims
+	// become its children (and so it can reap them), not PID 1's.
+	eventually(t, 3*time.Second, func() bool {
+		running, adopted := 0, 0
+		for _, st := range shims {
+			if procStart(st.ShimPID) == st.ShimStart && alive(st.ShimPID) {
+				running++
+				if procPPID(st.ShimPID) == h.cmd.Process.Pid {
+					adopted++
+				}
+			}
+		}
+		return running > 0 && adopted == running
+	}, func() string { return "the killed plugin's shims were not handed to the host" })
 	eventually(t, 30*time.Second, func() bool { return exitsRecorded(h.dataDir) >= 15 },
 		func() string { return "tasks did not finish while the plugin was down" })
 	down := exitsRecorded(h.dataDir)
@@ -123,7 +141,26 @@ func TestPluginKilledMidFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkOutcome(t, h, want, runs)
-	if h.pluginPID() == plugin {
+	newPlugin := h.pluginPID()
+	if newPlugin == plugin {
 		t.Fatal("the plugin was not restarted")
 	}
+	// The dead plugin's shims were handed to the host when it died; once
+	// they end, the host must reap them: none may linger as a zombie.
+	eventually(t, 10*time.Second, func() bool {
+		for _, st := range shims {
+			if procStart(st.ShimPID) == st.ShimStart {
+				return false
+			}
+		}
+		return true
+	}, func() string {
+		var left []int
+		for _, st := range shims {
+			if procStart(st.ShimPID) == st.ShimStart {
+				left = append(left, st.ShimPID)
+			}
+		}
+		return fmt.Sprintf("shims of the killed plugin linger (zombies nobody reaped): %v", left)
+	})
 }

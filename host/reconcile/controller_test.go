@@ -182,6 +182,7 @@ func newEnv(t *testing.T, dir string, rt *fakeRuntime, cfg Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(st.Close) // after the controller's, registered below
 	rts := &fakeRuntimes{rt: rt, up: true}
 	if cfg.ReconcileInterval == 0 {
 		cfg.ReconcileInterval = 20 * time.Millisecond
@@ -370,6 +371,7 @@ func TestHostRestartRecovers(t *testing.T) {
 	// exists for a task whose start never reached the runtime.
 	rt.exit("running", 7)
 	st, _ := store.Open(dir, hclog.NewNullLogger())
+	defer st.Close()
 	commit, err := st.Create(store.Record{Name: "never", Runtime: "process", CreatedAt: time.Now(),
 		Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"x"}}}, State: sdk.Waiting(sdk.ReasonInitialized, "")})
 	if err == nil {

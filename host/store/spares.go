@@ -39,6 +39,8 @@ type spares struct {
 	mu      sync.Mutex
 	ready   []string
 	filling bool
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 func newSpares(dir string, log hclog.Logger) *spares {
@@ -56,9 +58,10 @@ func (s *spares) take() (string, error) {
 		dir = s.ready[n-1]
 		s.ready = s.ready[:n-1]
 	}
-	if !s.filling {
+	if !s.filling && !s.closed {
 		s.filling = true
-		time.AfterFunc(spareRefillDelay, s.fill)
+		s.wg.Add(1)
+		time.AfterFunc(spareRefillDelay, func() { defer s.wg.Done(); s.fill() })
 	}
 	s.mu.Unlock()
 	if dir != "" {
@@ -67,11 +70,34 @@ func (s *spares) take() (string, error) {
 	return s.make()
 }
 
-// fill tops the prepared directories up.
-func (s *spares) fill() {
+// start tops the prepared directories up in the background.
+func (s *spares) start() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.filling || s.closed {
+		return
+	}
 	s.filling = true
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.fill() }()
+}
+
+// close stops the top-ups and removes the prepared directories.
+func (s *spares) close() {
+	s.mu.Lock()
+	s.closed = true
 	s.mu.Unlock()
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range s.ready {
+		_ = os.RemoveAll(d)
+	}
+	s.ready = nil
+}
+
+// fill tops the prepared directories up; the caller has set filling.
+func (s *spares) fill() {
 	defer func() {
 		s.mu.Lock()
 		s.filling = false
@@ -79,9 +105,9 @@ func (s *spares) fill() {
 	}()
 	for {
 		s.mu.Lock()
-		n := len(s.ready)
+		n, closed := len(s.ready), s.closed
 		s.mu.Unlock()
-		if n >= wantSpares {
+		if n >= wantSpares || closed {
 			return
 		}
 		dir, err := s.make()

@@ -86,6 +86,10 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 	return st, nil
 }
 
+// Close stops the store's background work and removes the directories it
+// prepared ahead. Records stay.
+func (s *Store) Close() { s.spares.close() }
+
 // Root returns the data directory's absolute path.
 func (s *Store) Root() string { return s.dir }
 
@@ -284,7 +288,7 @@ func (s *Store) Load() ([]Record, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	// Leftover prepared directories are gone now; prepare fresh ones.
-	go s.spares.fill()
+	s.spares.start()
 	return out, nil
 }
 

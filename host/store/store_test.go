@@ -1,0 +1,157 @@
+package store
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+func record(name string) Record {
+	return Record{
+		Name: name, Runtime: "process", CreatedAt: time.Now(),
+		Spec:  sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"true"}}},
+		State: sdk.Waiting(sdk.ReasonInitialized, ""),
+	}
+}
+
+func open(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func create(t *testing.T, s *Store, recs ...Record) {
+	t.Helper()
+	commit, err := s.Create(recs...)
+	if err == nil {
+		err = commit()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func names(recs []Record) string {
+	var n []string
+	for _, r := range recs {
+		n = append(n, r.Name)
+	}
+	return strings.Join(n, ",")
+}
+
+func TestCreatePutRemoveLoad(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	create(t, s, record("b"), record("a"))
+	for _, f := range []string{RecordFile, "stdout.log", "stderr.log"} {
+		if _, err := os.Stat(filepath.Join(dir, "a", f)); err != nil {
+			t.Fatalf("a new task directory lacks %s: %v", f, err)
+		}
+	}
+	if _, err := s.Create(record("a")); !errors.Is(err, ErrExists) {
+		t.Fatalf("creating an existing task: %v, want ErrExists", err)
+	}
+	done := record("b")
+	done.State = sdk.Terminated(3, 0, "", "", time.Now(), time.Now())
+	if err := s.Put(done, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove("a"); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := open(t, dir).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names(recs) != "b" || recs[0].State.Terminated == nil || recs[0].State.Terminated.ExitCode != 3 {
+		t.Fatalf("loaded %+v, want b terminated with 3", recs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "a")); !os.IsNotExist(err) {
+		t.Fatalf("a removed task's directory is still there: %v", err)
+	}
+}
+
+// TestLoadCleansUp: what crashes leave behind is put right at the next
+// start, and one bad record costs only that task.
+func TestLoadCleansUp(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	create(t, s, record("good"), record("corrupt"), record("misnamed"))
+	if err := os.WriteFile(filepath.Join(dir, "corrupt", RecordFile), []byte(`{"name":"corr`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := record("someone-else")
+	if err := s.Put(Record{Name: "misnamed", Spec: other.Spec}, false); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "misnamed", RecordFile))
+	if err := os.WriteFile(filepath.Join(dir, "misnamed", RecordFile), []byte(strings.Replace(string(b), `"misnamed"`, `"someone-else"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"half-created", ".trash-x-1", ".spare-7"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "good", tmpPrefix+"123"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	recs, err := open(t, dir).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names(recs) != "good" {
+		t.Fatalf("loaded %s, want only good", names(recs))
+	}
+	for _, gone := range []string{"half-created", ".trash-x-1", ".spare-7", "corrupt", "misnamed", "good/" + tmpPrefix + "123"} {
+		if _, err := os.Stat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
+			t.Errorf("%s survived the load: %v", gone, err)
+		}
+	}
+	q, _ := os.ReadDir(filepath.Join(dir, quarantineDir))
+	if len(q) != 2 {
+		t.Fatalf("quarantine holds %d entries, want the 2 bad records", len(q))
+	}
+}
+
+func TestCreateReplacesAnIncompleteDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	// A create that crashed before its record was written.
+	if err := os.MkdirAll(filepath.Join(dir, "again", "junk"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	create(t, s, record("again"))
+	if _, err := os.Stat(filepath.Join(dir, "again", "junk")); !os.IsNotExist(err) {
+		t.Fatal("the incomplete directory's content survived")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "again", RecordFile)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFailedBatchLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	create(t, s, record("taken"))
+	if _, err := s.Create(record("fresh-1"), record("taken"), record("fresh-2")); !errors.Is(err, ErrExists) {
+		t.Fatalf("got %v, want ErrExists", err)
+	}
+	for _, n := range []string{"fresh-1", "fresh-2"} {
+		if _, err := os.Stat(filepath.Join(dir, n)); !os.IsNotExist(err) {
+			t.Errorf("%s was left behind by a failed batch", n)
+		}
+	}
+}
