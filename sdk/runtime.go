@@ -54,9 +54,11 @@ type Runtime interface {
 	// the result is one the runtime never started; the host starts it.
 	Recover(ctx context.Context, tasks []Task) ([]TaskStatus, error)
 
-	// Events returns a channel of status changes (started, exited, ...) that
-	// is closed when ctx ends. It must not drop the last change of a task;
-	// Publisher does this for an implementation.
+	// Events returns a channel of the status changes the runtime observes
+	// on its own (a task exiting, an image pull failing, ...); it is closed
+	// when ctx ends. A status a call returns (Start, Recover) need not be
+	// sent again. It must not drop the last change of a task; Publisher does
+	// this for an implementation.
 	Events(ctx context.Context) (<-chan TaskStatus, error)
 }
 

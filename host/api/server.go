@@ -30,6 +30,7 @@ type Tasks interface {
 	Delete(ctx context.Context, name string, grace *time.Duration) error
 	Sync(ctx context.Context, desired []reconcile.NewTask) ([]reconcile.Task, error)
 	Get(name string) (reconcile.Task, bool)
+	Await(name string) (reconcile.Task, <-chan struct{}, bool)
 	List() []reconcile.Task
 }
 
@@ -65,12 +66,46 @@ func (s *server) health(w http.ResponseWriter, _ *http.Request, _ httprouter.Par
 	writeJSON(w, http.StatusOK, map[string]string{"status": "healthy"})
 }
 
-func (s *server) get(w http.ResponseWriter, _ *http.Request, ps httprouter.Params) {
+// MaxWait bounds the wait of GET /tasks/{name}?wait=.
+const MaxWait = 5 * time.Minute
+
+// get answers with a task. With ?wait=<duration> (a Go duration, up to
+// MaxWait) it is a long poll: the answer comes as soon as the task has
+// terminated, or when the wait is over, so a client need not poll.
+func (s *server) get(w http.ResponseWriter, req *http.Request, ps httprouter.Params) {
 	name := ps.ByName("name")
-	t, ok := s.tasks.Get(name)
+	var wait time.Duration
+	if v := req.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > MaxWait {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("wait %q must be a duration from 0s to %s", v, MaxWait))
+			return
+		}
+		wait = d
+	}
+	t, ended, ok := s.tasks.Await(name)
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("task %q not found", name))
 		return
+	}
+	if wait > 0 && t.State.Terminated == nil {
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		select {
+		case <-ended:
+			if t, ok = s.tasks.Get(name); !ok {
+				writeError(w, http.StatusNotFound, fmt.Sprintf("task %q was deleted", name))
+				return
+			}
+		case <-timer.C:
+			t, ok = s.tasks.Get(name)
+		case <-req.Context().Done():
+			return
+		}
+		if !ok {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("task %q not found", name))
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, toAPI(t))
 }

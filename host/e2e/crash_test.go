@@ -97,7 +97,7 @@ func TestHostKilledMidFlight(t *testing.T) {
 }
 
 func TestPluginKilledMidFlight(t *testing.T) {
-	h := &hostProc{t: t, dataDir: filepath.Join(t.TempDir(), "data")}
+	h := &hostProc{t: t, dataDir: dataDir(t)}
 	h.privatePlugins()
 	h.start()
 	t.Cleanup(h.cleanup)

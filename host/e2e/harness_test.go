@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -102,10 +103,32 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// dataRoot, when set, holds the hosts' data directories instead of the
+// tests' temporary directories: `make bench` puts them in the repository,
+// the data directory `make run` uses, where the disk behaves as it does for
+// a long-lived data directory rather than a /tmp churned by test runs.
+var dataRoot = flag.String("data-root", "", "directory for the hosts' data directories (default: each test's temporary directory)")
+
+// dataDir returns a new, empty data directory path for a host of t.
+func dataDir(t testing.TB) string {
+	if *dataRoot == "" {
+		return filepath.Join(t.TempDir(), "data")
+	}
+	if err := os.MkdirAll(*dataRoot, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(*dataRoot, "data-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "data")
+}
+
 // startHost starts a host on a free port with a new data directory.
 func startHost(t testing.TB, extra ...string) *hostProc {
 	t.Helper()
-	h := &hostProc{t: t, dataDir: filepath.Join(t.TempDir(), "data"), pluginDir: filepath.Join(binDir, "plugins"), args: extra}
+	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: filepath.Join(binDir, "plugins"), args: extra}
 	h.start()
 	t.Cleanup(h.cleanup)
 	return h

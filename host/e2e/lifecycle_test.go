@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opensandbox/task-executor/host/api"
 )
 
 func TestLifecycle(t *testing.T) {
@@ -170,4 +173,33 @@ func TestDeleteKillsAfterGrace(t *testing.T) {
 	if left := pgroupMembers(st.PID); len(left) > 0 {
 		t.Fatalf("processes of the deleted task are still running: %v", left)
 	}
+}
+
+// TestGetWaits: GET /tasks/{name}?wait= answers as soon as the task has
+// terminated, or when the wait is over.
+func TestGetWaits(t *testing.T) {
+	h := startHost(t)
+	h.mustDo(201, "POST", "/tasks", shTask("short", "sleep 0.3; exit 5"))
+	h.mustDo(201, "POST", "/tasks", processTask("long", "sleep", "60"))
+
+	began := time.Now()
+	var got api.Task
+	if err := json.Unmarshal(h.mustDo(200, "GET", "/tasks/short?wait=30s", nil), &got); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); got.Status.State.Terminated == nil || got.Status.State.Terminated.ExitCode != 5 || took > 10*time.Second {
+		t.Fatalf("after %s: %+v, want terminated with 5", took, got.Status.State)
+	}
+
+	began = time.Now()
+	var long api.Task
+	if err := json.Unmarshal(h.mustDo(200, "GET", "/tasks/long?wait=300ms", nil), &long); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); long.Status.State.Running == nil || took < 300*time.Millisecond {
+		t.Fatalf("a wait that ran out answered after %s with %+v", took, long.Status.State)
+	}
+	h.mustDo(400, "GET", "/tasks/long?wait=forever", nil)
+	h.mustDo(400, "GET", "/tasks/long?wait=1h", nil)
+	h.mustDo(404, "GET", "/tasks/none?wait=1s", nil)
 }

@@ -94,10 +94,23 @@ type entry struct {
 	marking bool
 	// dirty is set while a write of the record is queued.
 	dirty bool
-	// ioMu orders the record's writes against the removal of its
-	// directory; removed is set (under it) once the directory is gone.
+	// ioMu orders the write of the final state against the removal of the
+	// task's directory; removed is set (under it) once the directory is
+	// gone.
 	ioMu    sync.Mutex
 	removed bool
+	// ended is closed once the task has terminated or is gone, for the
+	// clients waiting for that.
+	ended chan struct{}
+}
+
+// end closes e.ended, once.
+func (e *entry) end() {
+	select {
+	case <-e.ended:
+	default:
+		close(e.ended)
+	}
 }
 
 func (e *entry) view() Task {
@@ -171,9 +184,10 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controll
 	})
 	for _, r := range recs {
 		c.seq++
-		e := &entry{rec: r, seq: c.seq, phase: phaseUnknown}
+		e := &entry{rec: r, seq: c.seq, phase: phaseUnknown, ended: make(chan struct{})}
 		if r.State.Terminated != nil {
 			e.phase = phaseDone
+			e.end()
 		}
 		c.tasks[r.Name] = e
 	}
@@ -228,6 +242,18 @@ func (c *Controller) Get(name string) (Task, bool) {
 		return Task{}, false
 	}
 	return e.view(), true
+}
+
+// Await returns a task and a channel that is closed once the task has
+// terminated or is gone.
+func (c *Controller) Await(name string) (Task, <-chan struct{}, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.tasks[name]
+	if !ok {
+		return Task{}, nil, false
+	}
+	return e.view(), e.ended, true
 }
 
 // List returns every task, sorted by name.
@@ -358,7 +384,7 @@ func (c *Controller) abandon(e *entry) {
 
 func (c *Controller) insertLocked(rec store.Record) *entry {
 	c.seq++
-	e := &entry{rec: rec, seq: c.seq, phase: phasePending}
+	e := &entry{rec: rec, seq: c.seq, phase: phasePending, ended: make(chan struct{})}
 	c.tasks[rec.Name] = e
 	c.pending = append(c.pending, e)
 	return e
@@ -383,39 +409,31 @@ func (c *Controller) Delete(ctx context.Context, name string, grace *time.Durati
 	e.marking = true
 	c.mu.Unlock()
 
-	// Holding ioMu from the snapshot to the write keeps a concurrent write
-	// of an older snapshot from overwriting the mark on disk.
-	e.ioMu.Lock()
-	defer e.ioMu.Unlock()
-	c.mu.Lock()
-	rec := c.markedLocked(e, grace, time.Now())
-	c.mu.Unlock()
-	err := c.store.Put(rec, true)
+	d := c.deletion(name, grace, time.Now())
+	err := c.store.MarkDeleted(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e.marking = false
 	if err != nil {
 		return fmt.Errorf("while recording the deletion of task %q: %w", name, err)
 	}
-	c.applyMarkLocked(e, rec)
+	c.applyMarkLocked(e, d)
 	return nil
 }
 
-// markedLocked returns e's record with a deletion accepted at now.
-func (c *Controller) markedLocked(e *entry, grace *time.Duration, now time.Time) store.Record {
-	rec := e.rec
+// deletion describes a deletion of name accepted at now.
+func (c *Controller) deletion(name string, grace *time.Duration, now time.Time) store.Deletion {
 	g := c.cfg.GracePeriod
 	if grace != nil {
 		g = *grace
 	}
-	rec.DeletionTimestamp = &now
-	rec.DeletionGracePeriod = g
-	return rec
+	return store.Deletion{Name: name, At: now, GracePeriod: g}
 }
 
-func (c *Controller) applyMarkLocked(e *entry, marked store.Record) {
-	e.rec.DeletionTimestamp = marked.DeletionTimestamp
-	e.rec.DeletionGracePeriod = marked.DeletionGracePeriod
+func (c *Controller) applyMarkLocked(e *entry, d store.Deletion) {
+	at := d.At
+	e.rec.DeletionTimestamp = &at
+	e.rec.DeletionGracePeriod = d.GracePeriod
 	c.scheduleDeleteLocked(e)
 }
 
@@ -476,38 +494,28 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 		}
 	}
 	c.mu.Lock()
-	for _, e := range deletes {
-		e.marking = true
-	}
-	c.mu.Unlock()
-	// As in Delete: no write of an older snapshot may land between the
-	// snapshot and the write of a mark.
-	for _, e := range deletes {
-		e.ioMu.Lock()
-		defer e.ioMu.Unlock()
-	}
-	c.mu.Lock()
-	marks := make([]store.Record, len(deletes))
+	marks := make([]store.Deletion, len(deletes))
+	names := make([]string, len(deletes))
 	for i, e := range deletes {
-		marks[i] = c.markedLocked(e, nil, now)
+		e.marking = true
+		marks[i] = c.deletion(e.rec.Name, nil, now)
+		names[i] = e.rec.Name
 	}
 	c.mu.Unlock()
-	if err := c.store.PutAll(marks); err != nil {
+	if err := c.store.MarkDeleted(marks...); err != nil {
 		// Undo everything so the request changes nothing: the creates, and
 		// the deletion marks that did reach the disk.
 		for _, r := range recs {
 			_ = c.store.Remove(r.Name)
 		}
+		if uerr := c.store.UnmarkDeleted(names...); uerr != nil {
+			c.log.Error("cannot take back deletion marks; those tasks will be deleted at the next start", "error", uerr)
+		}
 		c.mu.Lock()
-		unmarked := make([]store.Record, len(deletes))
-		for i, e := range deletes {
+		for _, e := range deletes {
 			e.marking = false
-			unmarked[i] = e.rec
 		}
 		c.mu.Unlock()
-		if perr := c.store.PutAll(unmarked); perr != nil {
-			c.log.Error("cannot roll back deletion marks; those tasks will be deleted at the next start", "error", perr)
-		}
 		return nil, fmt.Errorf("while recording deletions: %w", err)
 	}
 
@@ -652,6 +660,7 @@ func (c *Controller) applyLocked(e *entry, s corev1.ContainerState) {
 			c.active--
 		}
 		e.phase = phaseDone
+		e.end()
 		c.pumpLocked()
 	}
 	// Only the final state is saved: it is what a crash must not lose. A
@@ -846,6 +855,7 @@ func (c *Controller) finishDelete(e *entry, rt sdk.Runtime, epoch uint64) {
 	defer c.mu.Unlock()
 	if c.tasks[name] == e {
 		delete(c.tasks, name)
+		e.end()
 		if e.phase == phaseStarting || e.phase == phaseStarted {
 			c.active--
 		}
@@ -896,8 +906,6 @@ func (c *Controller) persister() {
 }
 
 func (c *Controller) persistOne(e *entry) {
-	// The snapshot is taken under ioMu so that writes land in the order of
-	// their snapshots.
 	e.ioMu.Lock()
 	defer e.ioMu.Unlock()
 	c.mu.Lock()
@@ -908,7 +916,14 @@ func (c *Controller) persistOne(e *entry) {
 	e.dirty = false
 	rec := e.rec
 	c.mu.Unlock()
-	if err := c.store.Put(rec, true); err != nil {
+	if rec.State.Terminated == nil {
+		return
+	}
+	// Written at once (it survives any process's death from then on) and
+	// synced in a batch with others within store.FlushInterval: one
+	// journal commit for many final states, and none on the path of the
+	// requests that do wait for theirs.
+	if err := c.store.SetFinal(rec.Name, rec.State); err != nil {
 		c.log.Error("cannot save a task's state; will retry", "task", rec.Name, "error", err)
 		time.AfterFunc(time.Second, func() {
 			c.mu.Lock()

@@ -274,7 +274,7 @@ func TestCreateRunExitPersists(t *testing.T) {
 	rt.exit("a", 3)
 	e.waitFor("terminated", func() bool { return e.state("a") == "terminated:3" })
 	e.waitFor("the final state on disk", func() bool {
-		b, _ := os.ReadFile(filepath.Join(e.dir, "a", store.RecordFile))
+		b, _ := os.ReadFile(filepath.Join(e.dir, "a", "final.json"))
 		return strings.Contains(string(b), `"exitCode":3`)
 	})
 	// A late "running" from the runtime must not move the task back.
@@ -454,4 +454,43 @@ func TestSyncConflictChangesNothing(t *testing.T) {
 		t.Fatalf("sync returned %d tasks, want keep, new and other (being deleted)", len(ts))
 	}
 	e.waitFor("other deleted", func() bool { return e.state("other") == "gone" })
+}
+
+// BenchmarkObserveToVisible: a status event applied until Get shows it,
+// with 1,000 tasks in the table.
+func BenchmarkObserveToVisible(b *testing.B) {
+	rt := newFake()
+	st, err := store.Open(b.TempDir(), hclog.NewNullLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(st.Close)
+	c, err := New(Config{ReconcileInterval: time.Hour}, st, &fakeRuntimes{rt: rt, up: true}, hclog.NewNullLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.Run()
+	b.Cleanup(c.Close)
+	c.RuntimeUp("process", rt)
+	const n = 1000
+	var names []string
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("t%04d", i)
+		names = append(names, name)
+		if _, err := c.Create(context.Background(), NewTask{Name: name, Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"sleep"}}}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		name := names[i%n]
+		state := sdk.Running(time.Now())
+		if i >= n {
+			state = sdk.Terminated(0, 0, "", "", time.Now(), time.Now())
+		}
+		c.Observe("process", sdk.TaskStatus{Name: name, State: state})
+		if t, _ := c.Get(name); t.State.Running == nil && t.State.Terminated == nil {
+			b.Fatalf("task %s not updated", name)
+		}
+	}
 }

@@ -39,10 +39,11 @@ const (
 	trashPrefix   = ".trash-"
 	sparePrefix   = ".spare-"
 	quarantineDir = ".quarantine"
-	tmpPrefix     = "." + RecordFile + ".tmp-"
 )
 
-// Record is the host's record of a task.
+// Record is the host's record of a task: task.json, written when the task
+// is created, completed by final.json and deletion.json (see SetFinal and
+// MarkDeleted).
 type Record struct {
 	Name      string       `json:"name"`
 	Spec      sdk.TaskSpec `json:"spec"`
@@ -67,9 +68,10 @@ var ErrReadOnly = errors.New("the task store is read-only")
 
 // Store is the data directory.
 type Store struct {
-	dir    string
-	log    hclog.Logger
-	spares *spares
+	dir     string
+	log     hclog.Logger
+	spares  *spares
+	flusher flusher
 }
 
 // Open opens (creating if needed) the data directory dir.
@@ -83,12 +85,16 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 	}
 	st := &Store{dir: abs, log: log}
 	st.spares = newSpares(abs, log)
+	st.flusher.store = st
 	return st, nil
 }
 
 // Close stops the store's background work and removes the directories it
 // prepared ahead. Records stay.
-func (s *Store) Close() { s.spares.close() }
+func (s *Store) Close() {
+	s.spares.close()
+	s.flusher.close()
+}
 
 // Root returns the data directory's absolute path.
 func (s *Store) Root() string { return s.dir }
@@ -190,44 +196,92 @@ func syncPath(file, dir string) error {
 	return syncDir(dir)
 }
 
-// Put replaces the record of an existing task. With durable it returns only
-// once the record is on disk.
-func (s *Store) Put(rec Record, durable bool) error {
-	return s.write(rec, durable)
+// Files that complete a task's record. Each is written once, in place, and
+// never replaced: replacing a file frees its blocks, and on a disk mounted
+// with online discard the next journal commit — often the one a create is
+// waiting for — pays for discarding them (measured: a commit about twice as
+// dear).
+const (
+	// finalFile holds the task's final state.
+	finalFile = "final.json"
+	// deletionFile holds the accepted deletion.
+	deletionFile = "deletion.json"
+)
+
+// Deletion is an accepted deletion of a task.
+type Deletion struct {
+	Name        string        `json:"name"`
+	At          time.Time     `json:"at"`
+	GracePeriod time.Duration `json:"gracePeriod"`
 }
 
-// PutAll replaces several records durably, in parallel.
-func (s *Store) PutAll(recs []Record) error {
-	return parallel(len(recs), func(i int) error { return s.write(recs[i], true) })
+// SetFinal records a task's final state at once (from then on it survives
+// any process's death) and makes it durable within FlushInterval, in a
+// batch with others. A task has one final state: once recorded, later calls
+// change nothing.
+func (s *Store) SetFinal(name string, state corev1.ContainerState) error {
+	b, err := json.Marshal(state)
+	if err != nil {
+		return fmt.Errorf("while encoding the final state of task %q: %w", name, err)
+	}
+	if err := s.writeOnce(name, finalFile, b, false); err != nil {
+		return err
+	}
+	s.flusher.add(name)
+	return nil
 }
 
-func (s *Store) write(rec Record, durable bool) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("while encoding the record of task %q: %w", rec.Name, err)
-	}
-	dir := s.Dir(rec.Name)
-	f, err := os.CreateTemp(dir, tmpPrefix)
-	if err != nil {
-		return fmt.Errorf("while writing the record of task %q: %w", rec.Name, classify(err))
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil && durable {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+// MarkDeleted records accepted deletions durably, in parallel.
+func (s *Store) MarkDeleted(ds ...Deletion) error {
+	return parallel(len(ds), func(i int) error {
+		b, err := json.Marshal(ds[i])
+		if err != nil {
+			return fmt.Errorf("while encoding the deletion of task %q: %w", ds[i].Name, err)
+		}
+		return s.writeOnce(ds[i].Name, deletionFile, b, true)
+	})
+}
+
+// UnmarkDeleted takes back deletions recorded by a request that then
+// failed.
+func (s *Store) UnmarkDeleted(names ...string) error {
+	return parallel(len(names), func(i int) error {
+		dir := s.Dir(names[i])
+		if err := os.Remove(filepath.Join(dir, deletionFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("while taking back the deletion of task %q: %w", names[i], classify(err))
+		}
+		return syncDir(dir)
+	})
+}
+
+// writeOnce writes a task's file name, unless a valid one exists; durable
+// syncs it and its directory before returning.
+func (s *Store) writeOnce(task, name string, b []byte, durable bool) error {
+	dir := s.Dir(task)
+	path := filepath.Join(dir, name)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		if old, rerr := os.ReadFile(path); rerr == nil && json.Valid(old) {
+			return nil
+		}
+		// Cut short by a crash before it was ever acknowledged: redo.
+		_ = os.Remove(path)
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	}
 	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, RecordFile))
+		_, err = f.Write(b)
+		if err == nil && durable {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err == nil && durable {
 		err = syncDir(dir)
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("while writing the record of task %q: %w", rec.Name, classify(err))
+		return fmt.Errorf("while writing %s of task %q: %w", name, task, classify(err))
 	}
 	return nil
 }
@@ -294,11 +348,6 @@ func (s *Store) Load() ([]Record, error) {
 
 func (s *Store) loadOne(name string) *Record {
 	dir := s.Dir(name)
-	if tmps, _ := filepath.Glob(filepath.Join(dir, tmpPrefix+"*")); len(tmps) > 0 {
-		for _, t := range tmps {
-			_ = os.Remove(t)
-		}
-	}
 	b, err := os.ReadFile(filepath.Join(dir, RecordFile))
 	if errors.Is(err, os.ErrNotExist) {
 		s.log.Info("removing the directory of a task whose creation never completed", "task", name)
@@ -317,6 +366,18 @@ func (s *Store) loadOne(name string) *Record {
 	if err != nil {
 		s.quarantine(name, err)
 		return nil
+	}
+	// A file that does not parse was cut short by a crash before it was
+	// acknowledged (a deletion) or made durable (a final state, which the
+	// runtime is then asked for again): it is as if it were not there.
+	var final corev1.ContainerState
+	if b, err := os.ReadFile(filepath.Join(dir, finalFile)); err == nil && json.Unmarshal(b, &final) == nil && final.Terminated != nil {
+		rec.State = final
+	}
+	var del Deletion
+	if b, err := os.ReadFile(filepath.Join(dir, deletionFile)); err == nil && json.Unmarshal(b, &del) == nil {
+		rec.DeletionTimestamp = &del.At
+		rec.DeletionGracePeriod = del.GracePeriod
 	}
 	return &rec
 }

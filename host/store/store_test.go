@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,7 +22,7 @@ func record(name string) Record {
 	}
 }
 
-func open(t *testing.T, dir string) *Store {
+func open(t testing.TB, dir string) *Store {
 	t.Helper()
 	s, err := Open(dir, hclog.NewNullLogger())
 	if err != nil {
@@ -62,11 +63,18 @@ func TestCreatePutRemoveLoad(t *testing.T) {
 	if _, err := s.Create(record("a")); !errors.Is(err, ErrExists) {
 		t.Fatalf("creating an existing task: %v, want ErrExists", err)
 	}
-	done := record("b")
-	done.State = sdk.Terminated(3, 0, "", "", time.Now(), time.Now())
-	if err := s.Put(done, true); err != nil {
+	if err := s.SetFinal("b", sdk.Terminated(3, 0, "", "", time.Now(), time.Now())); err != nil {
 		t.Fatal(err)
 	}
+	// Final states never change.
+	if err := s.SetFinal("b", sdk.Terminated(4, 0, "", "", time.Now(), time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	if err := s.MarkDeleted(Deletion{Name: "b", At: at, GracePeriod: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // flushes the final state
 	if err := s.Remove("a"); err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +84,9 @@ func TestCreatePutRemoveLoad(t *testing.T) {
 	}
 	if names(recs) != "b" || recs[0].State.Terminated == nil || recs[0].State.Terminated.ExitCode != 3 {
 		t.Fatalf("loaded %+v, want b terminated with 3", recs)
+	}
+	if d := recs[0].DeletionTimestamp; d == nil || !d.Equal(at) || recs[0].DeletionGracePeriod != time.Second {
+		t.Fatalf("loaded deletion %v %v, want %v 1s", d, recs[0].DeletionGracePeriod, at)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "a")); !os.IsNotExist(err) {
 		t.Fatalf("a removed task's directory is still there: %v", err)
@@ -91,10 +102,6 @@ func TestLoadCleansUp(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "corrupt", RecordFile), []byte(`{"name":"corr`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	other := record("someone-else")
-	if err := s.Put(Record{Name: "misnamed", Spec: other.Spec}, false); err != nil {
-		t.Fatal(err)
-	}
 	b, _ := os.ReadFile(filepath.Join(dir, "misnamed", RecordFile))
 	if err := os.WriteFile(filepath.Join(dir, "misnamed", RecordFile), []byte(strings.Replace(string(b), `"misnamed"`, `"someone-else"`, 1)), 0o600); err != nil {
 		t.Fatal(err)
@@ -104,18 +111,21 @@ func TestLoadCleansUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "good", tmpPrefix+"123"), []byte("{"), 0o600); err != nil {
-		t.Fatal(err)
+	// A final state and a deletion cut short by a crash count as absent.
+	for _, f := range []string{finalFile, deletionFile} {
+		if err := os.WriteFile(filepath.Join(dir, "good", f), []byte(`{"termin`), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	recs, err := open(t, dir).Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if names(recs) != "good" {
-		t.Fatalf("loaded %s, want only good", names(recs))
+	if names(recs) != "good" || recs[0].State.Waiting == nil || recs[0].DeletionTimestamp != nil {
+		t.Fatalf("loaded %+v, want only good, waiting, not deleted", recs)
 	}
-	for _, gone := range []string{"half-created", ".trash-x-1", ".spare-7", "corrupt", "misnamed", "good/" + tmpPrefix + "123"} {
+	for _, gone := range []string{"half-created", ".trash-x-1", ".spare-7", "corrupt", "misnamed"} {
 		if _, err := os.Stat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
 			t.Errorf("%s survived the load: %v", gone, err)
 		}
@@ -152,6 +162,46 @@ func TestFailedBatchLeavesNothing(t *testing.T) {
 	for _, n := range []string{"fresh-1", "fresh-2"} {
 		if _, err := os.Stat(filepath.Join(dir, n)); !os.IsNotExist(err) {
 			t.Errorf("%s was left behind by a failed batch", n)
+		}
+	}
+}
+
+// BenchmarkCreate: one task's record written and made durable, as a create
+// does before it answers.
+func BenchmarkCreate(b *testing.B) {
+	s := open(b, b.TempDir())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		commit, err := s.Create(record(fmt.Sprintf("bench-%d", i)))
+		if err == nil {
+			err = commit()
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSetFinal: a task's final state written (made durable later, in
+// a batch).
+func BenchmarkSetFinal(b *testing.B) {
+	s := open(b, b.TempDir())
+	recs := make([]Record, b.N)
+	for i := range recs {
+		recs[i] = record(fmt.Sprintf("bench-%d", i))
+	}
+	commit, err := s.Create(recs...)
+	if err == nil {
+		err = commit()
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	state := sdk.Terminated(0, 0, "", "", time.Now(), time.Now())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.SetFinal(recs[i].Name, state); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -26,7 +26,7 @@ const defaultGrace = 10 * time.Second
 // spareShims is how many shims the plugin keeps started ahead of time: a
 // task's start then does not wait for a new shim process to start up. A
 // burst of starts beyond it starts shims on the spot.
-const spareShims = 2
+const spareShims = 4
 
 // driver runs process tasks as processes on the host, each under a shim.
 type driver struct {
@@ -128,12 +128,17 @@ func (d *driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 		return d.await(ctx, h)
 	}
 
-	// A shim may exist from before a plugin restart that was not followed
-	// by Recover (the host retried a Start whose answer it never got).
-	res, found := d.inspect(ctx, h)
-	var err error
-	if !found {
-		res, err = d.shims.Launch(ctx, h.dir, d.shimSpec(task))
+	res, err := d.shims.Launch(ctx, h.dir, d.shimSpec(task))
+	if errors.Is(err, shim.ErrLaunched) {
+		// A shim from before a plugin restart that was not followed by
+		// Recover (the host retried a Start whose answer it never got).
+		var found bool
+		if res, found = d.inspect(ctx, h); found {
+			err = nil
+		} else {
+			// It ended before starting its task: start it now.
+			res, err = d.shims.Launch(ctx, h.dir, d.shimSpec(task))
+		}
 	}
 	if err != nil {
 		d.forget(h)

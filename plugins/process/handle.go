@@ -33,14 +33,13 @@ func newHandle(name, dir string) *handle {
 }
 
 // settle records the outcome of a launch or recovery and, for a running
-// task, starts watching its shim.
+// task, starts watching its shim. The outcome itself is not published: the
+// caller of Start or Recover gets it as the answer.
 func (h *handle) settle(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
 	h.mu.Lock()
 	h.status = statusOf(h.name, res)
-	st := h.status
 	h.mu.Unlock()
 	close(h.ready)
-	pub.Publish(st)
 	if res.Exit != nil {
 		close(h.done)
 		return

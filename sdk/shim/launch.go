@@ -106,11 +106,10 @@ func Launch(ctx context.Context, shimPath, dir string, spec Spec) (Result, error
 }
 
 // Launch starts a shim for spec with state directory dir (created if
-// needed; a previous attempt's files in it are replaced) and returns once
-// the task has started or failed to.
-//
-// The caller must make sure only one Launch runs per directory and that no
-// shim of an earlier Launch in it is still alive (see Inspect).
+// needed) and returns once the task has started or failed to. If a shim has
+// run a task in dir before, or runs one now, it launches nothing and returns
+// an error wrapping ErrLaunched: Inspect tells what became of that task.
+// Only one Launch may run per directory at a time.
 func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Result{}, fmt.Errorf("while creating the shim directory: %w", err)
@@ -123,10 +122,14 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 		return Result{}, err
 	}
 	defer lock.Close()
-	for _, name := range []string{stateFile, exitFile, ctlFile} {
-		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
+	for _, name := range []string{stateFile, exitFile} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return Result{}, fmt.Errorf("%s: %w", filepath.Join(dir, name), ErrLaunched)
 		}
+	}
+	// A FIFO left by an attempt that died before its task started.
+	if err := os.Remove(filepath.Join(dir, ctlFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
 	}
 	job := encodeJob(dir, spec)
 
@@ -134,7 +137,10 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	if err != nil {
 		return Result{}, err
 	}
-	defer l.refill()
+	// Replace the spare a little later, not at once: starting a process
+	// now would compete for the CPU with the task just started and with
+	// the report of its exit, which short tasks send within milliseconds.
+	defer time.AfterFunc(refillDelay, l.refill)
 	keep := false
 	defer func() {
 		if !keep {
@@ -192,6 +198,10 @@ func encodeJob(dir string, spec Spec) []byte {
 	return b
 }
 
+// ErrLaunched is returned by Launch for a directory in which a shim has run
+// (or runs) a task: Inspect it instead of launching again.
+var ErrLaunched = errors.New("a shim has run a task in this directory")
+
 // lockDir opens dir and takes its flock, or fails if a shim holds it.
 func lockDir(dir string) (*os.File, error) {
 	f, err := os.Open(dir)
@@ -200,7 +210,10 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("while locking the shim directory (is a shim still running?): %w", err)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("a shim holds %s: %w", dir, ErrLaunched)
+		}
+		return nil, fmt.Errorf("while locking the shim directory: %w", err)
 	}
 	return f, nil
 }
@@ -229,6 +242,9 @@ func (l *Launcher) take() (*idleShim, error) {
 	}
 	return l.spawn()
 }
+
+// refillDelay is how long after a launch its spare is replaced.
+const refillDelay = 5 * time.Millisecond
 
 // refill starts spares in the background until there are enough.
 func (l *Launcher) refill() {

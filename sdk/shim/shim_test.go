@@ -498,8 +498,8 @@ func TestEnvironment(t *testing.T) {
 	}
 }
 
-// Output files are appended to, across attempts, and a new Launch in a
-// finished state directory replaces the previous attempt's result.
+// Output files are appended to, across attempts; a Launch where a shim has
+// run a task before refuses (ErrLaunched) and leaves that task's record.
 func TestOutputAppendedAndRelaunch(t *testing.T) {
 	t.Parallel()
 	k := newTask(t)
@@ -512,23 +512,18 @@ func TestOutputAppendedAndRelaunch(t *testing.T) {
 	if first.ExitCode != 3 {
 		t.Fatalf("first attempt: %+v", first)
 	}
-	st := k.started(k.sh("echo out2; echo err2 >&2; while [ ! -e go ]; do sleep 0.01; done"))
-	// While the second task runs, the first attempt's exit must not be
-	// taken for the second's.
-	if _, err := os.Stat(filepath.Join(k.dir, exitFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("exit.json of the first attempt survived the relaunch: %v", err)
+	if _, err := Launch(t.Context(), shimBin, k.dir, k.sh("echo never")); !errors.Is(err, ErrLaunched) {
+		t.Fatalf("Launch over a finished task: %v, want ErrLaunched", err)
 	}
-	if res, alive, err := Inspect(t.Context(), k.dir); err != nil || !alive || res.State == nil || !sameState(*res.State, st) {
-		t.Fatalf("Inspect during the second attempt: %+v alive=%v err=%v, want its state", res, alive, err)
+	if res, _, err := Inspect(t.Context(), k.dir); err != nil || res.Exit == nil || !sameExit(*res.Exit, first) {
+		t.Fatalf("Inspect after the refused Launch: %+v, %v; want the first attempt's %+v", res, err, first)
 	}
-	k.touch("go")
-	second := k.wait(st)
+	// A second attempt, in a state directory of its own, appends to the
+	// same output files.
+	k.dir = filepath.Join(k.root, "shim2")
+	second := k.wait(k.started(k.sh("echo out2; echo err2 >&2")))
 	if second.ExitCode != 0 || second.Reason != ReasonSucceeded {
 		t.Fatalf("second attempt: %+v", second)
-	}
-	res, _, err := Inspect(t.Context(), k.dir)
-	if err != nil || res.Exit == nil || !sameExit(*res.Exit, second) {
-		t.Fatalf("Inspect: %+v, %v; want the second attempt's %+v", res, err, second)
 	}
 	for f, want := range map[string]string{k.stdout: "before\nout1\nout2\n", k.stderr: "before\nerr1\nerr2\n"} {
 		b, err := os.ReadFile(f)

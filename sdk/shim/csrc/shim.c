@@ -7,7 +7,10 @@
  * in Go it cost about 4.5 ms of CPU per task (runtime start-up, threads) and
  * 0.5 MiB of memory on the 2-core machines this product is measured on; this
  * program costs a fraction of both. It does one thing, in one thread, with
- * one poll loop.
+ * one poll loop. It builds with any C library; musl is preferred (see
+ * shim.Build): glibc's start-up probes the CPU with CPUID instructions,
+ * which trap to the hypervisor in a VM and made up most of the shim's own
+ * CPU time there.
  *
  * It is started by a Launcher with /dev/null as descriptors 0-2 and its end
  * of a socket pair as descriptor 3, in a session of its own. It waits for a
@@ -652,6 +655,25 @@ static void duration(long long ns, char *buf, size_t n) {
 	}
 }
 
+/* signame names the common signals (the C library's own table is not
+ * portable between C libraries). */
+static const char *signame(int sig) {
+	static const struct {
+		int n;
+		const char *s;
+	} names[] = {
+	    {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
+	    {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"}, {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
+	    {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"}, {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+	    {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"}, {SIGXCPU, "SIGXCPU"},
+	    {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"},
+	};
+	for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+		if (names[i].n == sig)
+			return names[i].s;
+	return "signal";
+}
+
 /* supervise runs the task to its end and returns how it ended. */
 static void supervise(struct exit_info *e) {
 	int pidfd = (int)syscall(SYS_pidfd_open, task_pid, 0);
@@ -713,8 +735,7 @@ static void supervise(struct exit_info *e) {
 		e->signal = WTERMSIG(status);
 		e->code = 128 + e->signal;
 		e->reason = "Failed";
-		const char *abbrev = sigabbrev_np(e->signal);
-		snprintf(e->message, sizeof e->message, "killed by signal %d (SIG%s)", e->signal, abbrev ? abbrev : "?");
+		snprintf(e->message, sizeof e->message, "killed by signal %d (%s)", e->signal, signame(e->signal));
 	} else {
 		e->code = WEXITSTATUS(status);
 		e->reason = e->code == 0 ? "Succeeded" : "Failed";

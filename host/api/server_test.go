@@ -1,0 +1,56 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// listOnly serves a fixed task list.
+type listOnly struct{ tasks []reconcile.Task }
+
+func (l listOnly) Create(context.Context, reconcile.NewTask) (reconcile.Task, error) {
+	return reconcile.Task{}, nil
+}
+func (l listOnly) Delete(context.Context, string, *time.Duration) error { return nil }
+func (l listOnly) Sync(context.Context, []reconcile.NewTask) ([]reconcile.Task, error) {
+	return nil, nil
+}
+func (l listOnly) Get(string) (reconcile.Task, bool) { return reconcile.Task{}, false }
+func (l listOnly) Await(string) (reconcile.Task, <-chan struct{}, bool) {
+	return reconcile.Task{}, nil, false
+}
+func (l listOnly) List() []reconcile.Task { return l.tasks }
+
+// BenchmarkListJSON: GET /getTasks of 10,000 tasks, most finished, encoded
+// to JSON.
+func BenchmarkListJSON(b *testing.B) {
+	now := time.Now()
+	ts := make([]reconcile.Task, 10000)
+	for i := range ts {
+		ts[i] = reconcile.Task{
+			Name:  fmt.Sprintf("task-%05d", i),
+			Spec:  sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"sh", "-c"}, Args: []string{"echo hello; exit 3"}}},
+			State: sdk.Terminated(3, 0, "", "", now, now),
+		}
+	}
+	h := Handler(listOnly{ts}, hclog.NewNullLogger())
+	req := httptest.NewRequest(http.MethodGet, "/getTasks", nil)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			b.Fatal(w.Code)
+		}
+		b.SetBytes(int64(w.Body.Len()))
+	}
+}
