@@ -56,6 +56,7 @@ func build(bin string) error {
 	for _, b := range []struct{ out, pkg string }{
 		{"task-executor", "./cmd/task-executor"},
 		{"plugins/process", "./plugins/process"},
+		{"plugins/nsenter", "./plugins/nsenter"},
 	} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b.out), b.pkg)
 		cmd.Dir = root

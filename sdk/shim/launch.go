@@ -150,7 +150,11 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	// Handing over the job is local and quick, and is not interrupted: once
 	// asked, the shim starts the task even if the caller stops waiting, and
 	// a later Inspect finds it.
-	if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(int(lock.Fd())), nil); err != nil {
+	fds := []int{int(lock.Fd())}
+	if spec.Namespaces != nil {
+		fds = append(fds, int(spec.Namespaces.Fd()))
+	}
+	if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(fds...), nil); err != nil {
 		return Result{}, l.failed(ctx, dir, "while handing the job to the shim", err)
 	}
 	if _, err := sh.conn.Write(job); err != nil {
@@ -171,7 +175,8 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 }
 
 // encodeJob lays a job out the way the shim reads it (see csrc/shim.c): a
-// 4-byte little-endian length, then NUL-terminated fields.
+// 4-byte little-endian length, then NUL-terminated fields. The descriptors
+// travel beside it.
 func encodeJob(dir string, spec Spec) []byte {
 	fields := []string{
 		dir, spec.Stdout, spec.Stderr, spec.Dir,
@@ -181,6 +186,11 @@ func encodeJob(dir string, spec Spec) []byte {
 	fields = append(fields, spec.Argv...)
 	fields = append(fields, strconv.Itoa(len(spec.Env)))
 	fields = append(fields, spec.Env...)
+	if spec.Namespaces != nil {
+		fields = append(fields, "1")
+	} else {
+		fields = append(fields, "0")
+	}
 	n := 0
 	for i, f := range fields {
 		// A NUL inside a field would split it; the kernel refuses such

@@ -75,6 +75,12 @@ type Spec struct {
 	// Grace is how long a stop (or the timeout) waits between SIGTERM and
 	// SIGKILL.
 	Grace time.Duration `json:"grace"`
+	// Namespaces, when set, is a pidfd (see pidfd_open(2)) of a process
+	// whose mount, UTS, IPC, network and PID namespaces the task runs in,
+	// as if started in that process's container: Argv[0] and Dir are
+	// resolved there. Stdout and Stderr are opened before, on this side.
+	// The caller keeps the descriptor.
+	Namespaces *os.File `json:"-"`
 }
 
 // State is what a shim records once the task runs.

@@ -21,8 +21,18 @@
  *   dir, stdout, stderr, workdir, timeout ns, grace ns,
  *   argc, argv[0..argc-1], envc, env[0..envc-1]
  *
+ * followed by: namespaces ("1" when a second descriptor came with the job:
+ * a pidfd of the process whose mount, UTS, IPC, network and PID namespaces
+ * the task is to run in, as in a sidecar entering the pod's main
+ * container).
+ *
  * It answers with JSON lines on the socket: the start report, then the
  * exit report. EOF before a job means the launcher is gone: exit quietly.
+ *
+ * Every file the shim touches after the start is reached through a
+ * descriptor opened before it (the state directory, /proc): once it has
+ * entered a container's mount namespace, the executor's paths are not
+ * there.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -40,6 +50,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
+#include <sched.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -50,6 +61,9 @@
 #define RECORD_DELAY_NS 10000000LL /* see recordDelay in shim.go */
 
 static const char *state_dir, *out_path, *err_path, *work_dir;
+static int dir_fd = -1;  /* the state directory (and its lock) */
+static int proc_fd = -1; /* the executor's /proc */
+static int ns_fd = -1;   /* pidfd of the process whose namespaces to enter */
 static long long timeout_ns, grace_ns;
 static char **task_argv, **task_env;
 
@@ -91,11 +105,8 @@ static void rfc3339(const struct timespec *t, char *buf, size_t n) {
 /* logmsg writes to <dir>/shim.log, created on first use: a task that gives
  * the shim nothing to say costs no file. */
 static void logmsg(const char *level, const char *fmt, ...) {
-	if (log_fd < 0 && state_dir) {
-		char p[4096];
-		snprintf(p, sizeof p, "%s/shim.log", state_dir);
-		log_fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	}
+	if (log_fd < 0 && dir_fd >= 0)
+		log_fd = openat(dir_fd, "shim.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (log_fd < 0)
 		return;
 	char line[4096], ts[64];
@@ -166,8 +177,8 @@ static void bjson_time(struct buf *b, const char *key, const struct timespec *t)
  * 22 of /proc/<pid>/stat), which with the PID names it unambiguously. */
 static unsigned long long proc_start(pid_t pid) {
 	char p[64], s[1024];
-	snprintf(p, sizeof p, "/proc/%d/stat", pid);
-	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	snprintf(p, sizeof p, "%d/stat", pid);
+	int fd = openat(proc_fd, p, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
 	ssize_t n = read(fd, s, sizeof s - 1);
@@ -199,18 +210,18 @@ static int write_all(int fd, const char *p, size_t n) {
 	return 0;
 }
 
-/* write_atomic writes dir/name through a temporary file and a rename. */
+/* write_atomic writes name in the state directory through a temporary file
+ * and a rename. */
 static int write_atomic(const char *name, const char *data, size_t n) {
-	char tmp[4096], dst[4096];
-	snprintf(tmp, sizeof tmp, "%s/.%s.tmp", state_dir, name);
-	snprintf(dst, sizeof dst, "%s/%s", state_dir, name);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	char tmp[512];
+	snprintf(tmp, sizeof tmp, ".%s.tmp", name);
+	int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -1;
 	int rc = write_all(fd, data, n);
 	if (close(fd) < 0)
 		rc = -1;
-	if (rc == 0 && rename(tmp, dst) < 0)
+	if (rc == 0 && renameat(dir_fd, tmp, dir_fd, name) < 0)
 		rc = -1;
 	return rc;
 }
@@ -257,9 +268,7 @@ static void exit_json(struct buf *b, const struct exit_info *e) {
 static void write_exit(const struct exit_info *e) {
 	struct buf b = {0};
 	exit_json(&b, e);
-	char p[4096];
-	snprintf(p, sizeof p, "%s/shim-exit.json", state_dir);
-	int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	int fd = openat(dir_fd, "shim-exit.json", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0 || write_all(fd, b.p, b.n) < 0 || close(fd) < 0)
 		logmsg("ERROR", "cannot write the exit record: %s", errstr(errno));
 	free(b.p);
@@ -300,9 +309,9 @@ static int read_full(int fd, void *p, size_t n) {
 
 /* receive_job returns 1 with the job read, 0 on EOF (no job will come), -1
  * on error. */
-static int receive_job(int *lock_fd) {
+static int receive_job(void) {
 	char one;
-	char cbuf[CMSG_SPACE(sizeof(int))];
+	char cbuf[CMSG_SPACE(2 * sizeof(int))];
 	struct iovec iov = {&one, 1};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
 	ssize_t n;
@@ -316,7 +325,13 @@ static int receive_job(int *lock_fd) {
 	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
 	if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 		return -1;
-	memcpy(lock_fd, CMSG_DATA(c), sizeof(int));
+	int nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+	int fds[2] = {-1, -1};
+	if (nfd < 1 || nfd > 2)
+		return -1;
+	memcpy(fds, CMSG_DATA(c), nfd * sizeof(int));
+	dir_fd = fds[0]; /* kept open, its flock held, until we exit */
+	ns_fd = fds[1];
 
 	unsigned char lenb[4];
 	if (read_full(JOB_FD, lenb, 4) < 0)
@@ -361,6 +376,9 @@ static int receive_job(int *lock_fd) {
 	task_env = calloc(envc + 1, sizeof(char *));
 	for (long i = 0; i < envc; i++)
 		NEXT(task_env[i]);
+	NEXT(s);
+	if (strcmp(s, "1") == 0 && ns_fd < 0)
+		return -1; /* namespaces promised, no pidfd came */
 #undef NEXT
 	return 1;
 }
@@ -450,6 +468,23 @@ static int exec_error_code(int err) {
 
 static const int handled_signals[] = {SIGHUP, SIGINT, SIGTERM, SIGPIPE};
 
+/* enter_namespaces moves the shim into the mount, UTS, IPC and network
+ * namespaces of the process behind ns_fd, and its future children into the
+ * PID namespace: the task then runs as if started in that container. */
+static int enter_namespaces(struct start_err *se) {
+	if (ns_fd < 0)
+		return 0;
+	if (setns(ns_fd, CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0) {
+		se->code = 128;
+		snprintf(se->msg, sizeof se->msg, "cannot enter the main container's namespaces: %s",
+		         errno == ESRCH ? "the main container's process has exited" : errstr(errno));
+		return -1;
+	}
+	close(ns_fd);
+	ns_fd = -1;
+	return 0;
+}
+
 static pid_t start_task(struct start_err *se) {
 	char path[4096];
 	if (!task_argv[0] || !task_argv[0][0]) {
@@ -457,8 +492,22 @@ static pid_t start_task(struct start_err *se) {
 		snprintf(se->msg, sizeof se->msg, "empty command");
 		return -1;
 	}
-	if (look_path(task_argv[0], path, sizeof path, se) < 0)
+	/* The output files are the executor's: open them before entering a
+	 * container, where their paths do not exist. */
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int out = open(out_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	int err = out < 0 ? -1 : open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if (devnull < 0 || out < 0 || err < 0) {
+		se->code = 128;
+		snprintf(se->msg, sizeof se->msg, "while opening the output file: %s", errstr(errno));
 		return -1;
+	}
+	if (enter_namespaces(se) < 0 || look_path(task_argv[0], path, sizeof path, se) < 0) {
+		close(devnull);
+		close(out);
+		close(err);
+		return -1;
+	}
 
 	char wd[4096];
 	if (work_dir[0]) {
@@ -471,23 +520,19 @@ static pid_t start_task(struct start_err *se) {
 			*slash = 0;
 	}
 	struct stat st;
+	int bad = 0;
 	if (stat(wd, &st) < 0) {
-		se->code = 128;
 		snprintf(se->msg, sizeof se->msg, "working directory: stat %s: %s", wd, errstr(errno));
-		return -1;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		se->code = 128;
+		bad = 1;
+	} else if (!S_ISDIR(st.st_mode)) {
 		snprintf(se->msg, sizeof se->msg, "working directory %s: not a directory", wd);
-		return -1;
+		bad = 1;
 	}
-
-	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	int out = open(out_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-	int err = out < 0 ? -1 : open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-	if (devnull < 0 || out < 0 || err < 0) {
+	if (bad) {
 		se->code = 128;
-		snprintf(se->msg, sizeof se->msg, "while opening the output file: %s", errstr(errno));
+		close(devnull);
+		close(out);
+		close(err);
 		return -1;
 	}
 
@@ -573,14 +618,12 @@ static int record(void) {
 		signal_task(SIGKILL);
 		return -1;
 	}
-	char ctl[4096];
-	snprintf(ctl, sizeof ctl, "%s/shim-ctl", state_dir);
-	if (mkfifo(ctl, 0600) < 0) {
+	if (mkfifoat(dir_fd, "shim-ctl", 0600) < 0) {
 		logmsg("ERROR", "cannot create the control FIFO; the task cannot be stopped through it: %s", errstr(errno));
 		return -1;
 	}
 	/* Read-write, so that the FIFO never reports EOF while we hold it. */
-	int fd = open(ctl, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	int fd = openat(dir_fd, "shim-ctl", O_RDWR | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 		logmsg("ERROR", "cannot open the control FIFO: %s", errstr(errno));
 	return fd;
@@ -783,15 +826,14 @@ int main(void) {
 	for (size_t i = 0; i < sizeof handled_signals / sizeof *handled_signals; i++)
 		sigaction(handled_signals[i], &sa, NULL);
 
-	int lock_fd = -1;
-	int got = receive_job(&lock_fd);
+	proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int got = receive_job();
 	if (got == 0)
 		return 0; /* an idle shim whose launcher went away */
 	if (got < 0) {
 		fprintf(stderr, "task-executor-shim: cannot read a job from descriptor %d\n", JOB_FD);
 		return 1;
 	}
-	/* lock_fd is kept open (and its flock held) until we exit. */
 
 	struct exit_info e = {0};
 	struct start_err se = {0};

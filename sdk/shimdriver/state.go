@@ -1,12 +1,13 @@
-package main
+package shimdriver
 
 import (
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
-// A process task's recoverable state is entirely in its shim's files in the
-// task's directory; the plugin keeps nothing that a restart would lose. These helpers translate between that state and the SDK's statuses.
+// A task's recoverable state is entirely in its shim's files in the task's
+// directory; the driver keeps nothing that a restart would lose. These
+// helpers translate between that state and the SDK's statuses.
 
 // shimDir is the shim's state directory for a task: the task's own
 // directory, so that a start creates no directory (see package shim).

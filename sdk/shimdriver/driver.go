@@ -1,4 +1,12 @@
-package main
+// Package shimdriver is a complete runtime for process tasks, each run under
+// its own shim (package shim). A Placer decides where a task's process runs:
+// on the host (plugins/process), or in another container's namespaces
+// (plugins/nsenter). Everything a restart must not lose is in the shims and
+// their files, so the plugin process can be killed at any moment.
+//
+// The driver, one handle per task that owns the goroutine waiting for it,
+// and the recoverable state are in driver.go, handle.go and state.go.
+package shimdriver
 
 import (
 	"context"
@@ -17,34 +25,50 @@ import (
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
-// version is the plugin's version, reported through Info.
-const version = "0.1.0"
-
 // defaultGrace is the grace period when the host does not set one.
 const defaultGrace = 10 * time.Second
 
-// spareShims is how many shims the plugin keeps started ahead of time: a
+// spareShims is how many shims the driver keeps started ahead of time: a
 // task's start then does not wait for a new shim process to start up. A
 // burst of starts beyond it starts shims on the spot.
 const spareShims = 4
 
-// driver runs process tasks as processes on the host, each under a shim.
-type driver struct {
-	log     hclog.Logger
-	events  sdk.Publisher
-	shims   *shim.Launcher
-	baseEnv []string
-	grace   time.Duration
+// retryInterval is how often a task that cannot start yet asks its Placer
+// again.
+const retryInterval = 200 * time.Millisecond
+
+// Options configure a driver.
+type Options struct {
+	// Name is the runtime's name.
+	Name string
+	// Version is the plugin's version.
+	Version string
+	// Log is the plugin's logger.
+	Log hclog.Logger
+	// Placer decides where tasks run.
+	Placer Placer
+}
+
+// Driver is an sdk.Runtime for process tasks.
+type Driver struct {
+	opts   Options
+	log    hclog.Logger
+	events sdk.Publisher
+	shims  *shim.Launcher
+	grace  time.Duration
 
 	mu      sync.Mutex
 	handles map[string]*handle
 }
 
-func newDriver(log hclog.Logger) *driver {
-	return &driver{log: log, handles: map[string]*handle{}}
+// New returns a driver.
+func New(opts Options) *Driver {
+	return &Driver{opts: opts, log: opts.Log, handles: map[string]*handle{}}
 }
 
-func (d *driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
+// Init reads the host's settings, finds the shim and initialises the
+// Placer.
+func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 	d.grace = defaultGrace
 	if v := cfg.Settings[sdk.SettingGracePeriod]; v != "" {
 		g, err := time.ParseDuration(v)
@@ -53,22 +77,24 @@ func (d *driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 		}
 		d.grace = g
 	}
-	path, err := findShim()
+	path, err := FindShim()
 	if err != nil {
 		return sdk.Info{}, err
 	}
+	if err := d.opts.Placer.Init(cfg); err != nil {
+		return sdk.Info{}, err
+	}
 	d.shims = shim.NewLauncher(path, spareShims)
-	d.baseEnv = baseEnv(os.Environ())
 	d.log.Debug("initialised", "shim", path, "grace", d.grace.String())
 	// Validate refuses only what the host refuses too (see the HTTP API's
 	// checks), so the host need not ask.
-	return sdk.Info{Name: "process", Version: version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}, nil
+	return sdk.Info{Name: d.opts.Name, Version: d.opts.Version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}, nil
 }
 
-// findShim locates the task-executor-shim executable: $TASK_EXECUTOR_SHIM,
-// then beside this plugin or one directory up (bin/plugins/process finds
+// FindShim locates the task-executor-shim executable: $TASK_EXECUTOR_SHIM,
+// then beside the plugin or one directory up (bin/plugins/process finds
 // bin/task-executor-shim), then $PATH.
-func findShim() (string, error) {
+func FindShim() (string, error) {
 	if p := os.Getenv("TASK_EXECUTOR_SHIM"); p != "" {
 		return p, nil
 	}
@@ -87,9 +113,10 @@ func findShim() (string, error) {
 	return p, nil
 }
 
-// baseEnv is the environment every task starts from: the plugin's own (the
-// host's), minus what go-plugin and the host set for the plugin itself.
-func baseEnv(env []string) []string {
+// HostEnv is the environment tasks on the host start from: the plugin's own
+// (the host's), minus what go-plugin and the host set for the plugin itself.
+func HostEnv() []string {
+	env := os.Environ()
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
@@ -101,9 +128,10 @@ func baseEnv(env []string) []string {
 	return out
 }
 
-func (d *driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
+// Validate accepts process specs whose env has only plain values.
+func (d *Driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
 	if spec.Process == nil {
-		return fmt.Errorf("the process runtime runs only process tasks: %w", sdk.ErrInvalidSpec)
+		return fmt.Errorf("the %s runtime runs only process tasks: %w", d.opts.Name, sdk.ErrInvalidSpec)
 	}
 	for _, e := range spec.Process.Env {
 		if e.ValueFrom != nil {
@@ -113,14 +141,16 @@ func (d *driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
 	return nil
 }
 
-func (d *driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, error) {
+// Start starts a task, or, if its Placer says it cannot start yet, accepts
+// it as waiting and starts it as soon as it can.
+func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, error) {
 	if err := d.Validate(ctx, task.Spec); err != nil {
 		return sdk.TaskStatus{}, err
 	}
 	d.mu.Lock()
 	h, ok := d.handles[task.Name]
 	if !ok {
-		h = newHandle(task.Name, shimDir(task))
+		h = newHandle(task)
 		d.handles[task.Name] = h
 	}
 	d.mu.Unlock()
@@ -128,30 +158,84 @@ func (d *driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 		return d.await(ctx, h)
 	}
 
-	res, err := d.shims.Launch(ctx, h.dir, d.shimSpec(task))
+	res, err := d.launch(ctx, h)
+	var nr *NotReady
+	switch {
+	case errors.As(err, &nr):
+		h.wait(nr)
+		go d.retry(h)
+	case err != nil:
+		d.forget(h)
+		h.fail(err)
+		return sdk.TaskStatus{}, fmt.Errorf("while starting task %q: %w", task.Name, err)
+	default:
+		h.settle(res, &d.events, d.log)
+	}
+	st, _ := h.snapshot()
+	return st, nil
+}
+
+// launch places h's task and starts it under a shim, or finds the shim a
+// previous plugin process started for it.
+func (d *Driver) launch(ctx context.Context, h *handle) (shim.Result, error) {
+	place, err := d.opts.Placer.Place(ctx, h.task)
+	if err != nil {
+		return shim.Result{}, err
+	}
+	if place.Namespaces != nil {
+		defer place.Namespaces.Close()
+	}
+	spec := d.shimSpec(h.task, place)
+	res, err := d.shims.Launch(ctx, h.dir, spec)
 	if errors.Is(err, shim.ErrLaunched) {
 		// A shim from before a plugin restart that was not followed by
 		// Recover (the host retried a Start whose answer it never got).
 		var found bool
 		if res, found = d.inspect(ctx, h); found {
-			err = nil
-		} else {
-			// It ended before starting its task: start it now.
-			res, err = d.shims.Launch(ctx, h.dir, d.shimSpec(task))
+			return res, nil
+		}
+		// It ended before starting its task: start it now.
+		res, err = d.shims.Launch(ctx, h.dir, spec)
+	}
+	return res, err
+}
+
+// retry starts a waiting task as soon as its Placer lets it, unless it is
+// stopped first.
+func (d *Driver) retry(h *handle) {
+	t := time.NewTicker(retryInterval)
+	defer t.Stop()
+	for range t.C {
+		h.launchMu.Lock()
+		if h.terminated() {
+			h.launchMu.Unlock()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		res, err := d.launch(ctx, h)
+		cancel()
+		var nr *NotReady
+		switch {
+		case errors.As(err, &nr):
+			if h.wait(nr) {
+				d.events.Publish(h.status())
+			}
+		case err != nil:
+			d.log.Warn("cannot start a waiting task; retrying", "task", h.task.Name, "error", err)
+		default:
+			h.settle(res, &d.events, d.log)
+			// A status no call returned: the host hears it here.
+			d.events.Publish(h.status())
+		}
+		h.launchMu.Unlock()
+		if err == nil {
+			return
 		}
 	}
-	if err != nil {
-		d.forget(h)
-		h.fail(err)
-		return sdk.TaskStatus{}, fmt.Errorf("while starting task %q: %w", task.Name, err)
-	}
-	h.settle(res, &d.events, d.log)
-	st, _ := h.snapshot()
-	return st, nil
 }
 
 // await waits until another call has launched or recovered h.
-func (d *driver) await(ctx context.Context, h *handle) (sdk.TaskStatus, error) {
+func (d *Driver) await(ctx context.Context, h *handle) (sdk.TaskStatus, error) {
 	select {
 	case <-h.ready:
 		return h.snapshot()
@@ -160,30 +244,31 @@ func (d *driver) await(ctx context.Context, h *handle) (sdk.TaskStatus, error) {
 	}
 }
 
-func (d *driver) forget(h *handle) {
+func (d *Driver) forget(h *handle) {
 	d.mu.Lock()
-	if d.handles[h.name] == h {
-		delete(d.handles, h.name)
+	if d.handles[h.task.Name] == h {
+		delete(d.handles, h.task.Name)
 	}
 	d.mu.Unlock()
 }
 
-func (d *driver) shimSpec(task sdk.Task) shim.Spec {
+func (d *Driver) shimSpec(task sdk.Task, place Place) shim.Spec {
 	p := task.Spec.Process
-	env := append([]string(nil), d.baseEnv...)
+	env := append([]string(nil), place.Env...)
 	for _, e := range p.Env {
 		env = append(env, e.Name+"="+e.Value)
 	}
 	spec := shim.Spec{
-		Argv:   p.Argv(),
-		Env:    dedupEnv(env),
-		Dir:    p.WorkingDir,
-		Stdout: filepath.Join(task.Dir, "stdout.log"),
-		Stderr: filepath.Join(task.Dir, "stderr.log"),
-		Grace:  d.grace,
+		Argv:       p.Argv(),
+		Env:        dedupEnv(env),
+		Dir:        p.WorkingDir,
+		Stdout:     filepath.Join(task.Dir, "stdout.log"),
+		Stderr:     filepath.Join(task.Dir, "stderr.log"),
+		Grace:      d.grace,
+		Namespaces: place.Namespaces,
 	}
 	if p.WorkingDir == "" {
-		spec.Dir = task.Dir
+		spec.Dir = place.Dir
 	}
 	if p.TimeoutSeconds != nil && *p.TimeoutSeconds > 0 {
 		spec.Timeout = time.Duration(*p.TimeoutSeconds) * time.Second
@@ -208,7 +293,7 @@ func dedupEnv(env []string) []string {
 	return out
 }
 
-func (d *driver) lookup(name string) (*handle, error) {
+func (d *Driver) lookup(name string) (*handle, error) {
 	d.mu.Lock()
 	h, ok := d.handles[name]
 	d.mu.Unlock()
@@ -218,7 +303,9 @@ func (d *driver) lookup(name string) (*handle, error) {
 	return h, nil
 }
 
-func (d *driver) Stop(ctx context.Context, name string, grace time.Duration) error {
+// Stop stops a task: through its shim if it runs, at once if it still
+// waits to start.
+func (d *Driver) Stop(ctx context.Context, name string, grace time.Duration) error {
 	h, err := d.lookup(name)
 	if err != nil {
 		return err
@@ -227,6 +314,10 @@ func (d *driver) Stop(ctx context.Context, name string, grace time.Duration) err
 		return err
 	}
 	if h.terminated() {
+		return nil
+	}
+	if h.cancel() {
+		d.events.Publish(h.status())
 		return nil
 	}
 	if err := shim.Stop(h.dir, grace); err != nil && !errors.Is(err, shim.ErrGone) {
@@ -240,7 +331,9 @@ func (d *driver) Stop(ctx context.Context, name string, grace time.Duration) err
 	}
 }
 
-func (d *driver) Remove(ctx context.Context, name string) error {
+// Remove forgets a terminated task (stopping it at once first if it is
+// not).
+func (d *Driver) Remove(ctx context.Context, name string) error {
 	h, err := d.lookup(name)
 	if errors.Is(err, sdk.ErrNotFound) {
 		return nil
@@ -256,7 +349,8 @@ func (d *driver) Remove(ctx context.Context, name string) error {
 	return nil
 }
 
-func (d *driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) {
+// Status returns a task's status.
+func (d *Driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) {
 	h, err := d.lookup(name)
 	if err != nil {
 		return sdk.TaskStatus{}, err
@@ -269,7 +363,8 @@ func (d *driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) 
 	}
 }
 
-func (d *driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
+// List returns the status of every task the driver tracks.
+func (d *Driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
 	d.mu.Lock()
 	hs := make([]*handle, 0, len(d.handles))
 	for _, h := range d.handles {
@@ -289,13 +384,14 @@ func (d *driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
 	return out, nil
 }
 
-func (d *driver) Recover(ctx context.Context, tasks []sdk.Task) ([]sdk.TaskStatus, error) {
+// Recover finds the shims of tasks started before this plugin process.
+func (d *Driver) Recover(ctx context.Context, tasks []sdk.Task) ([]sdk.TaskStatus, error) {
 	out := make([]sdk.TaskStatus, 0, len(tasks))
 	for _, task := range tasks {
 		d.mu.Lock()
 		h, ok := d.handles[task.Name]
 		if !ok {
-			h = newHandle(task.Name, shimDir(task))
+			h = newHandle(task)
 			d.handles[task.Name] = h
 		}
 		d.mu.Unlock()
@@ -323,24 +419,25 @@ func (d *driver) Recover(ctx context.Context, tasks []sdk.Task) ([]sdk.TaskStatu
 // A shim directory that cannot be read is reported as a task whose end is
 // unknown rather than started again: a second copy of a task is worse than
 // a lost status.
-func (d *driver) inspect(ctx context.Context, h *handle) (res shim.Result, found bool) {
+func (d *Driver) inspect(ctx context.Context, h *handle) (res shim.Result, found bool) {
 	res, alive, err := shim.Inspect(ctx, h.dir)
 	switch {
 	case err == nil:
-		d.log.Debug("found a task started earlier", "task", h.name, "shimAlive", alive)
+		d.log.Debug("found a task started earlier", "task", h.task.Name, "shimAlive", alive)
 		return res, true
 	case errors.Is(err, os.ErrNotExist), ctx.Err() != nil:
 		// With ctx gone, Launch fails on the live shim's lock: the caller
 		// gets an error and may retry.
 		return shim.Result{}, false
 	}
-	d.log.Error("cannot read a task's shim state; reporting its end as unknown", "task", h.name, "error", err)
+	d.log.Error("cannot read a task's shim state; reporting its end as unknown", "task", h.task.Name, "error", err)
 	return shim.Result{Exit: &shim.Exit{
 		ExitCode: 137, Reason: shim.ReasonStatusUnknown, FinishedAt: time.Now(),
 		Message: fmt.Sprintf("cannot read the task's state: %v", err),
 	}}, true
 }
 
-func (d *driver) Events(ctx context.Context) (<-chan sdk.TaskStatus, error) {
+// Events streams the status changes the driver observes on its own.
+func (d *Driver) Events(ctx context.Context) (<-chan sdk.TaskStatus, error) {
 	return d.events.Subscribe(ctx), nil
 }

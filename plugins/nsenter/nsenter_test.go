@@ -1,0 +1,222 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/runtimetest"
+	"github.com/opensandbox/task-executor/sdk/shim"
+)
+
+// binDir holds the binaries under test, laid out as installed.
+var binDir string
+
+func TestMain(m *testing.M) { os.Exit(testMain(m)) }
+
+func testMain(m *testing.M) int {
+	tmp, err := os.MkdirTemp("", "nsenter-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	binDir = filepath.Join(tmp, "bin")
+	if err := shim.Build(context.Background(), filepath.Join(binDir, "task-executor-shim")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, "plugins", "nsenter"), "github.com/opensandbox/task-executor/plugins/nsenter")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// harness runs the conformance kit against the nsenter plugin, with a main
+// container to run the tasks in.
+type harness struct{ container string }
+
+func (h harness) Launch(t *testing.T) runtimetest.Instance {
+	return runtimetest.LaunchPlugin(t, filepath.Join(binDir, "plugins", "nsenter"), nil)
+}
+func (harness) Spec(script string, opts runtimetest.SpecOptions) sdk.TaskSpec {
+	return runtimetest.ShellSpec(script, opts)
+}
+func (harness) StartErrorSpec() sdk.TaskSpec { return runtimetest.MissingCommandSpec() }
+func (harness) Output(t *testing.T, task sdk.Task) string {
+	return runtimetest.ReadTaskFiles(t, task)
+}
+func (h harness) Settings() map[string]string {
+	return map[string]string{sdk.SettingGracePeriod: "3s", sdk.SettingMainContainerName: h.container}
+}
+
+func TestConformance(t *testing.T) {
+	name := fmt.Sprintf("conformance-%d", os.Getpid())
+	runtimetest.StartContainer(t, "main-box", "SANDBOX_MAIN_CONTAINER="+name)
+	runtimetest.Run(t, harness{container: name})
+}
+
+// runtime launches the plugin for the main container name.
+func runtime(t *testing.T, name string) sdk.Runtime {
+	t.Helper()
+	inst := runtimetest.LaunchPlugin(t, filepath.Join(binDir, "plugins", "nsenter"), nil)
+	rt := inst.Runtime()
+	info, err := rt.Init(context.Background(), sdk.Config{DataDir: t.TempDir(), Settings: map[string]string{
+		sdk.SettingGracePeriod: "2s", sdk.SettingMainContainerName: name,
+	}})
+	if err != nil || info.Name != "nsenter" {
+		t.Fatalf("Init: %+v, %v", info, err)
+	}
+	return rt
+}
+
+func newTask(t *testing.T, name, script string, env ...corev1.EnvVar) sdk.Task {
+	dir := filepath.Join(t.TempDir(), name)
+	for _, f := range []string{"", "stdout.log", "stderr.log"} {
+		var err error
+		if f == "" {
+			err = os.MkdirAll(dir, 0o700)
+		} else {
+			err = os.WriteFile(filepath.Join(dir, f), nil, 0o640)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sdk.Task{Name: name, Dir: dir, Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"sh", "-c", script}, Env: env}}}
+}
+
+func waitTerminated(t *testing.T, rt sdk.Runtime, name string) *corev1.ContainerStateTerminated {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := rt.Status(context.Background(), name)
+		if err == nil && st.State.Terminated != nil {
+			return st.State.Terminated
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task %s did not terminate: %+v %v", name, st.State, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTaskRunsInTheMainContainer: the task's namespaces are the main
+// process's, and so are its host name, its /proc, its environment (with the
+// task's own on top) and its working directory; the executor's files are not
+// visible inside, yet the output reaches the task's directory.
+func TestTaskRunsInTheMainContainer(t *testing.T) {
+	name := fmt.Sprintf("ns-%d", os.Getpid())
+	c := runtimetest.StartContainer(t, "main-box", "SANDBOX_MAIN_CONTAINER="+name, "FROM_MAIN=main", "OVERRIDDEN=main")
+	rt := runtime(t, name)
+	task := newTask(t, "inside", `for ns in pid mnt net uts ipc; do echo "$ns $(readlink /proc/self/ns/$ns)"; done
+echo "hostname $(hostname)"
+echo "pid1 $(cat /proc/1/comm)"
+echo "pwd $(pwd)"
+echo "env $FROM_MAIN $OVERRIDDEN"
+[ -e "$TASK_DIR" ] && echo "sees-executor-files"
+exit 0`, corev1.EnvVar{Name: "OVERRIDDEN", Value: "task"})
+	task.Spec.Process.Env = append(task.Spec.Process.Env, corev1.EnvVar{Name: "TASK_DIR", Value: task.Dir})
+	if _, err := rt.Start(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	if term := waitTerminated(t, rt, task.Name); term.ExitCode != 0 {
+		t.Fatalf("task: %+v", term)
+	}
+	out, err := os.ReadFile(filepath.Join(task.Dir, "stdout.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		got[k] = v
+	}
+	for _, ns := range []string{"pid", "mnt", "net", "uts", "ipc"} {
+		if want := c.Namespace(t, ns); got[ns] != want {
+			t.Errorf("task's %s namespace %q, want the main process's %q", ns, got[ns], want)
+		}
+	}
+	for k, want := range map[string]string{"hostname": "main-box", "pid1": "sleep", "pwd": "/tmp/wd", "env": "main task"} {
+		if got[k] != want {
+			t.Errorf("%s: %q, want %q", k, got[k], want)
+		}
+	}
+	if _, ok := got["sees-executor-files"]; ok {
+		t.Error("the task sees the executor's files inside the main container")
+	}
+}
+
+// TestWaitsForTheMainContainer: a task created before the main container
+// waits (MainContainerNotFound) and starts once it appears; a task stopped
+// while waiting never runs.
+func TestWaitsForTheMainContainer(t *testing.T) {
+	name := fmt.Sprintf("late-%d", os.Getpid())
+	rt := runtime(t, name)
+	early := newTask(t, "early", "exit 3")
+	never := newTask(t, "never", "echo ran > \"$MARK\"")
+	mark := filepath.Join(t.TempDir(), "ran")
+	never.Spec.Process.Env = []corev1.EnvVar{{Name: "MARK", Value: mark}}
+	for _, task := range []sdk.Task{early, never} {
+		st, err := rt.Start(context.Background(), task)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := st.State.Waiting; w == nil || w.Reason != "MainContainerNotFound" || w.Message == "" {
+			t.Fatalf("Start before the main container: %+v, want waiting MainContainerNotFound", st.State)
+		}
+	}
+	if err := rt.Stop(context.Background(), never.Name, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	runtimetest.StartContainer(t, "late-box", "SANDBOX_MAIN_CONTAINER="+name)
+	if term := waitTerminated(t, rt, early.Name); term.ExitCode != 3 {
+		t.Fatalf("early task: %+v, want exit 3", term)
+	}
+	if term := waitTerminated(t, rt, never.Name); term.StartedAt.IsZero() == false {
+		t.Fatalf("a task stopped while waiting has a start time: %+v", term)
+	}
+	if _, err := os.Stat(mark); !os.IsNotExist(err) {
+		t.Fatal("a task stopped while waiting ran anyway")
+	}
+}
+
+// TestStopLeavesNothingInTheContainer: stopping a task that started
+// children in the main container ends all of them: SIGTERM first, SIGKILL
+// after the grace period.
+func TestStopLeavesNothingInTheContainer(t *testing.T) {
+	name := fmt.Sprintf("stop-%d", os.Getpid())
+	c := runtimetest.StartContainer(t, "stop-box", "SANDBOX_MAIN_CONTAINER="+name)
+	rt := runtime(t, name)
+	task := newTask(t, "busy", "sleep 300 & sleep 300 & trap '' TERM; while :; do sleep 0.1; done")
+	if _, err := rt.Start(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(c.Processes(t)) < 4 { // main, sh, two sleeps
+		if time.Now().After(deadline) {
+			t.Fatalf("the task's processes never showed up in the container: %v", c.Processes(t))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	began := time.Now()
+	if err := rt.Stop(context.Background(), task.Name, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took < time.Second {
+		t.Fatalf("a task ignoring SIGTERM stopped after %s, before its grace period", took)
+	}
+	if left := c.Processes(t); len(left) != 1 || left[0] != c.Pid {
+		t.Fatalf("processes left in the container: %v, want only the main process %d", left, c.Pid)
+	}
+}
