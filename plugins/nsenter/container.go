@@ -74,7 +74,7 @@ func (m *mainContainer) Place(_ context.Context, _ sdk.Task) (shimdriver.Place, 
 	// The pidfd is taken first and the identity checked after: if the
 	// start time still matches, the pidfd names the main process, not one
 	// that reused its PID.
-	if err != nil || procStart(mp.pid) != mp.start {
+	if err != nil || !running(mp.pid, mp.start) {
 		if err == nil {
 			unix.Close(fd)
 		}
@@ -97,7 +97,7 @@ func (m *mainContainer) forget(mp *mainProcess) {
 func (m *mainContainer) find() *mainProcess {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if c := m.cached; c != nil && procStart(c.pid) == c.start {
+	if c := m.cached; c != nil && running(c.pid, c.start) {
 		return c
 	}
 	m.cached = nil
@@ -119,7 +119,7 @@ func (m *mainContainer) find() *mainProcess {
 			continue
 		}
 		start := procStart(pid)
-		if start == 0 || (best != nil && start >= best.start) || m.isOurs(pid) {
+		if start == 0 || (best != nil && start >= best.start) || !running(pid, start) || m.isOurs(pid) {
 			continue
 		}
 		best = &mainProcess{pid: pid, start: start, env: splitEnv(b)}
@@ -196,6 +196,18 @@ func procStart(pid int) uint64 {
 	}
 	v, _ := strconv.ParseUint(f[19], 10, 64)
 	return v
+}
+
+// running reports whether pid is still the process that started at start,
+// and has not exited (a killed main process stays a zombie until its parent
+// reaps it, and cannot be entered).
+func running(pid int, start uint64) bool {
+	f := procStat(pid)
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return false
+	}
+	v, _ := strconv.ParseUint(f[19], 10, 64)
+	return v == start
 }
 
 // procPPID returns a process's parent, or 0.

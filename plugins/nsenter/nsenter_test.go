@@ -220,3 +220,32 @@ func TestStopLeavesNothingInTheContainer(t *testing.T) {
 		t.Fatalf("processes left in the container: %v, want only the main process %d", left, c.Pid)
 	}
 }
+
+// TestFollowsARestartedMainContainer: once the main container has been
+// replaced (a new process, new namespaces), new tasks go to the new one.
+func TestFollowsARestartedMainContainer(t *testing.T) {
+	name := fmt.Sprintf("restart-%d", os.Getpid())
+	rt := runtime(t, name)
+	hostnameOf := func(task sdk.Task) string {
+		if _, err := rt.Start(context.Background(), task); err != nil {
+			t.Fatal(err)
+		}
+		if term := waitTerminated(t, rt, task.Name); term.ExitCode != 0 {
+			t.Fatalf("task %s: %+v", task.Name, term)
+		}
+		out, err := os.ReadFile(filepath.Join(task.Dir, "stdout.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	first := runtimetest.StartContainer(t, "first-box", "SANDBOX_MAIN_CONTAINER="+name)
+	if got := hostnameOf(newTask(t, "before", "hostname")); got != "first-box" {
+		t.Fatalf("task ran on %q, want first-box", got)
+	}
+	first.Stop()
+	runtimetest.StartContainer(t, "second-box", "SANDBOX_MAIN_CONTAINER="+name)
+	if got := hostnameOf(newTask(t, "after", "hostname")); got != "second-box" {
+		t.Fatalf("task ran on %q after the main container restarted, want second-box", got)
+	}
+}
