@@ -1,10 +1,12 @@
 package sdk
 
 import (
+	"context"
 	"io"
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -73,7 +75,28 @@ func Serve(rt Runtime) {
 		},
 		Logger: logger,
 	})
+	// plugin.Serve returns when the host asked the plugin to exit; the host
+	// kills it if it takes longer than a couple of seconds.
+	if c, ok := rt.(Closer); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer cancel()
+		c.Close(ctx)
+	}
 }
+
+// Closer is implemented by a runtime that has work of its own in flight
+// (clean-ups started after a task ended, say) worth finishing when the host
+// stops the plugin in an orderly way. Serve calls Close once the host has
+// asked the plugin to exit, with a context that ends shortly before the
+// host would kill the plugin. It is never called when the plugin is killed
+// or the host dies, so a runtime must not depend on it.
+type Closer interface {
+	Close(ctx context.Context)
+}
+
+// closeTimeout keeps Close within go-plugin's two seconds between asking a
+// plugin to exit and killing it.
+const closeTimeout = 1500 * time.Millisecond
 
 // watchLifeline exits the plugin once the host's end of the lifeline pipe is
 // closed. Without it a plugin outlives a killed host: go-plugin plugins keep

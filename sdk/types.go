@@ -52,6 +52,11 @@ type TaskSpec struct {
 	Container *corev1.Container `json:"container,omitempty"`
 	// Volumes can be mounted by Container through its volumeMounts.
 	Volumes []corev1.Volume `json:"volumes,omitempty"`
+	// TimeoutSeconds, when set, stops a container task once it has run that
+	// long, as ProcessSpec.TimeoutSeconds does for a process (a
+	// corev1.Container has no such field). Process tasks set theirs in
+	// Process instead.
+	TimeoutSeconds *int64 `json:"timeoutSeconds,omitempty"`
 }
 
 // Kind returns the kind of the spec, or "" when neither or both of Process
@@ -146,6 +151,9 @@ const (
 	SettingMainContainerName = "mainContainerName"
 	// SettingCRISocket is the path of the CRI runtime's socket.
 	SettingCRISocket = "criSocket"
+	// SettingVolumes are the volumes the operator offers to every container
+	// task, as a JSON object from volume name to host path.
+	SettingVolumes = "volumes"
 )
 
 // Waiting returns a waiting state.

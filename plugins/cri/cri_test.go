@@ -1,0 +1,453 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/runtimetest"
+)
+
+// plugin is the cri plugin's binary, built once for the package.
+var plugin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cri-plugin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cannot create a temporary directory:", err)
+		os.Exit(1)
+	}
+	plugin = filepath.Join(dir, "cri")
+	if out, err := exec.Command("go", "build", "-race", "-o", plugin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "cannot build the cri plugin: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := containerdtest.Main(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// criHarness runs the conformance kit against the cri plugin and a real
+// containerd, with tasks in the busybox test image.
+type criHarness struct{ env *containerdtest.Env }
+
+func (h criHarness) Launch(t *testing.T) runtimetest.Instance {
+	return runtimetest.LaunchPlugin(t, plugin, nil)
+}
+
+func (h criHarness) Spec(script string, opts runtimetest.SpecOptions) sdk.TaskSpec {
+	spec := sdk.TaskSpec{Container: &corev1.Container{
+		Name:            "task",
+		Image:           h.env.BusyboxImage,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Command:         []string{"sh", "-c", script},
+		Env:             opts.Env,
+		WorkingDir:      opts.WorkingDir,
+	}}
+	if opts.TimeoutSeconds > 0 {
+		timeout := opts.TimeoutSeconds
+		spec.TimeoutSeconds = &timeout
+	}
+	return spec
+}
+
+// StartErrorSpec names an entrypoint the image does not have.
+func (h criHarness) StartErrorSpec() sdk.TaskSpec {
+	return sdk.TaskSpec{Container: &corev1.Container{
+		Name: "task", Image: h.env.BusyboxImage, ImagePullPolicy: corev1.PullIfNotPresent,
+		Command: []string{"/" + runtimetest.MissingCommandName},
+	}}
+}
+
+// Output reads the container's log from the task's directory, in CRI's
+// log format, back into plain text.
+func (h criHarness) Output(t *testing.T, task sdk.Task) string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(task.Dir, "container.log"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return ""
+	}
+	if err != nil {
+		t.Fatalf("cannot read the log of task %s: %v", task.Name, err)
+	}
+	defer f.Close()
+	var out strings.Builder
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// <time> <stream> <P|F> <text>
+		parts := strings.SplitN(sc.Text(), " ", 4)
+		if len(parts) < 3 {
+			t.Fatalf("task %s: malformed CRI log line %q", task.Name, sc.Text())
+		}
+		if len(parts) == 4 {
+			out.WriteString(parts[3])
+		}
+		if parts[2] == "F" {
+			out.WriteByte('\n')
+		}
+	}
+	return out.String()
+}
+
+func (h criHarness) Settings() map[string]string {
+	return map[string]string{sdk.SettingGracePeriod: "3s", sdk.SettingCRISocket: h.env.Socket}
+}
+
+func TestConformance(t *testing.T) {
+	env := containerdtest.Require(t)
+	runtimetest.Run(t, criHarness{env: env})
+	t.Cleanup(func() { checkNoLeftovers(t, env) })
+}
+
+// criClient connects to the test containerd, as an operator's crictl would.
+func criClient(t *testing.T, env *containerdtest.Env) cri.RuntimeServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+env.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("cannot connect to containerd: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return cri.NewRuntimeServiceClient(conn)
+}
+
+// checkNoLeftovers fails t if the plugin left any sandbox or container in
+// containerd once every task has been removed. Removal of a finished
+// task's sandbox is asynchronous, hence the deadline.
+func checkNoLeftovers(t *testing.T, env *containerdtest.Env) {
+	t.Helper()
+	rt := criClient(t, env)
+	var boxes []*cri.PodSandbox
+	var ctrs []*cri.Container
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		sb, err := rt.ListPodSandbox(ctx, &cri.ListPodSandboxRequest{})
+		if err != nil {
+			cancel()
+			t.Fatalf("ListPodSandbox: %v", err)
+		}
+		cs, err := rt.ListContainers(ctx, &cri.ListContainersRequest{})
+		cancel()
+		if err != nil {
+			t.Fatalf("ListContainers: %v", err)
+		}
+		boxes, ctrs = sb.Items, cs.Containers
+		if len(boxes) == 0 && len(ctrs) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, b := range boxes {
+		t.Errorf("sandbox left in containerd: %s %s (labels %v)", b.Id, b.Metadata.GetName(), b.Labels)
+	}
+	for _, c := range ctrs {
+		t.Errorf("container left in containerd: %s %s (state %s)", c.Id, c.Metadata.GetName(), c.State)
+	}
+}
+
+// launch starts the plugin with a fresh data directory and initialises it.
+func launch(t *testing.T, env *containerdtest.Env, settings map[string]string) sdk.Runtime {
+	t.Helper()
+	rt := runtimetest.LaunchPlugin(t, plugin, nil).Runtime()
+	all := map[string]string{sdk.SettingGracePeriod: "2s", sdk.SettingCRISocket: env.Socket}
+	for k, v := range settings {
+		all[k] = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := rt.Init(ctx, sdk.Config{DataDir: t.TempDir(), Settings: all}); err != nil {
+		t.Fatalf("Init: %v", err)
+	}
+	return rt
+}
+
+// newTask makes a task directory and a task for spec.
+func newTask(t *testing.T, name string, spec sdk.TaskSpec) sdk.Task {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return sdk.Task{Name: name, Spec: spec, Dir: dir}
+}
+
+func busybox(env *containerdtest.Env, command ...string) *corev1.Container {
+	return &corev1.Container{Name: "task", Image: env.BusyboxImage, ImagePullPolicy: corev1.PullIfNotPresent, Command: command}
+}
+
+// run starts the task and waits for its end; the task is removed when t
+// ends.
+func run(t *testing.T, rt sdk.Runtime, task sdk.Task) *corev1.ContainerStateTerminated {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	t.Cleanup(func() { remove(t, rt, task.Name) })
+	if _, err := rt.Start(ctx, task); err != nil {
+		t.Fatalf("Start(%s): %v", task.Name, err)
+	}
+	var st sdk.TaskStatus
+	for ctx.Err() == nil {
+		var err error
+		if st, err = rt.Status(ctx, task.Name); err != nil {
+			t.Fatalf("Status(%s): %v", task.Name, err)
+		}
+		if st.IsTerminal() {
+			return st.State.Terminated
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("task %s did not terminate; last status %+v", task.Name, st.State)
+	return nil
+}
+
+func remove(t *testing.T, rt sdk.Runtime, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := rt.Remove(ctx, name); err != nil {
+		t.Errorf("Remove(%s): %v", name, err)
+	}
+}
+
+// waitState polls the task's status until ok accepts it.
+func waitState(t *testing.T, rt sdk.Runtime, name string, what string, ok func(corev1.ContainerState) bool) corev1.ContainerState {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := rt.Status(ctx, name)
+		cancel()
+		if err != nil {
+			t.Fatalf("Status(%s): %v", name, err)
+		}
+		if ok(st.State) {
+			return st.State
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task %s never became %s; last state %+v", name, what, st.State)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestCommandAndArgs(t *testing.T) {
+	env := containerdtest.Require(t)
+	rt := launch(t, env, nil)
+	tests := []struct {
+		name          string
+		command, args []string
+		wantCode      int32
+		wantOut       string
+	}{
+		{"command-only", []string{"sh", "-c", "echo one; exit 4"}, nil, 4, "one\n"},
+		{"command-and-args", []string{"echo"}, []string{"a", "b c"}, 0, "a b c\n"},
+		// No command: the image's entrypoint (none) with args as its cmd.
+		{"args-only", nil, []string{"echo", "from-args"}, 0, "from-args\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := busybox(env, tc.command...)
+			c.Args = tc.args
+			task := newTask(t, "args-"+tc.name, sdk.TaskSpec{Container: c})
+			term := run(t, rt, task)
+			if term.ExitCode != tc.wantCode {
+				t.Errorf("exit code %d, want %d (%+v)", term.ExitCode, tc.wantCode, term)
+			}
+			if out := (criHarness{env}).Output(t, task); out != tc.wantOut {
+				t.Errorf("output %q, want %q", out, tc.wantOut)
+			}
+		})
+	}
+}
+
+func TestVolumes(t *testing.T) {
+	env := containerdtest.Require(t)
+	offered := t.TempDir()
+	if err := os.WriteFile(filepath.Join(offered, "input"), []byte("from-the-operator"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt := launch(t, env, map[string]string{sdk.SettingVolumes: fmt.Sprintf(`{"data-volume":%q}`, offered)})
+	hostDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(hostDir, "input"), []byte("from-the-host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := busybox(env, "sh", "-c", `set -e
+cat /host/input; echo
+cat /data/input; echo
+echo written > /host/output
+echo scratch > /scratch/file
+echo sub > /sub/file
+if (echo no > /ro/denied) 2>/dev/null; then exit 9; fi`)
+	c.VolumeMounts = []corev1.VolumeMount{
+		{Name: "host", MountPath: "/host"},
+		{Name: "data-volume", MountPath: "/data"},
+		{Name: "scratch", MountPath: "/scratch"},
+		{Name: "scratch", MountPath: "/sub", SubPath: "nested/dir"},
+		{Name: "host", MountPath: "/ro", ReadOnly: true},
+	}
+	task := newTask(t, "volumes", sdk.TaskSpec{Container: c, Volumes: []corev1.Volume{
+		{Name: "host", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: hostDir}}},
+		{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}})
+	term := run(t, rt, task)
+	out := (criHarness{env}).Output(t, task)
+	if term.ExitCode != 0 {
+		t.Fatalf("task failed: %+v\noutput: %s", term, out)
+	}
+	if out != "from-the-host\nfrom-the-operator\n" {
+		t.Errorf("output %q", out)
+	}
+	for path, want := range map[string]string{
+		filepath.Join(hostDir, "output"):                                 "written\n",
+		filepath.Join(task.Dir, "volumes", "scratch", "file"):            "scratch\n",
+		filepath.Join(task.Dir, "volumes", "scratch", "nested/dir/file"): "sub\n",
+	} {
+		if b, err := os.ReadFile(path); err != nil || string(b) != want {
+			t.Errorf("%s holds %q (%v), want %q", path, b, err, want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	env := containerdtest.Require(t)
+	rt := launch(t, env, map[string]string{sdk.SettingVolumes: `{"data-volume":"/tmp"}`})
+	nfs := corev1.VolumeSource{NFS: &corev1.NFSVolumeSource{Server: "x", Path: "/"}}
+	tests := []struct {
+		name    string
+		mounts  []corev1.VolumeMount
+		volumes []corev1.Volume
+		wantErr string
+	}{
+		{"unknown-volume", []corev1.VolumeMount{{Name: "nope", MountPath: "/x"}}, nil, `volumeMount "nope" names no volume`},
+		{"unsupported-type", []corev1.VolumeMount{{Name: "n", MountPath: "/x"}}, []corev1.Volume{{Name: "n", VolumeSource: nfs}}, "only hostPath and emptyDir"},
+		{"memory-emptydir", nil, []corev1.Volume{{Name: "m", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}}, "emptyDir.medium"},
+		{"operator-volume", []corev1.VolumeMount{{Name: "data-volume", MountPath: "/x"}}, nil, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := busybox(env, "true")
+			c.VolumeMounts = tc.mounts
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := rt.Validate(ctx, sdk.TaskSpec{Container: c, Volumes: tc.volumes})
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("Validate: %v, want nil", err)
+			case tc.wantErr != "" && (!errors.Is(err, sdk.ErrInvalidSpec) || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("Validate: %v, want an invalid-spec error with %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestImagePull: a missing image is a waiting state, never an error, and
+// no sandbox is made for it.
+func TestImagePull(t *testing.T) {
+	env := containerdtest.Require(t)
+	rt := launch(t, env, nil)
+	tests := []struct {
+		name, image string
+		policy      corev1.PullPolicy
+		wantReason  string
+	}{
+		{"never-missing", "localhost/no-such-image:v1", corev1.PullNever, "ErrImageNeverPull"},
+		{"pull-fails", "localhost/no-such-image:v1", corev1.PullIfNotPresent, "ErrImagePull"},
+		// Kubernetes' default for :latest is Always; no registry answers.
+		{"latest-defaults-to-always", env.BusyboxImage, "", "ErrImagePull"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			task := newTask(t, "image-"+tc.name, sdk.TaskSpec{Container: &corev1.Container{
+				Name: "task", Image: tc.image, ImagePullPolicy: tc.policy, Command: []string{"true"},
+			}})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			st, err := rt.Start(ctx, task)
+			if err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			if w := st.State.Waiting; w == nil || w.Reason != tc.wantReason || w.Message == "" {
+				t.Fatalf("Start returned %+v, want waiting %s with a message", st.State, tc.wantReason)
+			}
+			// Stopping a task that waits for its image ends it at once.
+			if err := rt.Stop(ctx, task.Name, 10*time.Second); err != nil {
+				t.Fatalf("Stop: %v", err)
+			}
+			st, err = rt.Status(ctx, task.Name)
+			if err != nil || !st.IsTerminal() || !strings.Contains(st.State.Terminated.Message, tc.wantReason) {
+				t.Errorf("after Stop: %+v, %v; want terminated, the message naming %s", st.State, err, tc.wantReason)
+			}
+			remove(t, rt, task.Name)
+		})
+	}
+	t.Cleanup(func() { checkNoLeftovers(t, env) })
+}
+
+// TestOOMKilled: a container over its memory limit terminates with
+// Kubernetes' reason OOMKilled.
+func TestOOMKilled(t *testing.T) {
+	env := containerdtest.Require(t)
+	rt := launch(t, env, nil)
+	c := busybox(env, "sh", "-c", "exec dd if=/dev/zero of=/dev/null bs=64M count=4")
+	c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resourceMustParse(t, "16Mi")}
+	term := run(t, rt, newTask(t, "oom", sdk.TaskSpec{Container: c}))
+	if term.Reason != "OOMKilled" || term.ExitCode != 137 {
+		t.Errorf("terminated %+v, want reason OOMKilled and exit code 137", term)
+	}
+}
+
+// TestRemoveRunning: removing a running task kills its container and
+// leaves nothing in containerd.
+func TestRemoveRunning(t *testing.T) {
+	env := containerdtest.Require(t)
+	rt := launch(t, env, nil)
+	task := newTask(t, "remove-running", sdk.TaskSpec{Container: busybox(env, "sleep", "300")})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := rt.Start(ctx, task)
+	if err != nil || st.State.Running == nil {
+		t.Fatalf("Start: %+v, %v; want running", st.State, err)
+	}
+	began := time.Now()
+	if err := rt.Remove(ctx, task.Name); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if took := time.Since(began); took > 20*time.Second {
+		t.Errorf("Remove took %s", took)
+	}
+	if _, err := rt.Status(ctx, task.Name); !errors.Is(err, sdk.ErrNotFound) {
+		t.Errorf("Status after Remove: %v, want ErrNotFound", err)
+	}
+	checkNoLeftovers(t, env)
+}
+
+func resourceMustParse(t *testing.T, s string) resource.Quantity {
+	t.Helper()
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
+}

@@ -1,0 +1,421 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	corev1 "k8s.io/api/core/v1"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// defaultGrace is the grace period when the host does not set one.
+const defaultGrace = 10 * time.Second
+
+// monitorInterval is how often the monitor lists the running containers to
+// see which have exited. CRI v1 as containerd 1.6 serves it has no event
+// stream, so this bounds how late an exit is seen.
+const monitorInterval = 100 * time.Millisecond
+
+// janitorInterval is how often the janitor looks for sandboxes no task
+// needs any more.
+const janitorInterval = time.Minute
+
+// settleTimeout bounds how long Start and Recover wait for a task to get
+// past creating; a task still creating then is reported as such, and its
+// later changes come as events.
+const settleTimeout = 25 * time.Second
+
+// Driver is the cri runtime: each task is a pod sandbox with one container,
+// created through the node's CRI runtime.
+type Driver struct {
+	log     hclog.Logger
+	events  sdk.Publisher
+	ctx     context.Context
+	cri     *client
+	owner   string
+	grace   time.Duration
+	volumes map[string]string
+
+	mu      sync.Mutex
+	handles map[string]*handle
+	// cleanups are the removals of finished tasks' sandboxes in flight.
+	cleanups sync.WaitGroup
+}
+
+func newDriver(log hclog.Logger) *Driver {
+	return &Driver{log: log, handles: map[string]*handle{}, ctx: context.Background()}
+}
+
+// Init reads the host's settings, connects to the CRI socket and starts
+// the monitor and the janitor.
+func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
+	d.grace = defaultGrace
+	if v := cfg.Settings[sdk.SettingGracePeriod]; v != "" {
+		g, err := time.ParseDuration(v)
+		if err != nil {
+			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: %w", sdk.SettingGracePeriod, v, err)
+		}
+		d.grace = g
+	}
+	d.volumes = map[string]string{}
+	if v := cfg.Settings[sdk.SettingVolumes]; v != "" {
+		if err := json.Unmarshal([]byte(v), &d.volumes); err != nil {
+			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: %w", sdk.SettingVolumes, v, err)
+		}
+	}
+	socket := cfg.Settings[sdk.SettingCRISocket]
+	if socket == "" {
+		return sdk.Info{}, errors.New("no CRI socket: the host must set " + sdk.SettingCRISocket)
+	}
+	owner, err := ownerID(cfg.DataDir)
+	if err != nil {
+		return sdk.Info{}, err
+	}
+	d.owner = owner
+	c, v, err := dial(ctx, socket)
+	if err != nil {
+		return sdk.Info{}, err
+	}
+	d.cri = c
+	d.log.Info("connected to the CRI runtime", "socket", socket, "runtime", v.RuntimeName, "version", v.RuntimeVersion, "api", v.RuntimeApiVersion, "owner", owner)
+	go d.monitor()
+	go d.janitor()
+	return sdk.Info{Name: "cri", Version: version, Kinds: []sdk.Kind{sdk.KindContainer}}, nil
+}
+
+// Validate checks the volumes a container spec mounts.
+func (d *Driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
+	return d.validate(spec)
+}
+
+// Start creates and starts the task's container, or finds it if a
+// previous plugin process did.
+func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, error) {
+	if err := d.validate(task.Spec); err != nil {
+		return sdk.TaskStatus{}, err
+	}
+	h, err := d.handleFor(task, true)
+	if err != nil {
+		return sdk.TaskStatus{}, err
+	}
+	return h.settled(ctx), nil
+}
+
+// handleFor returns the task's handle, making it from what the task's
+// directory and containerd hold. With create unset, a task never started
+// gets none.
+func (d *Driver) handleFor(task sdk.Task, create bool) (*handle, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if h, ok := d.handles[task.Name]; ok {
+		return h, nil
+	}
+	rec, err := readExit(task.Dir)
+	if err != nil {
+		return nil, err
+	}
+	attempt, err := readAttempt(task.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if attempt == "" && rec == nil {
+		if !create {
+			return nil, nil
+		}
+		if attempt, err = ensureAttempt(task.Dir); err != nil {
+			return nil, err
+		}
+	}
+	h := newHandle(d, task, attempt)
+	d.handles[task.Name] = h
+	if rec != nil {
+		h.st, h.final = rec.status(task.Name), true
+		return h, nil
+	}
+	h.start()
+	return h, nil
+}
+
+// settled waits until the task is past creating (or settleTimeout) and
+// returns its status.
+func (h *handle) settled(ctx context.Context) sdk.TaskStatus {
+	timer := time.NewTimer(settleTimeout)
+	defer timer.Stop()
+	for {
+		st, _, changed := h.snapshot()
+		if w := st.State.Waiting; w == nil || w.Reason != reasonCreating {
+			return st
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return st
+		case <-timer.C:
+			return st
+		}
+	}
+}
+
+// Stop stops a task's container and returns once it has terminated.
+func (d *Driver) Stop(ctx context.Context, name string, grace time.Duration) error {
+	h := d.handle(name)
+	if h == nil {
+		return fmt.Errorf("task %q: %w", name, sdk.ErrNotFound)
+	}
+	return h.stop(ctx, grace)
+}
+
+// Remove removes everything the task has in containerd.
+func (d *Driver) Remove(ctx context.Context, name string) error {
+	if h := d.handle(name); h != nil {
+		if err := h.stop(ctx, 0); err != nil {
+			return err
+		}
+		h.halt()
+	}
+	// Every attempt of the name, including ones a previous plugin process
+	// knew and this one never saw.
+	boxes, err := d.cri.sandboxes(ctx, map[string]string{labelOwner: d.owner, labelTask: name})
+	if err != nil {
+		return err
+	}
+	for _, b := range boxes {
+		if err := d.cri.removeSandbox(ctx, b.Id); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	delete(d.handles, name)
+	d.mu.Unlock()
+	return nil
+}
+
+// Status returns a task's status.
+func (d *Driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) {
+	h := d.handle(name)
+	if h == nil {
+		return sdk.TaskStatus{}, fmt.Errorf("task %q: %w", name, sdk.ErrNotFound)
+	}
+	st, _, _ := h.snapshot()
+	return st, nil
+}
+
+// List returns the status of every task the driver knows.
+func (d *Driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
+	d.mu.Lock()
+	hs := make([]*handle, 0, len(d.handles))
+	for _, h := range d.handles {
+		hs = append(hs, h)
+	}
+	d.mu.Unlock()
+	out := make([]sdk.TaskStatus, 0, len(hs))
+	for _, h := range hs {
+		st, _, _ := h.snapshot()
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Recover adopts the tasks this runtime started before a restart, from
+// their directories and containerd.
+func (d *Driver) Recover(ctx context.Context, tasks []sdk.Task) ([]sdk.TaskStatus, error) {
+	sts := make([]*sdk.TaskStatus, len(tasks))
+	errs := make([]error, len(tasks))
+	var wg sync.WaitGroup
+	// Adopting asks containerd a few questions per task; a bound keeps
+	// thousands of tasks from asking all at once.
+	sem := make(chan struct{}, 16)
+	for i, task := range tasks {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			h, err := d.handleFor(task, false)
+			if err != nil {
+				errs[i] = fmt.Errorf("while recovering task %q: %w", task.Name, err)
+				return
+			}
+			if h != nil {
+				st := h.settled(ctx)
+				sts[i] = &st
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var out []sdk.TaskStatus
+	for _, st := range sts {
+		if st != nil {
+			out = append(out, *st)
+		}
+	}
+	d.log.Info("recovered tasks", "asked", len(tasks), "found", len(out))
+	return out, nil
+}
+
+// Events streams status changes.
+func (d *Driver) Events(ctx context.Context) (<-chan sdk.TaskStatus, error) {
+	return d.events.Subscribe(ctx), nil
+}
+
+func (d *Driver) handle(name string) *handle {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.handles[name]
+}
+
+// monitor lists the plugin's running containers and nudges the handles
+// whose container is no longer running.
+func (d *Driver) monitor() {
+	ticker := time.NewTicker(monitorInterval)
+	defer ticker.Stop()
+	for range ticker.C {
+		d.mu.Lock()
+		watched := map[string]*handle{}
+		for _, h := range d.handles {
+			if id, ok := h.running(); ok {
+				watched[id] = h
+			}
+		}
+		d.mu.Unlock()
+		if len(watched) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+		resp, err := d.cri.rt.ListContainers(ctx, &cri.ListContainersRequest{Filter: &cri.ContainerFilter{
+			State:         &cri.ContainerStateValue{State: cri.ContainerState_CONTAINER_RUNNING},
+			LabelSelector: map[string]string{labelOwner: d.owner},
+		}})
+		cancel()
+		if err != nil {
+			d.log.Warn("cannot list containers", "error", err)
+			continue
+		}
+		for _, c := range resp.Containers {
+			delete(watched, c.Id)
+		}
+		for _, h := range watched {
+			h.nudge()
+		}
+	}
+}
+
+// janitor removes, now and then, sandboxes no task needs: the task's
+// directory is gone or belongs to a newer attempt (it was deleted while the
+// plugin was down), or its exit is recorded (the plugin died before
+// removing it).
+func (d *Driver) janitor() {
+	for {
+		ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
+		if err := d.sweep(ctx); err != nil {
+			d.log.Warn("cannot clean up sandboxes", "error", err)
+		}
+		cancel()
+		time.Sleep(janitorInterval)
+	}
+}
+
+func (d *Driver) sweep(ctx context.Context) error {
+	boxes, err := d.cri.sandboxes(ctx, map[string]string{labelOwner: d.owner})
+	if err != nil {
+		return err
+	}
+	for _, b := range boxes {
+		name, attempt, dir := b.Labels[labelTask], b.Labels[labelAttempt], b.Labels[labelDir]
+		if h := d.handle(name); h != nil && h.attempt == attempt {
+			if _, final, _ := h.snapshot(); !final {
+				continue
+			}
+		} else if current, err := readAttempt(dir); err == nil && current == attempt && !exists(dir, exitFile) {
+			// Its task may yet be recovered.
+			continue
+		}
+		d.log.Debug("removing a sandbox no task needs", "sandbox", b.Id, "task", name, "attempt", attempt)
+		if err := d.cri.removeSandbox(ctx, b.Id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cleanup removes a finished task's sandboxes (and with them its
+// container) in the background; the janitor retries what fails.
+func (d *Driver) cleanup(name, attempt string) {
+	d.cleanups.Add(1)
+	go func() {
+		defer d.cleanups.Done()
+		ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
+		defer cancel()
+		boxes, err := d.cri.sandboxes(ctx, d.selector(name, attempt))
+		if err == nil {
+			for _, b := range boxes {
+				if err = d.cri.removeSandbox(ctx, b.Id); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			d.log.Warn("cannot remove a finished task's sandbox; the janitor will", "task", name, "error", err)
+		}
+	}()
+}
+
+// Close lets the removals in flight finish when the host stops the plugin;
+// whatever does not finish is the next plugin process's janitor's.
+func (d *Driver) Close(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		d.cleanups.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// ensureImage makes sure the container's image is present, pulling it as
+// its pull policy says, and returns the image reference to create the
+// container from.
+func (d *Driver) ensureImage(ctx context.Context, c *corev1.Container) (string, error) {
+	policy := pullPolicy(c)
+	if policy != corev1.PullAlways {
+		resp, err := d.cri.img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: c.Image}})
+		if err != nil {
+			return "", fmt.Errorf("while looking up image %q: %w", c.Image, err)
+		}
+		if resp.Image != nil {
+			return resp.Image.Id, nil
+		}
+		if policy == corev1.PullNever {
+			return "", &waitError{reason: reasonErrImageNever,
+				msg: fmt.Sprintf("Container image %q is not present with pull policy of Never", c.Image)}
+		}
+	}
+	resp, err := d.cri.img.PullImage(ctx, &cri.PullImageRequest{Image: &cri.ImageSpec{Image: c.Image}})
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", &waitError{reason: reasonErrImagePull, msg: fmt.Sprintf("failed to pull image %q: %v", c.Image, err)}
+	}
+	return resp.ImageRef, nil
+}
+
+func exists(dir, name string) bool {
+	_, err := os.Stat(filepath.Join(dir, name))
+	return !errors.Is(err, fs.ErrNotExist)
+}

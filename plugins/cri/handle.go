@@ -1,0 +1,484 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sync"
+	"time"
+
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// Reasons of the waiting state, as the kubelet reports them.
+const (
+	reasonCreating         = "ContainerCreating"
+	reasonErrImagePull     = "ErrImagePull"
+	reasonImagePullBackOff = "ImagePullBackOff"
+	reasonErrImageNever    = "ErrImageNeverPull"
+	reasonOOMKilled        = "OOMKilled"
+)
+
+// Back-off between attempts to get an image or a sandbox, as the kubelet's
+// image pull back-off: doubling up to a ceiling.
+const (
+	backoffInitial = 5 * time.Second
+	backoffMax     = 5 * time.Minute
+)
+
+// handle is one task. Its run goroutine creates the task's sandbox and
+// container (or finds them after a restart) and then watches the container
+// until it exits; Stop takes over from it by ending it first, so only one
+// goroutine ever acts on the task's containerd objects at a time.
+type handle struct {
+	d       *Driver
+	task    sdk.Task
+	attempt string
+
+	mu          sync.Mutex
+	st          sdk.TaskStatus
+	final       bool
+	containerID string
+	// changed is closed and replaced at every status change.
+	changed chan struct{}
+	// cancel ends the run goroutine, which closes done.
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	// exited is nudged by the driver's monitor when the container is no
+	// longer running.
+	exited chan struct{}
+}
+
+func newHandle(d *Driver, task sdk.Task, attempt string) *handle {
+	return &handle{
+		d: d, task: task, attempt: attempt,
+		st:      sdk.TaskStatus{Name: task.Name, State: sdk.Waiting(reasonCreating, "the container is being created")},
+		changed: make(chan struct{}),
+		exited:  make(chan struct{}, 1),
+	}
+}
+
+// snapshot returns the status, whether it is final, and the channel closed
+// at its next change.
+func (h *handle) snapshot() (sdk.TaskStatus, bool, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.st, h.final, h.changed
+}
+
+// set records a non-final status and publishes it if it changed.
+func (h *handle) set(state sdk.TaskStatus) {
+	h.mu.Lock()
+	if h.final || sameState(h.st, state) {
+		h.mu.Unlock()
+		return
+	}
+	h.st = state
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+	h.d.events.Publish(state)
+}
+
+func sameState(a, b sdk.TaskStatus) bool {
+	switch {
+	case a.State.Waiting != nil && b.State.Waiting != nil:
+		return *a.State.Waiting == *b.State.Waiting
+	case a.State.Running != nil && b.State.Running != nil:
+		return a.State.Running.StartedAt.Equal(&b.State.Running.StartedAt)
+	}
+	return false
+}
+
+// finish records the task's final status in its directory, publishes it,
+// and then removes its objects from containerd: once the exit is on disk,
+// containerd no longer needs to hold it.
+func (h *handle) finish(st sdk.TaskStatus) {
+	h.mu.Lock()
+	if h.final {
+		h.mu.Unlock()
+		return
+	}
+	err := writeExit(h.task.Dir, recordOf(st))
+	if errors.Is(err, fs.ErrExist) {
+		// Recorded before (by a plugin process that died before removing
+		// the container): the first record is the task's end.
+		var rec *exitRecord
+		if rec, err = readExit(h.task.Dir); rec != nil {
+			st = rec.status(h.task.Name)
+		}
+	}
+	if err != nil {
+		// The container stays in containerd, which keeps its exit code: a
+		// later look (the monitor, a restart) records it again.
+		h.mu.Unlock()
+		h.d.log.Error("cannot record a task's exit; will retry", "task", h.task.Name, "error", err)
+		return
+	}
+	h.st = st
+	h.final = true
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+	h.d.events.Publish(st)
+	h.d.log.Debug("task terminated", "task", h.task.Name, "exitCode", st.State.Terminated.ExitCode, "reason", st.State.Terminated.Reason)
+	h.d.cleanup(h.task.Name, h.attempt)
+}
+
+// start runs the handle's goroutine.
+func (h *handle) start() {
+	ctx, cancel := context.WithCancel(h.d.ctx)
+	done := make(chan struct{})
+	h.mu.Lock()
+	h.cancel, h.done = cancel, done
+	h.mu.Unlock()
+	go func() {
+		defer close(done)
+		defer cancel()
+		h.run(ctx)
+	}()
+}
+
+// halt ends the run goroutine and waits for it.
+func (h *handle) halt() {
+	h.mu.Lock()
+	cancel, done := h.cancel, h.done
+	h.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// run brings the task to running, from wherever it is (nothing created
+// yet, or anything a previous plugin process left), and watches it.
+func (h *handle) run(ctx context.Context) {
+	backoff := backoffInitial
+	for {
+		err := h.create(ctx)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		var wait *waitError
+		if !errors.As(err, &wait) {
+			h.d.log.Warn("a task's container could not be created; will retry", "task", h.task.Name, "error", err)
+			wait = &waitError{reason: reasonCreating, msg: err.Error()}
+		}
+		h.set(sdk.TaskStatus{Name: h.task.Name, State: sdk.Waiting(wait.reason, wait.msg)})
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		if wait.reason == reasonErrImagePull {
+			h.set(sdk.TaskStatus{Name: h.task.Name, State: sdk.Waiting(reasonImagePullBackOff,
+				fmt.Sprintf("Back-off pulling image %q", h.task.Spec.Container.Image))})
+		}
+		backoff = min(backoff*2, backoffMax)
+	}
+	if ctx.Err() == nil {
+		h.watch(ctx)
+	}
+}
+
+// waitError is a reason the task cannot be created yet; it is shown as the
+// task's waiting state while the handle retries.
+type waitError struct{ reason, msg string }
+
+func (e *waitError) Error() string { return e.reason + ": " + e.msg }
+
+// create finds or makes the task's sandbox and container and starts the
+// container. It returns nil once the task runs or has terminated.
+func (h *handle) create(ctx context.Context) error {
+	d := h.d
+	sel := d.selector(h.task.Name, h.attempt)
+	ctrs, err := d.cri.containers(ctx, sel)
+	if err != nil {
+		return err
+	}
+	if len(ctrs) > 0 {
+		// Left by a previous plugin process: carry on from its state.
+		return h.adopt(ctx, ctrs[0].Id)
+	}
+
+	ref, err := d.ensureImage(ctx, h.task.Spec.Container)
+	if err != nil {
+		return err
+	}
+	sandboxID, err := h.sandbox(ctx)
+	if err != nil {
+		return err
+	}
+	mounts, err := d.mounts(h.task)
+	if err != nil {
+		h.startError(err)
+		return nil
+	}
+	resp, err := d.cri.rt.CreateContainer(ctx, &cri.CreateContainerRequest{
+		PodSandboxId:  sandboxID,
+		Config:        d.containerConfig(h.task, h.attempt, ref, mounts),
+		SandboxConfig: d.sandboxConfig(h.task, h.attempt),
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		h.startError(fmt.Errorf("cannot create the container: %w", err))
+		return nil
+	}
+	return h.adopt(ctx, resp.ContainerId)
+}
+
+// sandbox returns the task's ready sandbox, creating it if needed.
+func (h *handle) sandbox(ctx context.Context) (string, error) {
+	d := h.d
+	sel := d.selector(h.task.Name, h.attempt)
+	boxes, err := d.cri.sandboxes(ctx, sel)
+	if err != nil {
+		return "", err
+	}
+	for _, b := range boxes {
+		if b.State == cri.PodSandboxState_SANDBOX_READY {
+			return b.Id, nil
+		}
+		// A sandbox that is not ready (its pause process died, the node
+		// rebooted) cannot hold a new container; its metadata would also
+		// clash with a new one's.
+		if err := d.cri.removeSandbox(ctx, b.Id); err != nil {
+			return "", err
+		}
+	}
+	resp, err := d.cri.rt.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: d.sandboxConfig(h.task, h.attempt)})
+	if err != nil {
+		return "", fmt.Errorf("cannot create the pod sandbox: %w", err)
+	}
+	return resp.PodSandboxId, nil
+}
+
+// adopt takes the container as the task's and brings it to running, or
+// records its end.
+func (h *handle) adopt(ctx context.Context, id string) error {
+	h.mu.Lock()
+	h.containerID = id
+	h.mu.Unlock()
+	cs, err := h.d.cri.containerStatus(ctx, id)
+	if err != nil {
+		return err
+	}
+	if cs == nil {
+		return fmt.Errorf("container %s vanished", id)
+	}
+	if cs.State == cri.ContainerState_CONTAINER_CREATED {
+		if _, err := h.d.cri.rt.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: id}); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			h.startError(fmt.Errorf("cannot start the container: %w", err))
+			return nil
+		}
+		if cs, err = h.d.cri.containerStatus(ctx, id); err != nil {
+			return err
+		}
+		if cs == nil {
+			return fmt.Errorf("container %s vanished", id)
+		}
+	}
+	h.observe(cs)
+	return nil
+}
+
+// startError ends a task that cannot start, as the kubelet would report a
+// container that cannot be created: exit code 128, reason StartError.
+func (h *handle) startError(err error) {
+	h.finish(sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(128, 0, sdk.ReasonStartError, err.Error(), time.Time{}, time.Now())})
+}
+
+// observe applies a container status from containerd.
+func (h *handle) observe(cs *cri.ContainerStatus) {
+	switch cs.State {
+	case cri.ContainerState_CONTAINER_RUNNING:
+		h.set(sdk.TaskStatus{Name: h.task.Name, State: sdk.Running(time.Unix(0, cs.StartedAt))})
+	case cri.ContainerState_CONTAINER_EXITED:
+		h.finish(h.terminated(cs))
+	}
+}
+
+// terminated builds a final status from an exited container.
+func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
+	code := cs.ExitCode
+	reason := ""
+	switch {
+	case cs.Reason == reasonOOMKilled:
+		reason = reasonOOMKilled
+	case timedOut(h.task.Dir):
+		reason = sdk.ReasonTaskTimeout
+	}
+	// CRI reports a container killed by a signal only as exit code
+	// 128+signal, the shell's convention, so the signal is read back from
+	// it: a task that exits with such a code of its own accord is reported
+	// as killed by that signal.
+	var signal int32
+	if code > 128 && code <= 128+64 {
+		signal = code - 128
+	}
+	var started time.Time
+	if cs.StartedAt > 0 {
+		started = time.Unix(0, cs.StartedAt)
+	}
+	finished := time.Now()
+	if cs.FinishedAt > 0 {
+		finished = time.Unix(0, cs.FinishedAt)
+	}
+	if started.IsZero() {
+		// It never ran: its start failed inside the runtime.
+		return sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(128, 0, sdk.ReasonStartError, cs.Message, time.Time{}, finished)}
+	}
+	// Containerd takes the start time once its start call returns, and the
+	// exit time from the process: a task that exits at once can seem to
+	// finish before it started.
+	if finished.Before(started) {
+		finished = started
+	}
+	return sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(code, signal, reason, cs.Message, started, finished)}
+}
+
+// watch waits for the running container to exit, and stops it when its
+// timeout comes.
+func (h *handle) watch(ctx context.Context) {
+	var timeout <-chan time.Time
+	if t := h.task.Spec.TimeoutSeconds; t != nil {
+		st, _, _ := h.snapshot()
+		if st.State.Running != nil {
+			deadline := st.State.Running.StartedAt.Add(time.Duration(*t) * time.Second)
+			timer := time.NewTimer(time.Until(deadline))
+			defer timer.Stop()
+			timeout = timer.C
+		}
+	}
+	for {
+		if _, final, _ := h.snapshot(); final {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.exited:
+		case <-timeout:
+			timeout = nil
+			if err := markTimedOut(h.task.Dir); err != nil {
+				h.d.log.Error("cannot record a task's timeout", "task", h.task.Name, "error", err)
+			}
+			h.d.log.Debug("task timed out; stopping it", "task", h.task.Name)
+			if err := h.stopContainer(ctx, h.d.grace); err != nil {
+				h.d.log.Warn("cannot stop a timed-out task", "task", h.task.Name, "error", err)
+			}
+		}
+		if err := h.refresh(ctx); err != nil && ctx.Err() == nil {
+			h.d.log.Warn("cannot read a container's status", "task", h.task.Name, "error", err)
+		}
+	}
+}
+
+// refresh asks containerd for the container's status and applies it.
+func (h *handle) refresh(ctx context.Context) error {
+	h.mu.Lock()
+	id := h.containerID
+	h.mu.Unlock()
+	cs, err := h.d.cri.containerStatus(ctx, id)
+	if err != nil {
+		return err
+	}
+	if cs == nil {
+		// Removed behind our back: its exit code is gone with it.
+		h.finish(sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(137, 0, sdk.ReasonStatusUnknown,
+			"the container was removed from the container runtime", time.Time{}, time.Now())})
+		return nil
+	}
+	h.observe(cs)
+	return nil
+}
+
+// stopContainer stops the container: SIGTERM, SIGKILL after grace (CRI
+// counts it in whole seconds, so it is rounded up).
+func (h *handle) stopContainer(ctx context.Context, grace time.Duration) error {
+	h.mu.Lock()
+	id := h.containerID
+	h.mu.Unlock()
+	if id == "" {
+		return nil
+	}
+	secs := int64((grace + time.Second - 1) / time.Second)
+	if _, err := h.d.cri.rt.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: id, Timeout: secs}); err != nil && !isNotFound(err) {
+		return fmt.Errorf("while stopping container %s: %w", id, err)
+	}
+	return nil
+}
+
+// stop stops the task and returns once it has terminated.
+func (h *handle) stop(ctx context.Context, grace time.Duration) error {
+	if _, final, _ := h.snapshot(); final {
+		return nil
+	}
+	// From here on this goroutine alone acts on the task; if it gives up
+	// half-way, the run goroutine takes over again.
+	h.halt()
+	defer func() {
+		if _, final, _ := h.snapshot(); !final {
+			h.start()
+		}
+	}()
+	ctrs, err := h.d.cri.containers(ctx, h.d.selector(h.task.Name, h.attempt))
+	if err != nil {
+		return err
+	}
+	if len(ctrs) == 0 {
+		st, _, _ := h.snapshot()
+		msg := "stopped before its container was created"
+		if w := st.State.Waiting; w != nil && w.Message != "" {
+			msg += " (" + w.Reason + ": " + w.Message + ")"
+		}
+		h.finish(sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(143, 15, sdk.ReasonFailed, msg, time.Time{}, time.Now())})
+		return nil
+	}
+	h.mu.Lock()
+	h.containerID = ctrs[0].Id
+	h.mu.Unlock()
+	if err := h.stopContainer(ctx, grace); err != nil {
+		return err
+	}
+	cs, err := h.d.cri.containerStatus(ctx, ctrs[0].Id)
+	if err != nil {
+		return err
+	}
+	if cs != nil && cs.State == cri.ContainerState_CONTAINER_CREATED {
+		h.finish(sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(143, 15, sdk.ReasonFailed,
+			"stopped before its container was started", time.Time{}, time.Now())})
+		return nil
+	}
+	if err := h.refresh(ctx); err != nil {
+		return err
+	}
+	if _, final, _ := h.snapshot(); !final {
+		return fmt.Errorf("container %s still runs after it was stopped", ctrs[0].Id)
+	}
+	return nil
+}
+
+// running reports whether the monitor should watch the handle's container.
+func (h *handle) running() (string, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.containerID, !h.final && h.st.State.Running != nil && h.containerID != ""
+}
+
+// nudge tells the run goroutine to look at the container.
+func (h *handle) nudge() {
+	select {
+	case h.exited <- struct{}{}:
+	default:
+	}
+}
