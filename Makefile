@@ -16,6 +16,8 @@ build:
 	$(SHIM_CC) -O2 -static -Wall -Wno-format-truncation -o $(BIN)/task-executor-shim sdk/shim/csrc/shim.c
 	@mkdir -p $(BIN)/plugins
 	$(foreach p,$(PLUGINS),$(GO) build -o $(BIN)/plugins/$(p) ./plugins/$(p) &&) true
+	@# The host refuses plugins others can write to (a umask of 002 makes them so).
+	chmod -R go-w $(BIN)/plugins
 
 run: build
 	$(BIN)/task-executor --listen-addr 127.0.0.1:5758 --data-dir ./.data --plugin-dir $(BIN)/plugins

@@ -5,6 +5,8 @@ package host
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/host/dispatch"
+	"github.com/opensandbox/task-executor/host/metrics"
 	"github.com/opensandbox/task-executor/host/reconcile"
 	"github.com/opensandbox/task-executor/host/store"
 	"github.com/opensandbox/task-executor/sdk"
@@ -33,6 +36,19 @@ type Config struct {
 	MaxConcurrent     int
 	GracePeriod       time.Duration
 	LogLevel          string
+	// MaxTasks caps the tasks kept at once; 0 means no cap.
+	MaxTasks int
+	// AuthToken, when set, is the bearer token every endpoint but
+	// GET /health requires.
+	AuthToken string
+	// TLS, when set, makes the API serve HTTPS (see LoadTLS).
+	TLS *tls.Config
+	// PluginChecksums, when not nil, pins each plugin's SHA-256 by file
+	// name (see dispatch.LoadChecksums).
+	PluginChecksums map[string][]byte
+	// Volumes are host directories offered to every container task by
+	// name (--volume NAME=HOSTPATH).
+	Volumes map[string]string
 }
 
 // Run serves until ctx ends, then shuts down: it stops accepting requests,
@@ -51,15 +67,25 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		return fmt.Errorf("while listening on %s: %w", cfg.ListenAddr, err)
 	}
 	defer ln.Close()
+	warnIfExposed(cfg, log)
 
+	volumes, err := json.Marshal(cfg.Volumes)
+	if err != nil {
+		return fmt.Errorf("while encoding the volumes: %w", err)
+	}
+	met := metrics.New()
 	mgr := dispatch.New(dispatch.Config{
 		PluginDir: cfg.PluginDir,
 		DataDir:   st.Root(),
+		Metrics:   met,
 		LogLevel:  cfg.LogLevel,
+		Checksums: cfg.PluginChecksums,
+		Disabled:  disabledPlugins(cfg),
 		Settings: map[string]string{
 			sdk.SettingGracePeriod:       cfg.GracePeriod.String(),
 			sdk.SettingMainContainerName: cfg.MainContainerName,
 			sdk.SettingCRISocket:         cfg.CRISocket,
+			sdk.SettingVolumes:           string(volumes),
 		},
 	}, log.Named("dispatch"))
 	reapCtx, stopReaping := context.WithCancel(context.Background())
@@ -72,24 +98,45 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		MaxConcurrent:     cfg.MaxConcurrent,
 		GracePeriod:       cfg.GracePeriod,
 		ReconcileInterval: cfg.ReconcileInterval,
+		Metrics:           met,
+		MaxTasks:          cfg.MaxTasks,
 	}, st, mgr, log.Named("reconcile"))
 	if err != nil {
 		return err
 	}
+	met.CountStatesWith(ctrl.CountStates)
 	ctrl.Run()
 	if err := mgr.Start(ctrl); err != nil {
 		ctrl.Close()
 		return err
 	}
 
+	// Closed when the shutdown begins: it ends the streams of logs?follow,
+	// which the shutdown would otherwise wait for.
+	stopStreams := make(chan struct{})
+	handler := api.Handler(ctrl, log.Named("api"),
+		api.WithLogs(st, stopStreams), api.WithMetrics(met), api.WithRuntimes(mgr))
+	if cfg.AuthToken != "" {
+		handler = api.RequireToken(cfg.AuthToken, handler, log.Named("api"))
+	}
 	srv := &http.Server{
-		Handler:           api.Handler(ctrl, log.Named("api")),
+		Handler:           handler,
+		TLSConfig:         cfg.TLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
+	srv.RegisterOnShutdown(func() { close(stopStreams) })
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info("serving", "addr", ln.Addr().String(), "dataDir", st.Root(), "pluginDir", cfg.PluginDir)
+	go func() {
+		if cfg.TLS != nil {
+			// The certificate is in srv.TLSConfig already.
+			served <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		served <- srv.Serve(ln)
+	}()
+	log.Info("serving", "addr", ln.Addr().String(), "dataDir", st.Root(), "pluginDir", cfg.PluginDir,
+		"tls", cfg.TLS != nil, "auth", cfg.AuthToken != "")
 
 	select {
 	case <-ctx.Done():
@@ -107,4 +154,12 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		return fmt.Errorf("while serving HTTP: %w", err)
 	}
 	return nil
+}
+
+// disabledPlugins are the built-in plugins the configuration turns off.
+func disabledPlugins(cfg Config) map[string]string {
+	if cfg.ContainerMode {
+		return nil
+	}
+	return map[string]string{"cri": "container mode is off (--enable-container-mode)"}
 }

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -32,6 +33,10 @@ type LaunchOptions struct {
 	Env []string
 	// StartTimeout bounds the handshake; zero means 10 seconds.
 	StartTimeout time.Duration
+	// SHA256, when set, is the executable's expected SHA-256: go-plugin
+	// checks it right before starting the process and refuses a file
+	// that differs.
+	SHA256 []byte
 }
 
 // Launch starts the plugin executable at path and connects to it over gRPC
@@ -53,6 +58,10 @@ func Launch(path string, opts LaunchOptions) (*Plugin, error) {
 	// Our variables go last so they win over inherited ones of the same name.
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=3", EnvLifelineFD))
 	cmd.Env = append(cmd.Env, opts.Env...)
+	var secure *plugin.SecureConfig
+	if len(opts.SHA256) > 0 {
+		secure = &plugin.SecureConfig{Checksum: opts.SHA256, Hash: sha256.New()}
+	}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		Plugins:          plugin.PluginSet{PluginName: &GRPCPlugin{}},
@@ -60,6 +69,7 @@ func Launch(path string, opts LaunchOptions) (*Plugin, error) {
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		SkipHostEnv:      true, // cmd.Env already holds it
+		SecureConfig:     secure,
 
 		Logger:       opts.Logger,
 		StartTimeout: opts.StartTimeout,

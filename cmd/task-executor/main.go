@@ -14,13 +14,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/opensandbox/task-executor/host"
+	"github.com/opensandbox/task-executor/host/dispatch"
 )
 
 func main() {
@@ -60,11 +63,19 @@ var envOf = map[string]string{
 	"log-format":            "LOG_FORMAT",
 	"max-concurrent-tasks":  "MAX_CONCURRENT_TASKS",
 	"grace-period":          "GRACE_PERIOD",
+	"max-tasks":             "MAX_TASKS",
+	"auth-token-file":       "AUTH_TOKEN_FILE",
+	"tls-cert-file":         "TLS_CERT_FILE",
+	"tls-key-file":          "TLS_KEY_FILE",
+	"tls-client-ca-file":    "TLS_CLIENT_CA_FILE",
+	"plugin-checksums":      "PLUGIN_CHECKSUMS",
+	"volume":                "VOLUMES",
 }
 
 func parseFlags(args []string) (host.Config, string, error) {
 	var cfg host.Config
 	var logFormat string
+	var sec securityFiles
 	fs := flag.NewFlagSet("task-executor", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/sandbox/tasks", "directory for task state and output")
@@ -73,12 +84,20 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.StringVar(&cfg.MainContainerName, "main-container-name", "main", "sidecar mode: the main container, found by SANDBOX_MAIN_CONTAINER=<name> in a process's environment")
 	fs.BoolVar(&cfg.ContainerMode, "enable-container-mode", false, "accept container tasks (cri runtime)")
 	fs.StringVar(&cfg.CRISocket, "cri-socket", "/var/run/containerd/containerd.sock", "CRI runtime socket for container tasks")
+	cfg.Volumes = map[string]string{}
+	fs.Var(volumeFlag(cfg.Volumes), "volume", "NAME=HOSTPATH: a host directory every container task may mount by NAME (repeatable; the variable takes NAME=PATH,NAME=PATH)")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 500*time.Millisecond, "how often to compare the task table with the runtimes (a safety net; status changes are pushed)")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", defaultPluginDir(), "directory of runtime plugin executables")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent-tasks", 0, "tasks allowed to run at once (0: no cap); the others wait as Queued")
 	fs.DurationVar(&cfg.GracePeriod, "grace-period", 10*time.Second, "default time between SIGTERM and SIGKILL when a task is stopped")
+	fs.IntVar(&cfg.MaxTasks, "max-tasks", 10000, "tasks kept at once, finished ones included (beyond: 429); also the most one setTasks may list")
+	fs.StringVar(&sec.authToken, "auth-token-file", "", "file holding the bearer token every endpoint but GET /health requires")
+	fs.StringVar(&sec.tlsCert, "tls-cert-file", "", "PEM certificate for serving HTTPS (with --tls-key-file)")
+	fs.StringVar(&sec.tlsKey, "tls-key-file", "", "PEM private key of --tls-cert-file")
+	fs.StringVar(&sec.tlsClientCA, "tls-client-ca-file", "", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+	fs.StringVar(&sec.pluginChecksums, "plugin-checksums", "", "sha256sum-style file pinning each plugin's SHA-256; unlisted or different plugins are refused")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -108,7 +127,48 @@ func parseFlags(args []string) (host.Config, string, error) {
 	if envErr != nil {
 		return cfg, "", envErr
 	}
-	return cfg, logFormat, check(cfg, logFormat)
+	if err := check(cfg, logFormat); err != nil {
+		return cfg, "", err
+	}
+	return cfg, logFormat, sec.load(&cfg)
+}
+
+// securityFiles are the flags naming files that are read at start.
+type securityFiles struct {
+	authToken, tlsCert, tlsKey, tlsClientCA, pluginChecksums string
+}
+
+// load reads the files into cfg, so that a missing or bad one stops the
+// start with one line, as a bad flag does.
+func (sec securityFiles) load(cfg *host.Config) error {
+	if sec.authToken != "" {
+		tok, err := host.ReadToken(sec.authToken)
+		if err != nil {
+			return fmt.Errorf("--auth-token-file: %w", err)
+		}
+		cfg.AuthToken = tok
+	}
+	if (sec.tlsCert == "") != (sec.tlsKey == "") {
+		return errors.New("--tls-cert-file and --tls-key-file go together: give both or neither")
+	}
+	if sec.tlsClientCA != "" && sec.tlsCert == "" {
+		return errors.New("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+	}
+	if sec.tlsCert != "" {
+		tc, err := host.LoadTLS(sec.tlsCert, sec.tlsKey, sec.tlsClientCA)
+		if err != nil {
+			return err
+		}
+		cfg.TLS = tc
+	}
+	if sec.pluginChecksums != "" {
+		sums, err := dispatch.LoadChecksums(sec.pluginChecksums)
+		if err != nil {
+			return fmt.Errorf("--plugin-checksums: %w", err)
+		}
+		cfg.PluginChecksums = sums
+	}
+	return nil
 }
 
 func check(cfg host.Config, logFormat string) error {
@@ -129,6 +189,9 @@ func check(cfg host.Config, logFormat string) error {
 	if cfg.MaxConcurrent < 0 {
 		return fmt.Errorf("invalid --max-concurrent-tasks %d: must be 0 (no cap) or more", cfg.MaxConcurrent)
 	}
+	if cfg.MaxTasks < 1 {
+		return fmt.Errorf("invalid --max-tasks %d: must be 1 or more", cfg.MaxTasks)
+	}
 	if cfg.GracePeriod < 0 {
 		return fmt.Errorf("invalid --grace-period %s: must not be negative", cfg.GracePeriod)
 	}
@@ -145,4 +208,37 @@ func defaultPluginDir() string {
 		return "plugins"
 	}
 	return filepath.Join(filepath.Dir(exe), "plugins")
+}
+
+// volumeFlag collects --volume NAME=HOSTPATH; one value may also hold
+// several, comma-separated, as the environment variable does.
+type volumeFlag map[string]string
+
+func (v volumeFlag) String() string {
+	names := make([]string, 0, len(v))
+	for n, p := range v {
+		names = append(names, n+"="+p)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ",")
+}
+
+func (v volumeFlag) Set(s string) error {
+	for _, item := range strings.Split(s, ",") {
+		name, path, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if !ok || name == "" || path == "" {
+			return fmt.Errorf("%q is not NAME=HOSTPATH", item)
+		}
+		if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+			return fmt.Errorf("volume name %q: %s", name, strings.Join(errs, "; "))
+		}
+		if !filepath.IsAbs(path) {
+			return fmt.Errorf("volume %s: %q is not an absolute path", name, path)
+		}
+		if _, dup := v[name]; dup {
+			return fmt.Errorf("volume %s is given twice", name)
+		}
+		v[name] = filepath.Clean(path)
+	}
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/julienschmidt/httprouter"
 
+	"github.com/opensandbox/task-executor/host/metrics"
 	"github.com/opensandbox/task-executor/host/reconcile"
 	"github.com/opensandbox/task-executor/host/store"
 )
@@ -34,16 +35,20 @@ type Tasks interface {
 	List() []reconcile.Task
 }
 
-// Handler returns the API's HTTP handler.
-func Handler(tasks Tasks, log hclog.Logger) http.Handler {
+// Handler returns the API's HTTP handler; opts add the optional endpoints.
+func Handler(tasks Tasks, log hclog.Logger, opts ...Option) http.Handler {
 	s := &server{tasks: tasks, log: log}
-	r := httprouter.New()
+	for _, o := range opts {
+		o(s)
+	}
+	r := &router{Router: httprouter.New(), metrics: s.metrics}
 	r.POST("/tasks", s.create)
 	r.GET("/tasks/:name", s.get)
 	r.DELETE("/tasks/:name", s.delete)
 	r.POST("/setTasks", s.setTasks)
 	r.GET("/getTasks", s.list)
 	r.GET("/health", s.health)
+	s.routeObservability(r)
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", req.Method, req.URL.Path))
 	})
@@ -60,6 +65,11 @@ func Handler(tasks Tasks, log hclog.Logger) http.Handler {
 type server struct {
 	tasks Tasks
 	log   hclog.Logger
+	// Set by the options (observe.go).
+	dirs     TaskDirs
+	stop     <-chan struct{}
+	metrics  *metrics.Metrics
+	runtimes Runtimes
 }
 
 func (s *server) health(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
@@ -120,6 +130,10 @@ func (s *server) create(w http.ResponseWriter, req *http.Request, _ httprouter.P
 		writeError(w, status, err.Error())
 		return
 	}
+	if err := in.resolve(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	if err := validate(in); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -168,6 +182,10 @@ func (s *server) setTasks(w http.ResponseWriter, req *http.Request, _ httprouter
 	desired := make([]reconcile.NewTask, 0, len(in))
 	seen := make(map[string]bool, len(in))
 	for i, t := range in {
+		if err := t.resolve(); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("task [%d]: %v", i, err))
+			return
+		}
 		if err := validate(t); err != nil {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("task [%d]: %v", i, err))
 			return

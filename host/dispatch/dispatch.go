@@ -21,6 +21,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/opensandbox/task-executor/host/metrics"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
@@ -40,14 +41,26 @@ type Config struct {
 	DataDir   string
 	Settings  map[string]string
 	LogLevel  string
+	// Checksums, when not nil, pins every plugin by file name to its
+	// SHA-256 (see LoadChecksums): any other plugin is refused.
+	Checksums map[string][]byte
+	// Metrics, when not nil, counts plugin restarts.
+	Metrics *metrics.Metrics
+	// Disabled names plugins (by file name) not to launch, with why: the
+	// cri plugin without container mode, which would only fail to reach a
+	// CRI socket nobody asked it to use.
+	Disabled map[string]string
 }
 
 // RuntimeStatus describes an installed runtime for operators.
 type RuntimeStatus struct {
 	sdk.Info
-	Path     string
-	Healthy  bool
-	Restarts int
+	Path string
+	// ProtocolVersion is the host–plugin protocol the plugin speaks; 0
+	// until it has come up once.
+	ProtocolVersion int
+	Healthy         bool
+	Restarts        int
 	// LastError is why the plugin last failed, if it did.
 	LastError string
 }
@@ -66,12 +79,14 @@ type Manager struct {
 	sups      []*supervisor
 	byName    map[string]*supervisor
 	launching int
+	// refused maps runtime names to why their plugin was refused.
+	refused map[string]string
 }
 
 // New returns a manager; Start launches the plugins.
 func New(cfg Config, log hclog.Logger) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{cfg: cfg, log: log, ctx: ctx, cancel: cancel, byName: map[string]*supervisor{}}
+	return &Manager{cfg: cfg, log: log, ctx: ctx, cancel: cancel, byName: map[string]*supervisor{}, refused: map[string]string{}}
 }
 
 // Start finds the plugin executables and launches them, reporting to obs.
@@ -88,6 +103,10 @@ func (m *Manager) Start(obs Observer) error {
 	}
 	var first sync.WaitGroup
 	for _, p := range paths {
+		if why, off := m.cfg.Disabled[filepath.Base(p)]; off {
+			m.log.Info("not launching a runtime plugin", "path", p, "reason", why)
+			continue
+		}
 		s := &supervisor{m: m, path: p, log: m.log.Named(filepath.Base(p))}
 		m.sups = append(m.sups, s)
 		first.Add(1)
@@ -165,6 +184,11 @@ func (m *Manager) Status() []RuntimeStatus {
 	for _, s := range sups {
 		s.mu.Lock()
 		st := RuntimeStatus{Info: s.info, Path: s.path, Healthy: s.plugin != nil, Restarts: s.restarts}
+		if s.info.Name != "" {
+			// The handshake refuses any other version, so a plugin that
+			// came up speaks this one.
+			st.ProtocolVersion = sdk.ProtocolVersion
+		}
 		if s.lastErr != nil {
 			st.LastError = s.lastErr.Error()
 		}
@@ -209,6 +233,17 @@ type supervisor struct {
 	lastErr  error
 }
 
+// runtimeName names the plugin in metrics: its runtime's name, or the
+// executable's name if it never came up.
+func (s *supervisor) runtimeName() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.info.Name != "" {
+		return s.info.Name
+	}
+	return filepath.Base(s.path)
+}
+
 func (s *supervisor) pid() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -220,6 +255,9 @@ func (s *supervisor) pid() int {
 
 // errFatal marks a failure that restarting will not mend.
 var errFatal = errors.New("not restarting the plugin")
+
+// errRefused marks a plugin refused by vet (and logged as such already).
+var errRefused = fmt.Errorf("plugin refused: %w", errFatal)
 
 func (s *supervisor) run(firstDone func()) {
 	defer s.m.wg.Done()
@@ -238,10 +276,14 @@ func (s *supervisor) run(firstDone func()) {
 		s.lastErr = err
 		s.restarts++
 		s.mu.Unlock()
+		if errors.Is(err, errRefused) {
+			return
+		}
 		if errors.Is(err, errFatal) {
 			s.log.Error("plugin disabled", "path", s.path, "error", err)
 			return
 		}
+		s.m.cfg.Metrics.PluginRestarted(s.runtimeName())
 		if time.Since(began) > time.Minute {
 			backoff = 100 * time.Millisecond
 		}
@@ -258,12 +300,26 @@ func (s *supervisor) run(firstDone func()) {
 // serve launches the plugin once and forwards its events until it goes.
 func (s *supervisor) serve(ready func()) error {
 	m := s.m
+	// Checked before every launch: the file may have changed since the
+	// last one.
+	sum, refusal, err := m.vet(s.path)
+	if err != nil {
+		return err
+	}
+	if refusal != "" {
+		s.mu.Lock()
+		runtime := s.info.Name
+		s.mu.Unlock()
+		m.refuse(s.path, runtime, refusal)
+		return fmt.Errorf("%s: %w", refusal, errRefused)
+	}
 	m.mu.Lock()
 	m.launching++
 	m.mu.Unlock()
 	p, err := sdk.Launch(s.path, sdk.LaunchOptions{
 		Logger: s.log,
 		Env:    []string{sdk.EnvLogLevel + "=" + m.cfg.LogLevel},
+		SHA256: sum,
 	})
 	m.mu.Lock()
 	m.launching--

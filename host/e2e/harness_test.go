@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/host/api"
+	"github.com/opensandbox/task-executor/internal/containerdtest"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
@@ -40,7 +41,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building the binaries:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	// A private containerd for the container-mode tests (see
+	// internal/containerdtest: mandatory in CI, loudly skipped elsewhere).
+	code := containerdtest.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -57,11 +60,17 @@ func build(bin string) error {
 		{"task-executor", "./cmd/task-executor"},
 		{"plugins/process", "./plugins/process"},
 		{"plugins/nsenter", "./plugins/nsenter"},
+		{"plugins/cri", "./plugins/cri"},
 	} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b.out), b.pkg)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+		}
+		// The host refuses group-writable plugins, which a umask of 002
+		// would make.
+		if err := os.Chmod(filepath.Join(bin, b.out), 0o755); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -340,13 +349,19 @@ func (h *hostProc) privatePlugins() {
 // pluginPID returns the PID of the host's process plugin.
 func (h *hostProc) pluginPID() int {
 	h.t.Helper()
-	want := filepath.Join(h.pluginDir, "process")
+	return h.pluginPIDOf("process")
+}
+
+// pluginPIDOf returns the PID of the host's plugin of that name.
+func (h *hostProc) pluginPIDOf(name string) int {
+	h.t.Helper()
+	want := filepath.Join(h.pluginDir, name)
 	for _, c := range children(h.cmd.Process.Pid) {
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); err == nil && exe == want {
 			return c
 		}
 	}
-	h.t.Fatalf("no process plugin among the host's children")
+	h.t.Fatalf("no %s plugin among the host's children", name)
 	return 0
 }
 

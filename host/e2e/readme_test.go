@@ -43,7 +43,7 @@ func TestReadmeExamples(t *testing.T) {
 		if !strings.Contains(example, "http://127.0.0.1:5758/") {
 			t.Fatalf("example does not address make run's 127.0.0.1:5758:\n%s", example)
 		}
-		for _, ep := range []string{"/health", "/tasks/", "/tasks ", "/setTasks", "/getTasks", "-X DELETE"} {
+		for _, ep := range []string{"/health", "/tasks/", "/tasks ", "/setTasks", "/getTasks", "-X DELETE", "/logs", "/metrics", "/runtimes"} {
 			if strings.Contains(example, ep) {
 				endpoints[ep] = true
 			}
@@ -56,6 +56,13 @@ func TestReadmeExamples(t *testing.T) {
 		if len(strings.TrimSpace(string(out))) == 0 {
 			continue // DELETE answers 204 with no body
 		}
+		if strings.Contains(example, "/logs") || strings.Contains(example, "/metrics") {
+			// Plain text, not JSON; an error would be a JSON object.
+			if strings.HasPrefix(string(out), "{") {
+				t.Fatalf("example got an error:\n%s\noutput: %s", example, out)
+			}
+			continue
+		}
 		var v any
 		if err := json.Unmarshal(out, &v); err != nil {
 			t.Fatalf("example printed no JSON: %v\n%s\noutput: %s", err, example, out)
@@ -64,8 +71,8 @@ func TestReadmeExamples(t *testing.T) {
 			t.Fatalf("example got an error:\n%s\noutput: %s", example, out)
 		}
 	}
-	if len(endpoints) != 6 {
-		t.Fatalf("the examples cover %v, want all six endpoints", endpoints)
+	if len(endpoints) != 9 {
+		t.Fatalf("the examples cover %v, want all nine endpoints", endpoints)
 	}
 	// The sequence ends with task-beta done, and task-alpha (deleted) and
 	// my-first-task (left out of setTasks) gone.

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/opensandbox/task-executor/host/metrics"
 	"github.com/opensandbox/task-executor/host/store"
 	"github.com/opensandbox/task-executor/sdk"
 )
@@ -28,6 +29,8 @@ type Runtimes interface {
 	Runtime(name string) (sdk.Info, sdk.Runtime, bool)
 	// Installed lists every runtime found, up or not.
 	Installed() []sdk.Info
+	// Refused maps the runtimes whose plugins were refused to the reason.
+	Refused() map[string]string
 }
 
 // Config tunes the controller.
@@ -43,6 +46,11 @@ type Config struct {
 	// ReconcileInterval is how often the controller compares its view with
 	// the runtimes' and retries what failed.
 	ReconcileInterval time.Duration
+	// Metrics, when not nil, receives task starts and terminations.
+	Metrics *metrics.Metrics
+	// MaxTasks caps the tasks known at once (and so the tasks one setTasks
+	// may list); 0 means no cap.
+	MaxTasks int
 }
 
 // Task is a task as the API shows it.
@@ -102,6 +110,9 @@ type entry struct {
 	// ended is closed once the task has terminated or is gone, for the
 	// clients waiting for that.
 	ended chan struct{}
+	// startCounted is set once the task's start is in the metrics, or
+	// will never be (see observeLocked).
+	startCounted bool
 }
 
 // end closes e.ended, once.
@@ -184,7 +195,7 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controll
 	})
 	for _, r := range recs {
 		c.seq++
-		e := &entry{rec: r, seq: c.seq, phase: phaseUnknown, ended: make(chan struct{})}
+		e := &entry{rec: r, seq: c.seq, phase: phaseUnknown, ended: make(chan struct{}), startCounted: true}
 		if r.State.Terminated != nil {
 			e.phase = phaseDone
 			e.end()
@@ -301,6 +312,9 @@ func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 		}
 		return "", fmt.Errorf("runtime %q does not run %s tasks: %w", name, kind, ErrInvalid)
 	}
+	if reason, ok := c.runtimes.Refused()[name]; ok {
+		return "", fmt.Errorf("runtime %q is unavailable: its plugin was refused: %s: %w", name, reason, ErrInvalid)
+	}
 	sort.Strings(names)
 	return "", fmt.Errorf("runtime %q is not installed (installed: %v): %w", name, names, ErrInvalid)
 }
@@ -337,6 +351,11 @@ func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
 	if _, ok := c.tasks[t.Name]; ok || c.reserved[t.Name] {
 		c.mu.Unlock()
 		return Task{}, fmt.Errorf("task %q: %w", t.Name, ErrExists)
+	}
+	// Tasks being deleted count: their processes and files are still there.
+	if n := len(c.tasks) + len(c.reserved); c.cfg.MaxTasks > 0 && n >= c.cfg.MaxTasks {
+		c.mu.Unlock()
+		return Task{}, fmt.Errorf("task %q: the executor already keeps %d tasks, its limit (--max-tasks); delete some first: %w", t.Name, n, ErrTooMany)
 	}
 	c.reserved[t.Name] = true
 	c.mu.Unlock()
@@ -442,6 +461,11 @@ func (c *Controller) applyMarkLocked(e *entry, d store.Deletion) {
 // alone. It changes nothing if any desired task conflicts with an existing
 // one or cannot be admitted.
 func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
+	// The set asked for is what the executor keeps afterwards, besides the
+	// tasks on their way out.
+	if c.cfg.MaxTasks > 0 && len(desired) > c.cfg.MaxTasks {
+		return nil, fmt.Errorf("setTasks lists %d tasks, more than the executor's limit of %d (--max-tasks): %w", len(desired), c.cfg.MaxTasks, ErrTooMany)
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 
@@ -655,6 +679,7 @@ func (c *Controller) applyLocked(e *entry, s corev1.ContainerState) {
 		return // running → running: nothing new
 	}
 	e.rec.State = s
+	c.observeLocked(e, s)
 	if s.Terminated != nil {
 		if e.phase == phaseStarting || e.phase == phaseStarted {
 			c.active--

@@ -166,6 +166,10 @@ func (r *fakeRuntimes) Installed() []sdk.Info {
 	return []sdk.Info{{Name: "process", Kinds: []sdk.Kind{sdk.KindProcess}}}
 }
 
+func (r *fakeRuntimes) Refused() map[string]string {
+	return map[string]string{"tampered": "its SHA-256 differs"}
+}
+
 // env is a controller on a fake runtime, with the event pump a dispatcher
 // would run.
 type env struct {
@@ -492,5 +496,39 @@ func BenchmarkObserveToVisible(b *testing.B) {
 		if t, _ := c.Get(name); t.State.Running == nil && t.State.Terminated == nil {
 			b.Fatalf("task %s not updated", name)
 		}
+	}
+}
+
+func TestMaxTasks(t *testing.T) {
+	e := newEnv(t, t.TempDir(), newFake(), Config{MaxTasks: 2})
+	e.create("a")
+	e.create("b")
+	spec := sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"sleep", "1"}}}
+	_, err := e.c.Create(context.Background(), NewTask{Name: "c", Spec: spec})
+	if !errors.Is(err, ErrTooMany) || !strings.Contains(err.Error(), "--max-tasks") {
+		t.Fatalf("a third task: got %v, want ErrTooMany naming --max-tasks", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "c")); !os.IsNotExist(err) {
+		t.Fatalf("the refused task left a directory: %v", err)
+	}
+	three := []NewTask{{Name: "a", Spec: spec}, {Name: "x", Spec: spec}, {Name: "y", Spec: spec}}
+	if _, err := e.c.Sync(context.Background(), three); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("setTasks of 3: got %v, want ErrTooMany", err)
+	}
+	if ts := e.c.List(); len(ts) != 2 || ts[0].DeletionTimestamp != nil || ts[1].DeletionTimestamp != nil {
+		t.Fatalf("a refused setTasks changed the tasks: %+v", ts)
+	}
+	// Replacing the whole set within the limit is allowed.
+	if _, err := e.c.Sync(context.Background(), three[1:]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefusedRuntimeSaysWhy(t *testing.T) {
+	e := newEnv(t, t.TempDir(), newFake(), Config{})
+	_, err := e.c.Create(context.Background(), NewTask{Name: "r", Spec: sdk.TaskSpec{
+		Runtime: "tampered", Process: &sdk.ProcessSpec{Command: []string{"true"}}}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "refused: its SHA-256 differs") {
+		t.Fatalf("got %v, want ErrInvalid saying the plugin was refused and why", err)
 	}
 }

@@ -29,7 +29,7 @@ const (
 var spareFiles = []struct {
 	name string
 	mode os.FileMode
-}{{RecordFile, 0o600}, {"stdout.log", 0o640}, {"stderr.log", 0o640}}
+}{{RecordFile, 0o600}, {"stdout.log", 0o600}, {"stderr.log", 0o600}}
 
 type spares struct {
 	dir string

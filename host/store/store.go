@@ -83,6 +83,13 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("while creating the data directory: %w", classify(err))
 	}
+	// Task specs and output are nobody else's business: a directory made
+	// elsewhere (a volume, an older version) is closed to others too.
+	if fi, err := os.Stat(abs); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(abs, fi.Mode().Perm()&0o700); err != nil {
+			log.Warn("cannot make the data directory private; others may read task specs and output", "dir", abs, "error", err)
+		}
+	}
 	st := &Store{dir: abs, log: log}
 	st.spares = newSpares(abs, log)
 	st.flusher.store = st

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -203,5 +204,55 @@ func BenchmarkSetFinal(b *testing.B) {
 		if err := s.SetFinal(recs[i].Name, state); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestPrivateModes: task specs and output are readable by the host's user
+// only, whatever the umask.
+func TestPrivateModes(t *testing.T) {
+	old := syscall.Umask(0)
+	t.Cleanup(func() { syscall.Umask(old) })
+	cases := []struct {
+		name    string
+		prepare func(dir string) // before Open
+	}{
+		{"new data directory", func(string) {}},
+		{"existing open data directory", func(dir string) {
+			if err := os.MkdirAll(dir, 0o777); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			c.prepare(dir)
+			s := open(t, dir)
+			create(t, s, record("a"))
+			if err := s.SetFinal("a", sdk.Terminated(0, 0, "", "", time.Now(), time.Now())); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.MarkDeleted(Deletion{Name: "a", At: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]os.FileMode{
+				dir:                                   0o700,
+				filepath.Join(dir, "a"):               0o700,
+				filepath.Join(dir, "a", RecordFile):   0o600,
+				filepath.Join(dir, "a", finalFile):    0o600,
+				filepath.Join(dir, "a", deletionFile): 0o600,
+				filepath.Join(dir, "a", "stdout.log"): 0o600,
+				filepath.Join(dir, "a", "stderr.log"): 0o600,
+			}
+			for p, m := range want {
+				fi, err := os.Stat(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := fi.Mode().Perm(); got != m {
+					t.Errorf("%s: mode %04o, want %04o", p, got, m)
+				}
+			}
+		})
 	}
 }

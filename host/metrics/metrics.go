@@ -1,0 +1,168 @@
+// Package metrics holds the host's Prometheus collectors, on a registry of
+// its own so that nothing else in the process (a library registering on the
+// global registry) shows up in GET /metrics. The recording methods are safe
+// on a nil *Metrics, so the packages that report to it work without one.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Namespace prefixes every metric of the host.
+const Namespace = "task_executor"
+
+// StateCounts is how many tasks are in each state.
+type StateCounts struct {
+	Waiting, Running, Terminated int
+}
+
+// Metrics is the host's set of collectors.
+type Metrics struct {
+	reg            *prometheus.Registry
+	starts         prometheus.Counter
+	terminations   *prometheus.CounterVec
+	startLatency   prometheus.Histogram
+	exitVisible    prometheus.Histogram
+	pluginRestarts *prometheus.CounterVec
+	httpRequests   *prometheus.CounterVec
+
+	statesMu sync.Mutex
+	states   func() StateCounts
+	statesD  *prometheus.Desc
+}
+
+// New returns the collectors, registered on a new registry together with the
+// Go runtime's and the process's standard collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		starts: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "task_starts_total",
+			Help: "Tasks that started running.",
+		}),
+		terminations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "task_terminations_total",
+			Help: "Tasks that terminated, by the reason of their terminated state.",
+		}, []string{"reason"}),
+		// Seconds to tenths of a minute: a start is a fork when all is well,
+		// and waits for a free slot or a main container when it is not.
+		startLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "task_start_latency_seconds",
+			Help:    "Time from a task's acceptance to the start of its process, as the runtime reports it.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		// Exits are pushed by the runtimes: this is milliseconds when all is
+		// well; the top buckets catch exits noticed only by the safety-net
+		// reconcile or after a restart.
+		exitVisible: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "task_exit_visible_latency_seconds",
+			Help:    "Time from a task's exit (finishedAt as the runtime reports it) to the host recording it.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 5, 30},
+		}),
+		pluginRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "plugin_restarts_total",
+			Help: "Runtime plugin processes started again after they stopped, by runtime.",
+		}, []string{"runtime"}),
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "http_requests_total",
+			Help: "HTTP requests answered, by method, route pattern and status code.",
+		}, []string{"method", "route", "code"}),
+		statesD: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "tasks"),
+			"Tasks the executor keeps, by state.", []string{"state"}, nil),
+	}
+	m.reg.MustRegister(m.starts, m.terminations, m.startLatency, m.exitVisible,
+		m.pluginRestarts, m.httpRequests, stateCollector{m},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry returns the private registry the collectors are on.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// CountStatesWith makes the tasks-by-state gauge ask fn at every scrape:
+// the controller's table is the truth, and counting it on demand cannot
+// drift the way a gauge kept up to date by every transition could.
+func (m *Metrics) CountStatesWith(fn func() StateCounts) {
+	if m == nil {
+		return
+	}
+	m.statesMu.Lock()
+	m.states = fn
+	m.statesMu.Unlock()
+}
+
+// TaskStarted records a task that started running, latency after it was
+// accepted.
+func (m *Metrics) TaskStarted(latency time.Duration) {
+	if m == nil {
+		return
+	}
+	m.starts.Inc()
+	m.startLatency.Observe(max(latency, 0).Seconds())
+}
+
+// TaskTerminated records a task's termination; exitToVisible is the time
+// from its exit to the host recording it, not observed when unknown.
+func (m *Metrics) TaskTerminated(reason string, exitToVisible time.Duration, known bool) {
+	if m == nil {
+		return
+	}
+	if reason == "" {
+		reason = "Unknown"
+	}
+	m.terminations.WithLabelValues(reason).Inc()
+	if known {
+		m.exitVisible.Observe(max(exitToVisible, 0).Seconds())
+	}
+}
+
+// PluginRestarted records that a runtime's plugin is being started again.
+func (m *Metrics) PluginRestarted(runtime string) {
+	if m == nil {
+		return
+	}
+	m.pluginRestarts.WithLabelValues(runtime).Inc()
+}
+
+// HTTPRequest records an answered request. route must be a route pattern
+// (or another value from a small set), never a raw path, and method one of
+// the standard methods, so that the series stay few.
+func (m *Metrics) HTTPRequest(method, route string, code int) {
+	if m == nil {
+		return
+	}
+	m.httpRequests.WithLabelValues(method, route, strconv.Itoa(code)).Inc()
+}
+
+// stateCollector reports the tasks by state, counted at scrape.
+type stateCollector struct{ m *Metrics }
+
+func (c stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.statesD }
+
+func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.statesMu.Lock()
+	fn := c.m.states
+	c.m.statesMu.Unlock()
+	var n StateCounts
+	if fn != nil {
+		n = fn()
+	}
+	for _, s := range []struct {
+		state string
+		n     int
+	}{{"waiting", n.Waiting}, {"running", n.Running}, {"terminated", n.Terminated}} {
+		ch <- prometheus.MustNewConstMetric(c.m.statesD, prometheus.GaugeValue, float64(s.n), s.state)
+	}
+}
