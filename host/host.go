@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -38,6 +39,9 @@ type Config struct {
 	LogLevel          string
 	// MaxTasks caps the tasks kept at once; 0 means no cap.
 	MaxTasks int
+	// MaxTaskLogBytes caps what each output stream of a task keeps on disk;
+	// 0 means no cap.
+	MaxTaskLogBytes int64
 	// AuthToken, when set, is the bearer token every endpoint but
 	// GET /health requires.
 	AuthToken string
@@ -86,6 +90,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 			sdk.SettingMainContainerName: cfg.MainContainerName,
 			sdk.SettingCRISocket:         cfg.CRISocket,
 			sdk.SettingVolumes:           string(volumes),
+			sdk.SettingMaxLogBytes:       strconv.FormatInt(cfg.MaxTaskLogBytes, 10),
 		},
 	}, log.Named("dispatch"))
 	reapCtx, stopReaping := context.WithCancel(context.Background())

@@ -151,6 +151,9 @@ const (
 	SettingMainContainerName = "mainContainerName"
 	// SettingCRISocket is the path of the CRI runtime's socket.
 	SettingCRISocket = "criSocket"
+	// SettingMaxLogBytes caps, in bytes, what each output stream of a task
+	// keeps on disk ("0": no cap); older output is dropped first.
+	SettingMaxLogBytes = "maxLogBytes"
 	// SettingVolumes are the volumes the operator offers to every container
 	// task, as a JSON object from volume name to host path.
 	SettingVolumes = "volumes"

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/opensandbox/task-executor/host"
@@ -70,6 +71,7 @@ var envOf = map[string]string{
 	"tls-client-ca-file":    "TLS_CLIENT_CA_FILE",
 	"plugin-checksums":      "PLUGIN_CHECKSUMS",
 	"volume":                "VOLUMES",
+	"max-task-log-bytes":    "MAX_TASK_LOG_BYTES",
 }
 
 func parseFlags(args []string) (host.Config, string, error) {
@@ -92,6 +94,8 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent-tasks", 0, "tasks allowed to run at once (0: no cap); the others wait as Queued")
 	fs.DurationVar(&cfg.GracePeriod, "grace-period", 10*time.Second, "default time between SIGTERM and SIGKILL when a task is stopped")
+	logCap := byteSize(100 << 20)
+	fs.Var(&logCap, "max-task-log-bytes", "cap on what each of a task's output streams keeps on disk, e.g. 100Mi (0: none); older output is rotated out")
 	fs.IntVar(&cfg.MaxTasks, "max-tasks", 10000, "tasks kept at once, finished ones included (beyond: 429); also the most one setTasks may list")
 	fs.StringVar(&sec.authToken, "auth-token-file", "", "file holding the bearer token every endpoint but GET /health requires")
 	fs.StringVar(&sec.tlsCert, "tls-cert-file", "", "PEM certificate for serving HTTPS (with --tls-key-file)")
@@ -127,6 +131,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 	if envErr != nil {
 		return cfg, "", envErr
 	}
+	cfg.MaxTaskLogBytes = int64(logCap)
 	if err := check(cfg, logFormat); err != nil {
 		return cfg, "", err
 	}
@@ -240,5 +245,25 @@ func (v volumeFlag) Set(s string) error {
 		}
 		v[name] = filepath.Clean(path)
 	}
+	return nil
+}
+
+// byteSize is a flag holding a byte count, written as a Kubernetes
+// quantity (100Mi, 1G, 4096).
+type byteSize int64
+
+func (b *byteSize) String() string {
+	return resource.NewQuantity(int64(*b), resource.BinarySI).String()
+}
+
+func (b *byteSize) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a byte count (e.g. 100Mi): %v", s, err)
+	}
+	if q.Sign() < 0 {
+		return fmt.Errorf("%q is negative", s)
+	}
+	*b = byteSize(q.Value())
 	return nil
 }

@@ -364,24 +364,26 @@ func openPlain(dir string, q logQuery, snapshot bool) (*plainSource, error) {
 
 func (p *plainSource) pump(out *lineWriter, final bool) error {
 	for _, pf := range p.files {
-		for pf.f != nil && !out.done() {
-			want := int64(len(p.buf))
-			if pf.end >= 0 {
-				want = min(want, pf.end-pf.off)
-				if want <= 0 {
-					break
-				}
+		for {
+			if err := p.readFile(pf, out); err != nil {
+				return err
 			}
-			n, err := pf.f.ReadAt(p.buf[:want], pf.off)
-			pf.off += int64(n)
-			p.read += int64(n)
-			pf.feed(out, p.buf[:n])
-			if err == io.EOF || n == 0 {
+			if pf.f == nil || pf.end >= 0 || out.done() {
 				break
 			}
-			if err != nil {
-				return fmt.Errorf("while reading %s: %w", pf.f.Name(), err)
+			next := rotated(pf.f)
+			if next == nil {
+				break
 			}
+			// The shim renamed the file aside (the output cap) and writes
+			// to a new one; nothing is written to the old one after the
+			// rename, so its rest is read first.
+			if err := p.readFile(pf, out); err != nil {
+				next.Close()
+				return err
+			}
+			pf.f.Close()
+			pf.f, pf.off = next, 0
 		}
 		if final && len(pf.carry) > 0 {
 			out.line(pf.carry)
@@ -389,6 +391,48 @@ func (p *plainSource) pump(out *lineWriter, final bool) error {
 		}
 	}
 	return nil
+}
+
+// readFile reads pf from its offset to its end (or pf.end).
+func (p *plainSource) readFile(pf *plainFile, out *lineWriter) error {
+	for pf.f != nil && !out.done() {
+		want := int64(len(p.buf))
+		if pf.end >= 0 {
+			want = min(want, pf.end-pf.off)
+			if want <= 0 {
+				break
+			}
+		}
+		n, err := pf.f.ReadAt(p.buf[:want], pf.off)
+		pf.off += int64(n)
+		p.read += int64(n)
+		pf.feed(out, p.buf[:n])
+		if err == io.EOF || n == 0 {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("while reading %s: %w", pf.f.Name(), err)
+		}
+	}
+	return nil
+}
+
+// rotated returns the file now at f's path when it is no longer f (a
+// runtime renamed f aside to cap the output and writes to a new one), or
+// nil.
+func rotated(f *os.File) *os.File {
+	now, err := os.Stat(f.Name())
+	if err != nil {
+		return nil
+	}
+	if was, err := f.Stat(); err != nil || os.SameFile(was, now) {
+		return nil
+	}
+	next, err := os.Open(f.Name())
+	if err != nil {
+		return nil
+	}
+	return next
 }
 
 // feed writes b's complete lines and keeps the rest for later.
@@ -492,6 +536,40 @@ func (c *criSource) pump(out *lineWriter, final bool) error {
 		ring = &lineRing{n: c.tail}
 		emit = ring.add
 	}
+	for {
+		if err := c.readFile(out, emit); err != nil {
+			return err
+		}
+		if c.end >= 0 || out.done() {
+			break
+		}
+		next := rotated(c.f)
+		if next == nil {
+			break
+		}
+		// Rotated (the output cap): nothing is written to the old file
+		// after the rename, so its rest comes first.
+		if err := c.readFile(out, emit); err != nil {
+			next.Close()
+			return err
+		}
+		c.f.Close()
+		c.f, c.off = next, 0
+	}
+	// A record without its newline is being written, or was torn by a
+	// crash: it is left for later, or lost with the crash.
+	if final {
+		c.dec.flush(emit)
+	}
+	if ring != nil {
+		ring.writeTo(out)
+		c.tail = -1
+	}
+	return nil
+}
+
+// readFile decodes c's file from its offset to its end (or c.end).
+func (c *criSource) readFile(out *lineWriter, emit func([]byte)) error {
 	for !out.done() {
 		want := int64(len(c.buf))
 		if c.end >= 0 {
@@ -509,15 +587,6 @@ func (c *criSource) pump(out *lineWriter, final bool) error {
 		if err != nil {
 			return fmt.Errorf("while reading %s: %w", c.f.Name(), err)
 		}
-	}
-	// A record without its newline is being written, or was torn by a
-	// crash: it is left for later, or lost with the crash.
-	if final {
-		c.dec.flush(emit)
-	}
-	if ring != nil {
-		ring.writeTo(out)
-		c.tail = -1
 	}
 	return nil
 }

@@ -207,13 +207,21 @@ func TestContainerModeCrashes(t *testing.T) {
 }
 
 // dirListing names every file under dir, to show a refused request wrote
-// nothing.
+// nothing. The store's own dot-entries (task directories prepared ahead)
+// are left out: using one up is not a write of the request's.
 func dirListing(t *testing.T, dir string) string {
 	t.Helper()
 	var names []string
-	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		rel := strings.TrimPrefix(p, dir)
+		if strings.HasPrefix(rel, "/.") {
+			if fi != nil && fi.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
 		if err == nil {
-			names = append(names, strings.TrimPrefix(p, dir))
+			names = append(names, rel)
 		}
 		return nil
 	})

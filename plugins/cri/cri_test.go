@@ -451,3 +451,32 @@ func resourceMustParse(t *testing.T, s string) resource.Quantity {
 	}
 	return q
 }
+
+// TestLogCap: with an output cap, container.log is rotated to
+// container.log.1 and reopened through CRI, so a chatty container's log
+// stays within about the cap on disk while it runs on normally.
+func TestLogCap(t *testing.T) {
+	env := containerdtest.Require(t)
+	rt := launch(t, env, map[string]string{sdk.SettingMaxLogBytes: "1048576"})
+	// About 4 MB at 1 MB/s, then a last line.
+	c := busybox(env, "sh", "-c", `i=0; while [ $i -lt 40 ]; do head -c 100000 /dev/zero | tr '\0' x; echo; i=$((i+1)); sleep 0.1; done; echo done`)
+	task := newTask(t, "log-cap", sdk.TaskSpec{Container: c})
+	term := run(t, rt, task)
+	if term.ExitCode != 0 {
+		t.Fatalf("task ended %+v", term)
+	}
+	var total int64
+	for _, name := range []string{"container.log", "container.log.1"} {
+		fi, err := os.Stat(filepath.Join(task.Dir, name))
+		if err != nil {
+			t.Fatalf("%s: %v (a 4 MB output under a 1 MiB cap must have been rotated)", name, err)
+		}
+		total += fi.Size()
+	}
+	if total > 2<<20 {
+		t.Errorf("container.log and container.log.1 hold %d bytes; want about the 1 MiB cap", total)
+	}
+	if out := (criHarness{env}).Output(t, task); !strings.HasSuffix(out, "done\n") {
+		t.Errorf("container.log does not end with the last line: ...%q", out[max(0, len(out)-50):])
+	}
+}

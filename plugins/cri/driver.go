@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -45,6 +46,9 @@ type Driver struct {
 	owner   string
 	grace   time.Duration
 	volumes map[string]string
+	// maxLog caps container.log as the shim caps a process's output: the
+	// file is rotated to container.log.1 at half of it.
+	maxLog int64
 
 	mu      sync.Mutex
 	handles map[string]*handle
@@ -72,6 +76,13 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 		if err := json.Unmarshal([]byte(v), &d.volumes); err != nil {
 			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: %w", sdk.SettingVolumes, v, err)
 		}
+	}
+	if v := cfg.Settings[sdk.SettingMaxLogBytes]; v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: not a byte count", sdk.SettingMaxLogBytes, v)
+		}
+		d.maxLog = n
 	}
 	socket := cfg.Settings[sdk.SettingCRISocket]
 	if socket == "" {
@@ -282,7 +293,11 @@ func (d *Driver) handle(name string) *handle {
 func (d *Driver) monitor() {
 	ticker := time.NewTicker(monitorInterval)
 	defer ticker.Stop()
-	for range ticker.C {
+	for tick := 1; ; tick++ {
+		<-ticker.C
+		if d.maxLog > 0 && tick%logCheckTicks == 0 {
+			d.rotateLogs()
+		}
 		d.mu.Lock()
 		watched := map[string]*handle{}
 		for _, h := range d.handles {
@@ -309,6 +324,41 @@ func (d *Driver) monitor() {
 		}
 		for _, h := range watched {
 			h.nudge()
+		}
+	}
+}
+
+// logCheckTicks is how many monitor ticks pass between looks at the
+// containers' log sizes.
+const logCheckTicks = 5
+
+// rotateLogs caps the running containers' logs the way the kubelet does:
+// the log is renamed aside and the runtime asked to reopen it.
+func (d *Driver) rotateLogs() {
+	d.mu.Lock()
+	var hs []*handle
+	for _, h := range d.handles {
+		if _, ok := h.running(); ok {
+			hs = append(hs, h)
+		}
+	}
+	d.mu.Unlock()
+	for _, h := range hs {
+		id, _ := h.running()
+		path := filepath.Join(h.task.Dir, logFile)
+		fi, err := os.Stat(path)
+		if err != nil || fi.Size() < d.maxLog/2 {
+			continue
+		}
+		if err := os.Rename(path, path+".1"); err != nil {
+			d.log.Warn("cannot rotate a container's log", "task", h.task.Name, "error", err)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+		_, err = d.cri.rt.ReopenContainerLog(ctx, &cri.ReopenContainerLogRequest{ContainerId: id})
+		cancel()
+		if err != nil {
+			d.log.Warn("cannot reopen a container's log after rotating it", "task", h.task.Name, "error", err)
 		}
 	}
 }

@@ -57,7 +57,8 @@ func (harness) Output(t *testing.T, task sdk.Task) string {
 	return runtimetest.ReadTaskFiles(t, task)
 }
 func (h harness) Settings() map[string]string {
-	return map[string]string{sdk.SettingGracePeriod: "3s", sdk.SettingMainContainerName: h.container}
+	// Output goes through the shim's relay, as under the host's default cap.
+	return map[string]string{sdk.SettingGracePeriod: "3s", sdk.SettingMainContainerName: h.container, sdk.SettingMaxLogBytes: "104857600"}
 }
 
 func TestConformance(t *testing.T) {

@@ -243,7 +243,8 @@ func (processHarness) Output(t *testing.T, task sdk.Task) string {
 // longer than the kit's stop slack, so that the kit can tell Stop's grace
 // argument from the default.
 func (processHarness) Settings() map[string]string {
-	return map[string]string{sdk.SettingGracePeriod: "3s"}
+	// Output goes through the shim's relay, as under the host's default cap.
+	return map[string]string{sdk.SettingGracePeriod: "3s", sdk.SettingMaxLogBytes: "104857600"}
 }
 
 func TestConformance(t *testing.T) {

@@ -191,6 +191,7 @@ func encodeJob(dir string, spec Spec) []byte {
 	} else {
 		fields = append(fields, "0")
 	}
+	fields = append(fields, strconv.FormatInt(max(spec.MaxLogBytes, 0), 10))
 	n := 0
 	for i, f := range fields {
 		// A NUL inside a field would split it; the kernel refuses such

@@ -70,6 +70,12 @@ type Spec struct {
 	// Stdout and Stderr are files the task's output is appended to.
 	Stdout string `json:"stdout"`
 	Stderr string `json:"stderr"`
+	// MaxLogBytes caps what each of Stdout and Stderr holds on disk; zero
+	// means no cap. With a cap the task writes into a pipe and the shim
+	// copies to the file; when the file reaches half the cap it is renamed
+	// to <file>.1 (replacing an older one) and a new file starts, so the
+	// newest output is kept.
+	MaxLogBytes int64 `json:"maxLogBytes,omitempty"`
 	// Timeout stops the task once it has run that long; zero means never.
 	Timeout time.Duration `json:"timeout,omitempty"`
 	// Grace is how long a stop (or the timeout) waits between SIGTERM and

@@ -1233,3 +1233,56 @@ func TestLaunchPassesOnNoInheritedDescriptors(t *testing.T) {
 		}
 	}
 }
+
+// TestOutputCap: with MaxLogBytes, a task writing far more than the cap
+// keeps running correctly, each stream stays within the cap on disk, the
+// newest output is kept, and it is complete once the exit is known.
+func TestOutputCap(t *testing.T) {
+	t.Parallel()
+	const limit = 1 << 20
+	tests := []struct {
+		name   string
+		script string
+		// wantTail ends the stream's current file.
+		stdoutTail, stderrTail string
+		rotated                bool
+	}{
+		// 50 MB on stdout and 3 MB on stderr, in one task.
+		{"50MB", `head -c 50000000 /dev/zero | tr '\0' x; yes err | head -c 3000000 >&2; echo err-last >&2; echo; echo last-line`,
+			"last-line\n", "err\nerr-last\n", true},
+		{"small", `echo hello; echo oops >&2`, "hello\n", "oops\n", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			k := newTask(t)
+			spec := k.sh(tc.script)
+			spec.MaxLogBytes = limit
+			exit := k.wait(k.started(spec))
+			if exit.ExitCode != 0 {
+				t.Fatalf("task ended %+v", exit)
+			}
+			for f, tail := range map[string]string{k.stdout: tc.stdoutTail, k.stderr: tc.stderrTail} {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.HasSuffix(string(b), tail) {
+					t.Errorf("%s ends %q, want %q", filepath.Base(f), b[max(0, len(b)-40):], tail)
+				}
+				total := int64(len(b))
+				fi, err := os.Stat(f + ".1")
+				if err == nil {
+					total += fi.Size()
+				}
+				if (err == nil) != tc.rotated {
+					t.Errorf("%s.1: %v; want it there: %v", filepath.Base(f), err, tc.rotated)
+				}
+				// Half the cap per file, overshot by at most one chunk.
+				if total > limit+64<<10 {
+					t.Errorf("%s and its rotated file hold %d bytes; cap %d", filepath.Base(f), total, limit)
+				}
+			}
+		})
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -56,6 +57,7 @@ type Driver struct {
 	events sdk.Publisher
 	shims  *shim.Launcher
 	grace  time.Duration
+	maxLog int64
 
 	mu      sync.Mutex
 	handles map[string]*handle
@@ -76,6 +78,13 @@ func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: %w", sdk.SettingGracePeriod, v, err)
 		}
 		d.grace = g
+	}
+	if v := cfg.Settings[sdk.SettingMaxLogBytes]; v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: not a byte count", sdk.SettingMaxLogBytes, v)
+		}
+		d.maxLog = n
 	}
 	path, err := FindShim()
 	if err != nil {
@@ -259,13 +268,14 @@ func (d *Driver) shimSpec(task sdk.Task, place Place) shim.Spec {
 		env = append(env, e.Name+"="+e.Value)
 	}
 	spec := shim.Spec{
-		Argv:       p.Argv(),
-		Env:        dedupEnv(env),
-		Dir:        p.WorkingDir,
-		Stdout:     filepath.Join(task.Dir, "stdout.log"),
-		Stderr:     filepath.Join(task.Dir, "stderr.log"),
-		Grace:      d.grace,
-		Namespaces: place.Namespaces,
+		Argv:        p.Argv(),
+		Env:         dedupEnv(env),
+		Dir:         p.WorkingDir,
+		Stdout:      filepath.Join(task.Dir, "stdout.log"),
+		Stderr:      filepath.Join(task.Dir, "stderr.log"),
+		Grace:       d.grace,
+		MaxLogBytes: d.maxLog,
+		Namespaces:  place.Namespaces,
 	}
 	if p.WorkingDir == "" {
 		spec.Dir = place.Dir

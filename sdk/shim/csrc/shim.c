@@ -24,7 +24,13 @@
  * followed by: namespaces ("1" when a second descriptor came with the job:
  * a pidfd of the process whose mount, UTS, IPC, network and PID namespaces
  * the task is to run in, as in a sidecar entering the pod's main
- * container).
+ * container), and the output cap in bytes ("0": none).
+ *
+ * Without a cap the task writes straight into its output files. With one,
+ * it writes into pipes and the shim copies into the files: when a file
+ * reaches half the cap it becomes <name>.1 (replacing the previous one) and
+ * a new file starts, so a stream never holds more than the cap on disk, and
+ * its newest output is kept.
  *
  * It answers with JSON lines on the socket: the start report, then the
  * exit report. EOF before a job means the launcher is gone: exit quietly.
@@ -65,7 +71,18 @@ static int dir_fd = -1;  /* the state directory (and its lock) */
 static int proc_fd = -1; /* the executor's /proc */
 static int ns_fd = -1;   /* pidfd of the process whose namespaces to enter */
 static long long timeout_ns, grace_ns;
+static long long max_log; /* output cap per stream, 0: none */
 static char **task_argv, **task_env;
+
+/* An output stream relayed through a pipe (with an output cap). */
+struct stream {
+	int rd;           /* the pipe's read end; -1 once drained */
+	int file;         /* the output file, written at its end */
+	int out_dir;      /* the output file's directory, for rotating */
+	const char *name; /* the output file's name in out_dir */
+	long long size;   /* bytes in the current file */
+};
+static struct stream streams[2] = {{-1, -1, -1, 0, 0}, {-1, -1, -1, 0, 0}};
 
 static pid_t task_pid = -1;
 static int reaped, stop_requested, timed_out;
@@ -379,6 +396,9 @@ static int receive_job(void) {
 	NEXT(s);
 	if (strcmp(s, "1") == 0 && ns_fd < 0)
 		return -1; /* namespaces promised, no pidfd came */
+	NEXT(s); max_log = atoll(s);
+	if (max_log < 0)
+		return -1;
 #undef NEXT
 	return 1;
 }
@@ -485,6 +505,111 @@ static int enter_namespaces(struct start_err *se) {
 	return 0;
 }
 
+/* open_relay opens a stream's output file and directory (before entering
+ * a container, where their paths do not exist) and its pipe; *task_end is
+ * the pipe's write end, for the task. */
+static int open_relay(struct stream *st, const char *path, int *task_end) {
+	char dir[4096];
+	snprintf(dir, sizeof dir, "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		snprintf(dir, sizeof dir, ".");
+	else if (slash == dir)
+		dir[1] = 0;
+	else
+		*slash = 0;
+	st->name = slash ? path + (slash - dir) + 1 : path;
+	st->out_dir = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	/* Not O_APPEND: only the shim writes, at the offset it keeps. */
+	st->file = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (st->out_dir < 0 || st->file < 0)
+		return -1;
+	off_t end = lseek(st->file, 0, SEEK_END);
+	st->size = end < 0 ? 0 : end;
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	fcntl(p[0], F_SETFL, O_NONBLOCK);
+	st->rd = p[0];
+	*task_end = p[1];
+	return 0;
+}
+
+/* rotate moves a stream's full file aside as <name>.1 and starts a new
+ * one. */
+static void rotate(struct stream *st) {
+	char old[4200];
+	snprintf(old, sizeof old, "%s.1", st->name);
+	int nf = -1;
+	if (renameat(st->out_dir, st->name, st->out_dir, old) == 0)
+		nf = openat(st->out_dir, st->name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (nf < 0) {
+		/* Still bounded, at the cost of the older half. */
+		logmsg("WARN", "cannot rotate %s, truncating it: %s", st->name, errstr(errno));
+		if (ftruncate(st->file, 0) == 0)
+			lseek(st->file, 0, SEEK_SET);
+	} else {
+		close(st->file);
+		st->file = nf;
+	}
+	st->size = 0;
+}
+
+/* pump copies what the task wrote into a stream's pipe to its file, and
+ * returns 1 once the pipe is drained for good (EOF). */
+static int pump(struct stream *st) {
+	static char chunk[65536];
+	for (;;) {
+		ssize_t n = read(st->rd, chunk, sizeof chunk);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN ? 0 : 1;
+		if (n == 0)
+			return 1;
+		if (st->size + n > max_log / 2 && st->size > 0)
+			rotate(st);
+		if (write_all(st->file, chunk, n) < 0)
+			logmsg("WARN", "cannot write the task's output to %s: %s", st->name, errstr(errno));
+		st->size += n;
+	}
+}
+
+/* pump_all serves the streams poll found ready (or all, when p is NULL),
+ * closing the drained ones. */
+static void pump_all(struct pollfd *p) {
+	for (int i = 0; i < 2; i++) {
+		struct stream *st = &streams[i];
+		if (st->rd < 0 || (p && !(p[i].revents & (POLLIN | POLLHUP | POLLERR))))
+			continue;
+		if (pump(st)) {
+			close(st->rd);
+			st->rd = -1;
+		}
+	}
+}
+
+/* drain copies the rest of the task's output once it has exited: until
+ * every writer has closed its end, or a bound, since something the task
+ * started outside its process group may hold a pipe open for ever. */
+static void drain(void) {
+	long long until = mono_ns() + 1000000000LL;
+	while (streams[0].rd >= 0 || streams[1].rd >= 0) {
+		long long left = until - mono_ns();
+		if (left <= 0)
+			break;
+		struct pollfd p[2] = {{streams[0].rd, POLLIN, 0}, {streams[1].rd, POLLIN, 0}};
+		if (poll(p, 2, (int)(left / 1000000LL) + 1) < 0 && errno != EINTR)
+			break;
+		pump_all(p);
+	}
+	for (int i = 0; i < 2; i++)
+		if (streams[i].rd >= 0) {
+			close(streams[i].rd);
+			streams[i].rd = -1;
+		}
+}
+
 static pid_t start_task(struct start_err *se) {
 	char path[4096];
 	if (!task_argv[0] || !task_argv[0][0]) {
@@ -495,8 +620,17 @@ static pid_t start_task(struct start_err *se) {
 	/* The output files are the executor's: open them before entering a
 	 * container, where their paths do not exist. */
 	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	int out = open(out_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-	int err = out < 0 ? -1 : open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	int out = -1, err = -1;
+	if (max_log > 0) {
+		if (open_relay(&streams[0], out_path, &out) < 0 || open_relay(&streams[1], err_path, &err) < 0) {
+			se->code = 128;
+			snprintf(se->msg, sizeof se->msg, "while opening the output file: %s", errstr(errno));
+			return -1;
+		}
+	} else {
+		out = open(out_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+		err = out < 0 ? -1 : open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	}
 	if (devnull < 0 || out < 0 || err < 0) {
 		se->code = 128;
 		snprintf(se->msg, sizeof se->msg, "while opening the output file: %s", errstr(errno));
@@ -730,11 +864,13 @@ static void supervise(struct exit_info *e) {
 	int ctl = -1;
 
 	for (;;) {
-		struct pollfd p[5] = {
-		    {pidfd, POLLIN, 0}, {rec_tfd, POLLIN, 0}, {to_tfd, POLLIN, 0}, {kill_tfd, POLLIN, 0}, {ctl, POLLIN, 0},
+		struct pollfd p[7] = {
+		    {pidfd, POLLIN, 0},   {rec_tfd, POLLIN, 0},          {to_tfd, POLLIN, 0},           {kill_tfd, POLLIN, 0},
+		    {ctl, POLLIN, 0},     {streams[0].rd, POLLIN, 0}, {streams[1].rd, POLLIN, 0},
 		};
 		/* Without a pidfd (an old kernel), look every 10 ms. */
-		int n = poll(p, 5, pidfd < 0 ? 10 : -1);
+		int n = poll(p, 7, pidfd < 0 ? 10 : -1);
+		pump_all(p + 5);
 		if (n < 0 && errno != EINTR)
 			logmsg("ERROR", "poll: %s", errstr(errno));
 		siginfo_t si = {0};
@@ -771,6 +907,8 @@ static void supervise(struct exit_info *e) {
 	while (waitpid(task_pid, &status, 0) < 0 && errno == EINTR)
 		;
 	reaped = 1;
+	/* Output is complete once the exit is known. */
+	drain();
 	clock_gettime(CLOCK_REALTIME, &e->finished);
 	e->started = 1;
 	e->message[0] = 0;

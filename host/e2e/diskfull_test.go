@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// smallDisk mounts a tmpfs of the given size for the test and returns its
+// path; it is unmounted when the test ends, after the host's own clean-up.
+func smallDisk(t *testing.T, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("mounting a small file system needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+// fill writes a file until the file system is full, and returns it.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling the disk: %v", err)
+			}
+			break
+		}
+	}
+	// Smaller writes take what the big ones left.
+	for {
+		if _, err := f.Write(chunk[:512]); err != nil {
+			break
+		}
+	}
+	return path
+}
+
+// TestDiskFullAndReadOnly: a full disk answers 507 and a read-only data
+// directory 503, with a message and nothing half-written; once space or
+// writing comes back, creates work again, and every acknowledged task
+// survives a restart.
+func TestDiskFullAndReadOnly(t *testing.T) {
+	mnt := smallDisk(t, "8m")
+	h := &hostProc{t: t, dataDir: filepath.Join(mnt, "data"), pluginDir: filepath.Join(binDir, "plugins")}
+	h.start()
+	t.Cleanup(h.cleanup)
+
+	h.mustDo(http.StatusCreated, "POST", "/tasks", shTask("before", "echo hi"))
+	h.waitTerminated("before", 10*time.Second)
+
+	filler := fill(t, mnt)
+	before := dirListing(t, h.dataDir)
+	code, body := h.do("POST", "/tasks", shTask("while-full", "echo hi"))
+	if code != http.StatusInsufficientStorage || !strings.Contains(string(body), "no space") {
+		t.Errorf("create on a full disk: %d %s; want 507 saying so", code, body)
+	}
+	code, body = h.do("POST", "/setTasks", []any{shTask("before", "echo hi"), shTask("set-while-full", "echo hi")})
+	if code != http.StatusInsufficientStorage {
+		t.Errorf("setTasks on a full disk: %d %s; want 507", code, body)
+	}
+	if _, ok := h.get("while-full"); ok {
+		t.Errorf("a task refused for lack of space is listed")
+	}
+	if after := dirListing(t, h.dataDir); after != before {
+		t.Errorf("refused creates changed the data directory:\nbefore: %s\nafter:  %s", before, after)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() bool {
+		code, _ := h.do("POST", "/tasks", shTask("after-space", "exit 4"))
+		return code == http.StatusCreated
+	}, func() string { return "creates did not work again once space came back" })
+	h.waitTerminated("after-space", 10*time.Second)
+
+	if out, err := exec.Command("mount", "-o", "remount,ro", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("remount ro: %v: %s", err, out)
+	}
+	code, body = h.do("POST", "/tasks", shTask("while-ro", "echo hi"))
+	if out, err := exec.Command("mount", "-o", "remount,rw", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("remount rw: %v: %s", err, out)
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(string(body), "read-only") {
+		t.Errorf("create on a read-only data directory: %d %s; want 503 saying so", code, body)
+	}
+	eventually(t, 10*time.Second, func() bool {
+		code, _ := h.do("POST", "/tasks", shTask("after-ro", "exit 5"))
+		return code == http.StatusCreated
+	}, func() string { return "creates did not work again once the data directory was writable" })
+	h.waitTerminated("after-ro", 10*time.Second)
+
+	h.stop()
+	h.restart()
+	for name, code := range map[string]int32{"before": 0, "after-space": 4, "after-ro": 5} {
+		task := h.waitTerminated(name, 10*time.Second)
+		if got := task.Status.State.Terminated.ExitCode; got != code {
+			t.Errorf("after the restart %s has exit code %d, want %d", name, got, code)
+		}
+	}
+	for _, name := range []string{"while-full", "set-while-full", "while-ro"} {
+		if _, ok := h.get(name); ok {
+			t.Errorf("refused task %s exists after the restart", name)
+		}
+	}
+}
