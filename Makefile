@@ -8,16 +8,20 @@ SHIM_CC ?= $(shell command -v musl-gcc || echo cc)
 BIN     := bin
 # Every directory under plugins/ is a runtime plugin, built into bin/plugins/.
 PLUGINS := $(patsubst plugins/%/,%,$(sort $(dir $(wildcard plugins/*/main.go))))
+# Every directory under examples/plugins/ is an example plugin, built into
+# bin/examples/, outside the plugin directory: copy one in to install it.
+EXAMPLES := $(patsubst examples/plugins/%/,%,$(sort $(dir $(wildcard examples/plugins/*/main.go))))
 
 .PHONY: build run test bench proto clean
 
 build:
 	$(GO) build -o $(BIN)/task-executor ./cmd/task-executor
 	$(SHIM_CC) -O2 -static -Wall -Wno-format-truncation -o $(BIN)/task-executor-shim sdk/shim/csrc/shim.c
-	@mkdir -p $(BIN)/plugins
+	@mkdir -p $(BIN)/plugins $(BIN)/examples
 	$(foreach p,$(PLUGINS),$(GO) build -o $(BIN)/plugins/$(p) ./plugins/$(p) &&) true
+	$(foreach p,$(EXAMPLES),$(GO) build -o $(BIN)/examples/$(p) ./examples/plugins/$(p) &&) true
 	@# The host refuses plugins others can write to (a umask of 002 makes them so).
-	chmod -R go-w $(BIN)/plugins
+	chmod -R go-w $(BIN)/plugins $(BIN)/examples
 
 run: build
 	$(BIN)/task-executor --listen-addr 127.0.0.1:5758 --data-dir ./.data --plugin-dir $(BIN)/plugins

@@ -1,5 +1,6 @@
-// Package k8s holds deployment examples; its test parses each manifest
-// strictly with the Kubernetes API types, so a typo cannot hide in them.
+// Package k8s holds deployment examples; its tests parse each manifest
+// strictly with the Kubernetes API types, so a typo cannot hide in them,
+// and check the repository's Dockerfile against the host's defaults.
 package k8s
 
 import (
@@ -9,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -52,10 +54,102 @@ func TestManifestsParseStrictly(t *testing.T) {
 					t.Fatalf("%s: %v", kind.Kind, err)
 				}
 				if pod, ok := obj.(*corev1.Pod); ok {
-					checkSidecar(t, pod)
+					checkPod(t, pod)
 				}
 			}
 		})
+	}
+}
+
+// checkPod checks a pod by the mode its executor runs in.
+func checkPod(t *testing.T, pod *corev1.Pod) {
+	exec := executor(t, pod)
+	switch {
+	case slices.Contains(exec.Args, "--enable-sidecar-mode"):
+		checkSidecar(t, pod)
+	case slices.Contains(exec.Args, "--enable-container-mode"):
+		checkContainerMode(t, pod, exec)
+	default:
+		t.Errorf("container %s enables neither sidecar nor container mode", exec.Name)
+	}
+}
+
+// executor returns the pod's task-executor container.
+func executor(t *testing.T, pod *corev1.Pod) *corev1.Container {
+	for i, c := range pod.Spec.Containers {
+		if strings.HasPrefix(c.Image, "task-executor:") {
+			return &pod.Spec.Containers[i]
+		}
+	}
+	t.Fatalf("pod %s has no task-executor container", pod.Name)
+	return nil
+}
+
+// flagValues returns the values of --name=VALUE among args.
+func flagValues(args []string, name string) []string {
+	var out []string
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// checkContainerMode checks what container mode needs of a pod: the
+// node's containerd socket, and every path the executor hands containerd
+// (the data directory, the offered volumes) being the same on the node as
+// in the executor, since containerd resolves them on the node.
+func checkContainerMode(t *testing.T, pod *corev1.Pod, exec *corev1.Container) {
+	hostPaths := map[string]string{} // volume name -> path on the node
+	for _, v := range pod.Spec.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.Name] = v.HostPath.Path
+		}
+	}
+	// nodePath maps a path in the executor to the node, if a hostPath
+	// volume mounted at the same path holds it.
+	nodePath := func(p string) bool {
+		for _, m := range exec.VolumeMounts {
+			hp, ok := hostPaths[m.Name]
+			if ok && hp == m.MountPath && m.SubPath == "" && m.SubPathExpr == "" &&
+				(p == m.MountPath || strings.HasPrefix(p, strings.TrimSuffix(m.MountPath, "/")+"/")) {
+				return true
+			}
+		}
+		return false
+	}
+
+	socket := "/var/run/containerd/containerd.sock" // the host's default --cri-socket
+	if v := flagValues(exec.Args, "cri-socket"); len(v) > 0 {
+		socket = v[len(v)-1]
+	}
+	if !nodePath(socket) {
+		t.Errorf("the CRI socket %s is not the node's: mount it from a hostPath at the same path", socket)
+	}
+	dataDirs := flagValues(exec.Args, "data-dir")
+	if len(dataDirs) == 0 {
+		t.Error("container mode needs --data-dir on a hostPath (containerd writes the tasks' logs there)")
+	}
+	for _, d := range dataDirs {
+		if !nodePath(d) {
+			t.Errorf("--data-dir=%s is not on a hostPath mounted at the same path", d)
+		}
+	}
+	volumes := flagValues(exec.Args, "volume")
+	if len(volumes) == 0 {
+		t.Error("the container-mode example offers no --volume")
+	}
+	for _, v := range volumes {
+		name, path, ok := strings.Cut(v, "=")
+		switch {
+		case !ok:
+			t.Errorf("--volume=%s is not NAME=HOSTPATH", v)
+		case hostPaths[name] != path:
+			t.Errorf("--volume=%s: the pod has no hostPath volume %q at %s", v, name, path)
+		case !nodePath(path):
+			t.Errorf("--volume=%s: the executor does not mount it at %s", v, path)
+		}
 	}
 }
 

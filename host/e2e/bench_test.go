@@ -227,7 +227,8 @@ func BenchmarkRunningTasks(b *testing.B) {
 func BenchmarkManyTasks(b *testing.B) {
 	n := scaled(200, 10000)
 	sleepers := scaled(10, 100)
-	h := startHost(b, "--log-level", "info")
+	// The tasks and the sleepers exceed the default --max-tasks.
+	h := startHost(b, "--log-level", "info", "--max-tasks", strconv.Itoa(2*(n+sleepers)))
 	for i := 0; i < b.N; i++ {
 		var wg sync.WaitGroup
 		work := make(chan int)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/sdk/client"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
@@ -409,41 +410,73 @@ func (h *hostProc) mustDo(want int, method, path string, body any) []byte {
 	return out
 }
 
-func (h *hostProc) get(name string) (api.Task, bool) {
+// client returns an API client of the host as it serves now (a restart
+// changes its address).
+func (h *hostProc) client() *client.Client {
 	h.t.Helper()
-	code, out := h.do("GET", "/tasks/"+name, nil)
-	if code == http.StatusNotFound {
-		return api.Task{}, false
+	c, err := client.New(h.url)
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	if code != http.StatusOK {
-		h.t.Fatalf("GET /tasks/%s: %d %s", name, code, out)
+	return c
+}
+
+// requestTimeout bounds a helper's request, so that a hung host fails the
+// test rather than hanging it.
+const requestTimeout = 30 * time.Second
+
+func (h *hostProc) get(name string) (client.Task, bool) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	t, err := h.client().Get(ctx, name)
+	if client.IsNotFound(err) {
+		return client.Task{}, false
 	}
-	var t api.Task
-	if err := json.Unmarshal(out, &t); err != nil {
+	if err != nil {
 		h.t.Fatal(err)
 	}
 	return t, true
 }
 
-func (h *hostProc) list() []api.Task {
+func (h *hostProc) list() []client.Task {
 	h.t.Helper()
-	var ts []api.Task
-	if err := json.Unmarshal(h.mustDo(200, "GET", "/getTasks", nil), &ts); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	ts, err := h.client().List(ctx)
+	if err != nil {
 		h.t.Fatal(err)
 	}
 	return ts
 }
 
-// waitTerminated polls until the task has terminated and returns it.
-func (h *hostProc) waitTerminated(name string, within time.Duration) api.Task {
+// waitTerminated long-polls until the task has terminated and returns it.
+func (h *hostProc) waitTerminated(name string, within time.Duration) client.Task {
 	h.t.Helper()
-	var last api.Task
-	eventually(h.t, within, func() bool {
-		t, ok := h.get(name)
-		last = t
-		return ok && t.Status.State.Terminated != nil
-	}, func() string { return fmt.Sprintf("task %s never terminated; last: %+v", name, last.Status.State) })
-	return last
+	c := h.client()
+	deadline := time.Now().Add(within)
+	var last client.Task
+	for {
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			h.t.Fatalf("after %s: task %s never terminated; last: %+v", within, name, last.Status.State)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), remaining+requestTimeout)
+		t, err := c.GetWait(ctx, name, min(remaining, api.MaxWait))
+		cancel()
+		switch {
+		case err == nil:
+			if last = t; t.Terminated() {
+				return t
+			}
+		case client.IsNotFound(err):
+			// Not there (yet, or any more): a long poll would answer at
+			// once, so this is a plain poll.
+			time.Sleep(5 * time.Millisecond)
+		default:
+			h.t.Fatal(err)
+		}
+	}
 }
 
 // eventually polls cond until it holds or the deadline passes.

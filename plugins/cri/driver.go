@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -54,6 +55,18 @@ type Driver struct {
 	handles map[string]*handle
 	// cleanups are the removals of finished tasks' sandboxes in flight.
 	cleanups sync.WaitGroup
+	// removals serialise the removals of one task's sandboxes: containerd
+	// fails a stop or remove that meets another on the same sandbox.
+	removals [64]sync.Mutex
+}
+
+// removalLock locks the removals of the named task's sandboxes.
+func (d *Driver) removalLock(name string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	mu := &d.removals[h.Sum32()%uint32(len(d.removals))]
+	mu.Lock()
+	return mu.Unlock
 }
 
 func newDriver(log hclog.Logger) *Driver {
@@ -196,6 +209,7 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	}
 	// Every attempt of the name, including ones a previous plugin process
 	// knew and this one never saw.
+	defer d.removalLock(name)()
 	boxes, err := d.cri.sandboxes(ctx, map[string]string{labelOwner: d.owner, labelTask: name})
 	if err != nil {
 		return err
@@ -394,7 +408,10 @@ func (d *Driver) sweep(ctx context.Context) error {
 			continue
 		}
 		d.log.Debug("removing a sandbox no task needs", "sandbox", b.Id, "task", name, "attempt", attempt)
-		if err := d.cri.removeSandbox(ctx, b.Id); err != nil {
+		unlock := d.removalLock(name)
+		err := d.cri.removeSandbox(ctx, b.Id)
+		unlock()
+		if err != nil {
 			return err
 		}
 	}
@@ -407,6 +424,7 @@ func (d *Driver) cleanup(name, attempt string) {
 	d.cleanups.Add(1)
 	go func() {
 		defer d.cleanups.Done()
+		defer d.removalLock(name)()
 		ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 		defer cancel()
 		boxes, err := d.cri.sandboxes(ctx, d.selector(name, attempt))

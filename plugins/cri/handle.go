@@ -248,7 +248,10 @@ func (h *handle) sandbox(ctx context.Context) (string, error) {
 		// A sandbox that is not ready (its pause process died, the node
 		// rebooted) cannot hold a new container; its metadata would also
 		// clash with a new one's.
-		if err := d.cri.removeSandbox(ctx, b.Id); err != nil {
+		unlock := d.removalLock(h.task.Name)
+		err := d.cri.removeSandbox(ctx, b.Id)
+		unlock()
+		if err != nil {
 			return "", err
 		}
 	}

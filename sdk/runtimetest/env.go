@@ -186,8 +186,10 @@ func (e *env) janitor(t *testing.T) {
 	// launch registered release for inst, which stops the tasks.
 }
 
-// stopAll stops every task of the env at once (grace 0) and checks that
-// none is left running.
+// stopAll stops every task of the env at once (grace 0), checks that none
+// is left running, and removes them, as the host does when it deletes
+// tasks: a runtime that keeps anything for a task (a container daemon's
+// objects) releases it there.
 func (e *env) stopAll(t *testing.T, rt sdk.Runtime) {
 	e.mu.Lock()
 	tasks := append([]sdk.Task(nil), e.tasks...)
@@ -206,6 +208,9 @@ func (e *env) stopAll(t *testing.T, rt sdk.Runtime) {
 			t.Errorf("cleanup: Status(%s): %v", task.Name, err)
 		case !st.IsTerminal():
 			t.Errorf("cleanup: task %s is still %s after Stop returned", task.Name, describe(st))
+		}
+		if err := rt.Remove(ctx, task.Name); err != nil {
+			t.Errorf("cleanup: Remove(%s): %v", task.Name, err)
 		}
 	}
 	e.mu.Lock()

@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opensandbox/task-executor/host/api"
+)
+
+// examplePluginHost starts a host whose plugin directory holds the built-in
+// process plugin and the example retry plugin (examples/plugins/retry),
+// built from source as a third party would build it.
+func examplePluginHost(t *testing.T) *hostProc {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "plugins")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "retry"), "./examples/plugins/retry")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./examples/plugins/retry: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(binDir, "plugins", "process"))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "process"), b, 0o755)
+	}
+	// The host refuses plugins others may write to, which a umask of 002
+	// would make.
+	if err == nil {
+		err = os.Chmod(filepath.Join(dir, "retry"), 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: dir}
+	h.start()
+	t.Cleanup(h.cleanup)
+	// Registered after h.cleanup, so it runs before: the supervisors are
+	// found while the data directory is still there.
+	t.Cleanup(func() { killRetrySupervisors(h.dataDir) })
+	return h
+}
+
+// killRetrySupervisors kills, by PID, the retry supervisors of dataDir's
+// tasks that still run, and their tasks' process groups. A PID counts only
+// if its command line is that task's supervisor, so a recycled PID is
+// never hit.
+func killRetrySupervisors(dataDir string) {
+	entries, _ := os.ReadDir(dataDir)
+	for _, e := range entries {
+		dir := filepath.Join(dataDir, e.Name())
+		var rec struct {
+			SupervisorPID int `json:"supervisorPid"`
+			Attempts      []struct {
+				PID int `json:"pid"`
+			} `json:"attempts"`
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "retry-status.json"))
+		if err != nil || json.Unmarshal(b, &rec) != nil || rec.SupervisorPID <= 0 {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.SupervisorPID))
+		if !strings.HasSuffix(string(cmdline), "\x00supervise\x00"+dir+"\x00") {
+			continue
+		}
+		if n := len(rec.Attempts); n > 0 {
+			_ = syscall.Kill(-rec.Attempts[n-1].PID, syscall.SIGKILL)
+		}
+		_ = syscall.Kill(rec.SupervisorPID, syscall.SIGKILL)
+	}
+}
+
+// retryTask is a process task for the retry runtime, its policy in env.
+func retryTask(name, script string, env map[string]string) map[string]any {
+	var vars []map[string]string
+	for k, v := range env {
+		vars = append(vars, map[string]string{"name": k, "value": v})
+	}
+	return map[string]any{"name": name, "spec": map[string]any{
+		"runtime": "retry",
+		"process": map[string]any{"command": []string{"sh", "-c", script}, "env": vars},
+	}}
+}
+
+// TestExamplePluginRetries runs tasks on the example plugin, dropped into
+// the plugin directory beside a built-in one, over the real HTTP API.
+func TestExamplePluginRetries(t *testing.T) {
+	h := examplePluginHost(t)
+
+	var rts []api.Runtime
+	if err := json.Unmarshal(h.mustDo(200, "GET", "/runtimes", nil), &rts); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, r := range rts {
+		if r.Name == "retry" {
+			found = r.Healthy && r.PluginPath == filepath.Join(h.pluginDir, "retry") && r.PluginVersion != "" &&
+				len(r.Kinds) == 1 && r.Kinds[0] == "process"
+			if !found {
+				t.Errorf("runtime retry: %+v", r)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("GET /runtimes lacks a healthy retry runtime: %+v", rts)
+	}
+
+	// Fails twice, then succeeds: one task, three attempts.
+	h.mustDo(201, "POST", "/tasks", retryTask("flaky",
+		`echo "attempt $RETRY_ATTEMPT"; [ "$RETRY_ATTEMPT" -ge 3 ] || exit 75`,
+		map[string]string{"RETRY_MAX_ATTEMPTS": "5", "RETRY_BACKOFF": "20ms"}))
+	term := h.waitTerminated("flaky", 30*time.Second).Status.State.Terminated
+	if term.ExitCode != 0 || term.Reason != "Succeeded" || term.Message != "succeeded on attempt 3 of 5" {
+		t.Errorf("flaky terminated with exitCode %d, reason %q, message %q; want 0, Succeeded, \"succeeded on attempt 3 of 5\"",
+			term.ExitCode, term.Reason, term.Message)
+	}
+	if out := string(h.mustDo(200, "GET", "/tasks/flaky/logs?stream=stdout", nil)); out != "attempt 1\nattempt 2\nattempt 3\n" {
+		t.Errorf("flaky's stdout through the API is %q", out)
+	}
+
+	// Always fails: the last attempt's exit code, and every one of them in
+	// the message.
+	h.mustDo(201, "POST", "/tasks", retryTask("hopeless", `exit $((RETRY_ATTEMPT + 1))`,
+		map[string]string{"RETRY_MAX_ATTEMPTS": "2", "RETRY_BACKOFF": "0s"}))
+	term = h.waitTerminated("hopeless", 30*time.Second).Status.State.Terminated
+	if term.ExitCode != 3 || term.Reason != "Failed" || term.Message != "failed 2 of 2 attempts (exit codes 2, 3)" {
+		t.Errorf("hopeless terminated with exitCode %d, reason %q, message %q", term.ExitCode, term.Reason, term.Message)
+	}
+
+	// The runtime's Validate answers for it: a bad policy is a 400 and
+	// creates nothing.
+	code, body := h.do("POST", "/tasks", retryTask("bad-policy", "true", map[string]string{"RETRY_MAX_ATTEMPTS": "zero"}))
+	if code != 400 || !strings.Contains(string(body), "RETRY_MAX_ATTEMPTS") {
+		t.Errorf("a bad retry policy got %d %s; want 400 naming RETRY_MAX_ATTEMPTS", code, body)
+	}
+	if _, ok := h.get("bad-policy"); ok {
+		t.Error("the refused task exists")
+	}
+
+	h.mustDo(204, "DELETE", "/tasks/flaky", nil)
+	eventually(t, 15*time.Second, func() bool { _, ok := h.get("flaky"); return !ok },
+		func() string { return "flaky was never deleted" })
+}
+
+// TestExamplePluginSurvivesItsCrash: the example plugin is killed while a
+// task runs; the host restarts it, the new plugin process adopts the task,
+// and its exit code arrives.
+func TestExamplePluginSurvivesItsCrash(t *testing.T) {
+	h := examplePluginHost(t)
+	gate := filepath.Join(t.TempDir(), "gate")
+	h.mustDo(201, "POST", "/tasks", retryTask("survivor",
+		fmt.Sprintf(`echo waiting; while [ ! -e %s ]; do sleep 0.05; done; exit 4`, gate),
+		map[string]string{"RETRY_MAX_ATTEMPTS": "1"}))
+	eventually(t, 15*time.Second, func() bool {
+		tk, ok := h.get("survivor")
+		return ok && tk.Status.State.Running != nil
+	}, func() string { return "survivor never ran" })
+
+	old := h.pluginPIDOf("retry")
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var rts []api.Runtime
+	eventually(t, 15*time.Second, func() bool {
+		if err := json.Unmarshal(h.mustDo(200, "GET", "/runtimes", nil), &rts); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rts {
+			if r.Name == "retry" {
+				return r.Healthy && r.Restarts == 1
+			}
+		}
+		return false
+	}, func() string { return fmt.Sprintf("the retry plugin was not restarted: %+v", rts) })
+	if tk, _ := h.get("survivor"); tk.Status.State.Running == nil {
+		t.Errorf("after the plugin's restart survivor is %+v; want still running", tk.Status.State)
+	}
+
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	term := h.waitTerminated("survivor", 15*time.Second).Status.State.Terminated
+	if term.ExitCode != 4 || term.Reason != "Failed" {
+		t.Errorf("survivor terminated with exitCode %d, reason %q; want 4, Failed", term.ExitCode, term.Reason)
+	}
+}

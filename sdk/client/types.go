@@ -1,0 +1,85 @@
+package client
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// Task is a task of the HTTP API. A task read from the host carries both
+// formats: Spec and Status, and, for a process task, the compatibility
+// format's Process and ProcessStatus, which repeat Spec.Process and
+// Status.State.
+//
+// To create a task, set Spec (the nested format) or, for a process, only
+// Process (the compatibility format). A task read from the host may be sent
+// back as it is: Create and SetTasks then send its Spec alone, and the host
+// ignores the status fields.
+type Task struct {
+	// Name is a DNS-1123 subdomain, unique among the host's tasks.
+	Name string `json:"name"`
+	// DeletionTimestamp is set once the task is being deleted: it is still
+	// being stopped, or its directory removed.
+	DeletionTimestamp *metav1.Time `json:"deletionTimestamp,omitempty"`
+	// Spec says what to run.
+	Spec sdk.TaskSpec `json:"spec"`
+	// Status is the task's state as the host last saw it.
+	Status TaskStatus `json:"status"`
+	// Process is the compatibility format's spec of a process task.
+	Process *sdk.ProcessSpec `json:"process,omitempty"`
+	// ProcessStatus is the compatibility format's state of a process task,
+	// the same as Status.State.
+	ProcessStatus *corev1.ContainerState `json:"processStatus,omitempty"`
+}
+
+// TaskStatus is a task's status.
+type TaskStatus struct {
+	// State is in the shape of Kubernetes' ContainerState: exactly one of
+	// Waiting, Running and Terminated is set.
+	State corev1.ContainerState `json:"state"`
+}
+
+// Terminated reports whether the task has terminated; a terminated task
+// never changes state again.
+func (t Task) Terminated() bool { return t.Status.State.Terminated != nil }
+
+// taskIn is a task as the client sends it: in one format only, as the host
+// refuses a task whose two formats disagree.
+type taskIn struct {
+	Name    string           `json:"name"`
+	Spec    *sdk.TaskSpec    `json:"spec,omitempty"`
+	Process *sdk.ProcessSpec `json:"process,omitempty"`
+}
+
+func toWire(t Task) taskIn {
+	if t.Process != nil && isZero(t.Spec) {
+		return taskIn{Name: t.Name, Process: t.Process}
+	}
+	spec := t.Spec
+	return taskIn{Name: t.Name, Spec: &spec}
+}
+
+func isZero(s sdk.TaskSpec) bool {
+	return s.Runtime == "" && s.Process == nil && s.Container == nil && len(s.Volumes) == 0 && s.TimeoutSeconds == nil
+}
+
+// LogOptions select what Logs serves. The zero value serves all of the
+// output there is now, stdout then stderr.
+type LogOptions struct {
+	// Stream is "stdout", "stderr" or "all"; empty means "all".
+	Stream string
+	// Follow keeps the answer open while the task runs; it ends once the
+	// task has terminated and its output is drained.
+	Follow bool
+	// TailLines, when set, serves only the last that many lines.
+	TailLines *int64
+	// LimitBytes, when set, caps the bytes served (possibly mid-line).
+	LimitBytes *int64
+}
+
+// apiErrorBody is the body of the host's error answers.
+type apiErrorBody struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
