@@ -134,6 +134,16 @@ func TestContainerMode(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(taskDir, "volumes", "scratch", "f")); err != nil || string(b) != "out\n" {
 		t.Errorf("emptyDir volume holds %q, %v", b, err)
 	}
+	// The logs endpoint turns the CRI log back into plain lines.
+	for query, want := range map[string]string{
+		"?stream=stdout":             "hello world\noperator-data\n",
+		"?stream=stderr":             "oops\n",
+		"?stream=stdout&tailLines=1": "operator-data\n",
+	} {
+		if code, _, body := h.getText("/tasks/reads-data/logs" + query); code != http.StatusOK || body != want {
+			t.Errorf("logs%s: %d %q, want %q", query, code, body, want)
+		}
+	}
 
 	h.mustDo(http.StatusCreated, "POST", "/tasks", containerTask(env, "long", "sleep 300"))
 	h.waitRunning("long", time.Minute)

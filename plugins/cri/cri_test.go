@@ -169,17 +169,24 @@ func checkNoLeftovers(t *testing.T, env *containerdtest.Env) {
 // launch starts the plugin with a fresh data directory and initialises it.
 func launch(t *testing.T, env *containerdtest.Env, settings map[string]string) sdk.Runtime {
 	t.Helper()
-	rt := runtimetest.LaunchPlugin(t, plugin, nil).Runtime()
+	return launchIn(t, env, t.TempDir(), settings).Runtime()
+}
+
+// launchIn starts the plugin on dataDir and initialises it.
+func launchIn(t *testing.T, env *containerdtest.Env, dataDir string, settings map[string]string) runtimetest.Instance {
+	t.Helper()
+	inst := runtimetest.LaunchPlugin(t, plugin, nil)
+	rt := inst.Runtime()
 	all := map[string]string{sdk.SettingGracePeriod: "2s", sdk.SettingCRISocket: env.Socket}
 	for k, v := range settings {
 		all[k] = v
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := rt.Init(ctx, sdk.Config{DataDir: t.TempDir(), Settings: all}); err != nil {
+	if _, err := rt.Init(ctx, sdk.Config{DataDir: dataDir, Settings: all}); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
-	return rt
+	return inst
 }
 
 // newTask makes a task directory and a task for spec.
@@ -479,4 +486,59 @@ func TestLogCap(t *testing.T) {
 	if out := (criHarness{env}).Output(t, task); !strings.HasSuffix(out, "done\n") {
 		t.Errorf("container.log does not end with the last line: ...%q", out[max(0, len(out)-50):])
 	}
+}
+
+// TestJanitor: a task deleted while the plugin was down (its directory is
+// gone) leaves a sandbox behind; the next plugin process on the same data
+// directory finds it by its labels and removes it, and leaves alone the
+// sandbox of a task that still exists.
+func TestJanitor(t *testing.T) {
+	env := containerdtest.Require(t)
+	dataDir := t.TempDir()
+	a := launchIn(t, env, dataDir, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var tasks []sdk.Task
+	for _, name := range []string{"janitor-gone", "janitor-kept"} {
+		task := sdk.Task{Name: name, Spec: sdk.TaskSpec{Container: busybox(env, "sleep", "300")}, Dir: filepath.Join(dataDir, name)}
+		if err := os.Mkdir(task.Dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := a.Runtime().Start(ctx, task); err != nil || st.State.Running == nil {
+			t.Fatalf("Start(%s): %+v, %v", name, st.State, err)
+		}
+		tasks = append(tasks, task)
+	}
+	a.Kill()
+	if err := os.RemoveAll(tasks[0].Dir); err != nil {
+		t.Fatal(err)
+	}
+
+	b := launchIn(t, env, dataDir, nil).Runtime()
+	rt := criClient(t, env)
+	sandboxesOf := func(task string) int {
+		resp, err := rt.ListPodSandbox(ctx, &cri.ListPodSandboxRequest{Filter: &cri.PodSandboxFilter{
+			LabelSelector: map[string]string{"task-executor.opensandbox.io/task": task},
+		}})
+		if err != nil {
+			t.Fatalf("ListPodSandbox: %v", err)
+		}
+		return len(resp.Items)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for sandboxesOf("janitor-gone") > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the sandbox of the task deleted while the plugin was down is still there")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := sandboxesOf("janitor-kept"); n != 1 {
+		t.Fatalf("the sandbox of a task that still exists: %d sandboxes, want 1", n)
+	}
+	sts, err := b.Recover(ctx, tasks[1:])
+	if err != nil || len(sts) != 1 || sts[0].State.Running == nil {
+		t.Fatalf("Recover of the kept task: %+v, %v; want it running", sts, err)
+	}
+	remove(t, b, "janitor-kept")
+	checkNoLeftovers(t, env)
 }
