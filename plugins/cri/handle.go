@@ -27,6 +27,9 @@ const (
 const (
 	backoffInitial = 5 * time.Second
 	backoffMax     = 5 * time.Minute
+	// backoffShowError is how long a failed pull shows as ErrImagePull
+	// before ImagePullBackOff.
+	backoffShowError = time.Second
 )
 
 // handle is one task. Its run goroutine creates the task's sandbox and
@@ -169,19 +172,36 @@ func (h *handle) run(ctx context.Context) {
 			wait = &waitError{reason: reasonCreating, msg: err.Error()}
 		}
 		h.set(sdk.TaskStatus{Name: h.task.Name, State: sdk.Waiting(wait.reason, wait.msg)})
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
+		pause := backoff
 		if wait.reason == reasonErrImagePull {
+			// As the kubelet shows it: the failure first, then the back-off
+			// until the next attempt.
+			if !sleep(ctx, backoffShowError) {
+				return
+			}
+			pause -= backoffShowError
 			h.set(sdk.TaskStatus{Name: h.task.Name, State: sdk.Waiting(reasonImagePullBackOff,
-				fmt.Sprintf("Back-off pulling image %q", h.task.Spec.Container.Image))})
+				fmt.Sprintf("Back-off pulling image %q: %s", h.task.Spec.Container.Image, wait.msg))})
+		}
+		if !sleep(ctx, pause) {
+			return
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
 	if ctx.Err() == nil {
 		h.watch(ctx)
+	}
+}
+
+// sleep waits for d, or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
