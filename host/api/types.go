@@ -5,32 +5,23 @@ import (
 	"fmt"
 	"reflect"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/opensandbox/task-executor/host/reconcile"
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/client"
 )
 
-// Task is the task object of the HTTP API.
-type Task struct {
-	Name              string       `json:"name"`
-	DeletionTimestamp *metav1.Time `json:"deletionTimestamp,omitempty"`
-	Spec              sdk.TaskSpec `json:"spec"`
-	Status            TaskStatus   `json:"status"`
-	// Process and ProcessStatus repeat a process task's spec.process and
-	// status.state in the compatibility format, which the OpenSandbox
-	// controller's client reads; every answer carries both forms so either
-	// kind of client reads it unchanged.
-	Process       *sdk.ProcessSpec       `json:"process,omitempty"`
-	ProcessStatus *corev1.ContainerState `json:"processStatus,omitempty"`
-}
+// Task is the task object of the HTTP API. It is the Go client's type, so
+// that what the host writes is what the client reads: every answer carries
+// both formats (spec+status and, for a process task, the compatibility
+// format's process+processStatus, which the OpenSandbox controller's client
+// reads).
+type Task = client.Task
 
 // TaskStatus is a task's status: its state in the shape of Kubernetes'
 // ContainerState.
-type TaskStatus struct {
-	State corev1.ContainerState `json:"state"`
-}
+type TaskStatus = client.TaskStatus
 
 // taskIn is a task as a client sends it: nested ({"name", "spec"}) or in
 // the compatibility format ({"name", "process"}). Clients may send back a
