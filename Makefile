@@ -29,6 +29,13 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# Each fuzz target briefly, beyond its seeds (which ran above); go test
+	# takes one -fuzz target at a time. A failure leaves its input in the
+	# package's testdata/fuzz, where it then runs as a seed.
+	$(GO) test -run '^$$' -fuzz '^FuzzCreateBody$$' -fuzztime 8s ./host/api
+	$(GO) test -run '^$$' -fuzz '^FuzzSetTasksBody$$' -fuzztime 8s ./host/api
+	$(GO) test -run '^$$' -fuzz '^FuzzTaskName$$' -fuzztime 8s ./host/api
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 8s ./host/store
 	# The benchmarks once, tiny, so they never rot (no timing is checked).
 	$(GO) run ./cmd/task-executor-bench -quick
 

@@ -113,6 +113,9 @@ type entry struct {
 	// startCounted is set once the task's start is in the metrics, or
 	// will never be (see observeLocked).
 	startCounted bool
+	// committed, for a task created by Create, is closed once its record
+	// is durable or its creation was taken back.
+	committed chan struct{}
 }
 
 // end closes e.ended, once.
@@ -378,13 +381,19 @@ func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
 	}
 	// The task starts while its record is made durable: the start does not
 	// wait for the disk, the answer to the client does.
+	committed := make(chan struct{})
 	c.mu.Lock()
 	e := c.insertLocked(rec)
+	e.committed = committed
 	v := e.view()
 	c.pumpLocked()
 	c.mu.Unlock()
-	if err := commit(); err != nil {
+	err = commit()
+	if err != nil {
 		c.abandon(e)
+	}
+	close(committed)
+	if err != nil {
 		return Task{}, err
 	}
 	return v, nil
@@ -420,6 +429,23 @@ func (c *Controller) Delete(ctx context.Context, name string, grace *time.Durati
 	if !ok {
 		c.mu.Unlock()
 		return fmt.Errorf("task %q: %w", name, ErrNotFound)
+	}
+	// The table shows a new task before its record is durable. Its
+	// deletion waits for that: removing the directory under the commit
+	// failed a creation that had taken place (a 500 to its client, found
+	// by the chaos test in host/e2e).
+	if ch := e.committed; ch != nil {
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("while waiting for the creation of task %q: %w", name, ctx.Err())
+		}
+		c.mu.Lock()
+		if c.tasks[name] != e {
+			c.mu.Unlock()
+			return fmt.Errorf("task %q: %w", name, ErrNotFound)
+		}
 	}
 	if e.rec.DeletionTimestamp != nil || e.marking {
 		c.mu.Unlock()
@@ -705,6 +731,14 @@ func (c *Controller) Observe(runtime string, st sdk.TaskStatus) {
 	if !ok || e.rec.Runtime != runtime {
 		return
 	}
+	// An event of an earlier task of the same name (deleted, then created
+	// anew) can arrive once the new task is in the table. Until the new
+	// task's own start has answered, a state from before its creation is
+	// not its own: applied, it ended the new task with its predecessor's
+	// "stopped on request" (found by TestConcurrentClients in host/e2e).
+	if (e.phase == phasePending || e.phase == phaseStarting) && predates(st.State, e.rec.CreatedAt) {
+		return
+	}
 	if e.phase == phaseUnknown {
 		// The runtime knows the task, so it was started; Recover will say
 		// the same.
@@ -712,6 +746,18 @@ func (c *Controller) Observe(runtime string, st sdk.TaskStatus) {
 		c.active++
 	}
 	c.applyLocked(e, st.State)
+}
+
+// predates reports whether a runtime's state began (running) or ended
+// (terminated) before t.
+func predates(s corev1.ContainerState, t time.Time) bool {
+	switch {
+	case s.Running != nil:
+		return !s.Running.StartedAt.IsZero() && s.Running.StartedAt.Time.Before(t)
+	case s.Terminated != nil:
+		return !s.Terminated.FinishedAt.IsZero() && s.Terminated.FinishedAt.Time.Before(t)
+	}
+	return false
 }
 
 // RuntimeUp is called when a runtime's plugin has (re)started: the
@@ -1007,6 +1053,7 @@ func (c *Controller) reconcile() {
 		c.recover(name)
 	}
 	for _, tg := range up {
+		asked := time.Now()
 		ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 		sts, err := tg.rt.List(ctx)
 		cancel()
@@ -1016,7 +1063,9 @@ func (c *Controller) reconcile() {
 		c.mu.Lock()
 		if rs := c.rts[tg.name]; rs != nil && rs.epoch == tg.epoch {
 			for _, s := range sts {
-				if e, ok := c.tasks[s.Name]; ok && e.rec.Runtime == tg.name && e.phase == phaseStarted {
+				// A task created since the runtime was asked is not in
+				// its answer; an earlier task of the same name may be.
+				if e, ok := c.tasks[s.Name]; ok && e.rec.Runtime == tg.name && e.phase == phaseStarted && !e.rec.CreatedAt.After(asked) {
 					c.applyLocked(e, s.State)
 				}
 			}

@@ -1,0 +1,74 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/opensandbox/task-executor/sdk"
+)
+
+// TestDeleteDuringCreate: a deletion that arrives while a creation is being
+// made durable (the task is in the table already) must not fail that
+// creation: the creation took place, the deletion follows it. With the
+// task queued a deletion needs nothing but the disk, which makes the window
+// widest.
+func TestDeleteDuringCreate(t *testing.T) {
+	e := newEnv(t, t.TempDir(), newFake(), Config{MaxConcurrent: 1})
+	e.create("holds-the-slot")
+	ctx := context.Background()
+	for i := 0; i < 200; i++ {
+		name := fmt.Sprintf("task-%d", i)
+		created := make(chan error, 1)
+		go func() {
+			_, err := e.c.Create(ctx, NewTask{Name: name, Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"true"}}}})
+			created <- err
+		}()
+		// Delete as soon as the table shows the task.
+		var err error
+		for {
+			if err = e.c.Delete(ctx, name, nil); !errors.Is(err, ErrNotFound) {
+				break
+			}
+			select {
+			case cerr := <-created:
+				created <- cerr
+			default:
+				continue
+			}
+			if err = e.c.Delete(ctx, name, nil); errors.Is(err, ErrNotFound) {
+				err = nil // the task was created and deleted before the loop saw it
+			}
+			break
+		}
+		if err != nil {
+			t.Fatalf("delete %s: %v", name, err)
+		}
+		if err := <-created; err != nil {
+			t.Fatalf("create %s, deleted meanwhile: %v", name, err)
+		}
+	}
+}
+
+// TestStaleEventOfSameName: a task deleted and created anew under the same
+// name must not take the state its predecessor's runtime reported late,
+// while the new task's start is under way; its own states still count.
+func TestStaleEventOfSameName(t *testing.T) {
+	rt := newFake()
+	block := make(chan struct{})
+	rt.block = block
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	before := time.Now()
+	e.create("again")
+	e.c.Observe("process", sdk.TaskStatus{Name: "again", State: sdk.Terminated(143, 15, "Failed", "stopped on request", before.Add(-time.Second), before)})
+	if got := e.state("again"); got != "waiting:Initialized" {
+		t.Fatalf("after its predecessor's late exit, the new task is %s", got)
+	}
+	e.c.Observe("process", sdk.TaskStatus{Name: "again", State: sdk.Terminated(3, 0, "Failed", "", time.Now(), time.Now())})
+	if got := e.state("again"); got != "terminated:3" {
+		t.Fatalf("after its own exit, the new task is %s", got)
+	}
+	close(block)
+}
