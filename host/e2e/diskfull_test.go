@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -97,9 +98,17 @@ func TestDiskFullAndReadOnly(t *testing.T) {
 	}, func() string { return "creates did not work again once space came back" })
 	h.waitTerminated("after-space", 10*time.Second)
 
-	if out, err := exec.Command("mount", "-o", "remount,ro", mnt).CombinedOutput(); err != nil {
-		t.Fatalf("remount ro: %v: %s", err, out)
-	}
+	// A task's shim may still be writing its last record after the exit is
+	// visible, and the kernel refuses the remount while a file is open for
+	// writing.
+	var (
+		out []byte
+		err error
+	)
+	eventually(t, 10*time.Second, func() bool {
+		out, err = exec.Command("mount", "-o", "remount,ro", mnt).CombinedOutput()
+		return err == nil
+	}, func() string { return fmt.Sprintf("remount ro: %v: %s", err, out) })
 	code, body = h.do("POST", "/tasks", shTask("while-ro", "echo hi"))
 	if out, err := exec.Command("mount", "-o", "remount,rw", mnt).CombinedOutput(); err != nil {
 		t.Fatalf("remount rw: %v: %s", err, out)
