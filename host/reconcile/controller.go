@@ -98,8 +98,9 @@ type entry struct {
 	maybeStarted bool
 	// deleteActive is set while a goroutine carries out the deletion.
 	deleteActive bool
-	// marking is set while a deletion is being recorded on disk.
-	marking bool
+	// marking is set while a deletion is being recorded on disk, and
+	// closed once that is over, whether it succeeded or not.
+	marking chan struct{}
 	// dirty is set while a write of the record is queued.
 	dirty bool
 	// ioMu orders the write of the final state against the removal of the
@@ -447,18 +448,37 @@ func (c *Controller) Delete(ctx context.Context, name string, grace *time.Durati
 			return fmt.Errorf("task %q: %w", name, ErrNotFound)
 		}
 	}
-	if e.rec.DeletionTimestamp != nil || e.marking {
+	// A deletion being recorded by another request is waited for: it may
+	// yet fail, and this request must not be acknowledged before the
+	// deletion is durable.
+	for e.marking != nil {
+		ch := e.marking
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("while waiting for the deletion of task %q: %w", name, ctx.Err())
+		}
+		c.mu.Lock()
+		if c.tasks[name] != e {
+			c.mu.Unlock()
+			return nil
+		}
+	}
+	if e.rec.DeletionTimestamp != nil {
 		c.mu.Unlock()
 		return nil
 	}
-	e.marking = true
+	marking := make(chan struct{})
+	e.marking = marking
 	c.mu.Unlock()
 
 	d := c.deletion(name, grace, time.Now())
 	err := c.store.MarkDeleted(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e.marking = false
+	e.marking = nil
+	close(marking)
 	if err != nil {
 		return fmt.Errorf("while recording the deletion of task %q: %w", name, err)
 	}
@@ -516,7 +536,9 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 	}
 	var deletes []*entry
 	for name, e := range c.tasks {
-		if !want[name] && e.rec.DeletionTimestamp == nil && !e.marking {
+		// No single deletion is being recorded now: setTasks excludes
+		// them (opMu).
+		if !want[name] && e.rec.DeletionTimestamp == nil {
 			deletes = append(deletes, e)
 		}
 	}
@@ -547,7 +569,7 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 	marks := make([]store.Deletion, len(deletes))
 	names := make([]string, len(deletes))
 	for i, e := range deletes {
-		e.marking = true
+		e.marking = make(chan struct{})
 		marks[i] = c.deletion(e.rec.Name, nil, now)
 		names[i] = e.rec.Name
 	}
@@ -563,7 +585,8 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 		}
 		c.mu.Lock()
 		for _, e := range deletes {
-			e.marking = false
+			close(e.marking)
+			e.marking = nil
 		}
 		c.mu.Unlock()
 		return nil, fmt.Errorf("while recording deletions: %w", err)
@@ -571,7 +594,8 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 
 	c.mu.Lock()
 	for i, e := range deletes {
-		e.marking = false
+		close(e.marking)
+		e.marking = nil
 		c.applyMarkLocked(e, marks[i])
 	}
 	for _, r := range recs {
