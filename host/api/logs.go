@@ -45,6 +45,9 @@ const (
 	stdoutFile    = "stdout.log"
 	stderrFile    = "stderr.log"
 	containerFile = "container.log"
+	// rotatedSuffix names a file's older output, renamed aside under the
+	// output cap (--max-task-log-bytes).
+	rotatedSuffix = ".1"
 )
 
 // maxLineBytes bounds the part of a line held in memory per stream.
@@ -233,7 +236,17 @@ func openLogs(dir string, q logQuery, snapshot bool) (logSource, error) {
 	}
 	f, err := os.Open(filepath.Join(dir, containerFile))
 	if err == nil {
-		return newCRISource(f, q, snapshot), nil
+		c := newCRISource(f, q, snapshot)
+		// Older records, rotated aside under the output cap, come first.
+		if prev, err := os.Open(filepath.Join(dir, containerFile+rotatedSuffix)); err == nil {
+			if fi, err := prev.Stat(); err == nil {
+				c.next, c.nextEnd = c.f, c.end
+				c.f, c.end = prev, fi.Size()
+			} else {
+				prev.Close()
+			}
+		}
+		return c, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("while opening the container log: %w", err)
@@ -319,6 +332,17 @@ func openPlain(dir string, q logQuery, snapshot bool) (*plainSource, error) {
 	if q.stderr {
 		names = append(names, stderrFile)
 	}
+	// Each stream's older output, rotated aside under the output cap, comes
+	// first; it no longer grows.
+	var files []string
+	var fixed []bool
+	for _, n := range names {
+		if _, err := os.Stat(filepath.Join(dir, n+rotatedSuffix)); err == nil {
+			files, fixed = append(files, n+rotatedSuffix), append(fixed, true)
+		}
+		files, fixed = append(files, n), append(fixed, snapshot)
+	}
+	names = files
 	sizes := make([]int64, len(names))
 	for i, n := range names {
 		pf := &plainFile{end: -1}
@@ -332,9 +356,12 @@ func openPlain(dir string, q logQuery, snapshot bool) (*plainSource, error) {
 				return nil, fmt.Errorf("while looking at %s: %w", n, err)
 			}
 			sizes[i] = fi.Size()
-			if snapshot {
+			if fixed[i] {
 				pf.end = sizes[i]
 			}
+		case errors.Is(err, fs.ErrNotExist) && fixed[i] && !snapshot:
+			// A rotated file replaced since: its output is in the next.
+			pf.end = 0
 		case !errors.Is(err, fs.ErrNotExist):
 			p.close()
 			return nil, fmt.Errorf("while opening %s: %w", n, err)
@@ -506,6 +533,10 @@ type criSource struct {
 	f   *os.File
 	off int64
 	end int64 // -1: read to the end, whatever it is by then
+	// next, while f is the rotated older log, is the current one, to be
+	// read to nextEnd.
+	next    *os.File
+	nextEnd int64
 	// carry is the start of a record whose newline has not come yet;
 	// skip is set while the rest of an overlong record is discarded.
 	carry []byte
@@ -540,7 +571,16 @@ func (c *criSource) pump(out *lineWriter, final bool) error {
 		if err := c.readFile(out, emit); err != nil {
 			return err
 		}
-		if c.end >= 0 || out.done() {
+		if out.done() {
+			break
+		}
+		if c.next != nil {
+			// The rotated file is read: on to the current one.
+			c.f.Close()
+			c.f, c.off, c.end, c.next = c.next, 0, c.nextEnd, nil
+			continue
+		}
+		if c.end >= 0 {
 			break
 		}
 		next := rotated(c.f)
@@ -625,6 +665,10 @@ func (c *criSource) close() {
 	if c.f != nil {
 		c.f.Close()
 		c.f = nil
+	}
+	if c.next != nil {
+		c.next.Close()
+		c.next = nil
 	}
 }
 

@@ -376,3 +376,31 @@ func TestLogsFollowReleases(t *testing.T) {
 		})
 	}
 }
+
+// TestLogsRotated: output rotated aside under the output cap (<file>.1) is
+// served before the current file, for plain and CRI logs alike.
+func TestLogsRotated(t *testing.T) {
+	o := newOutputTasks(t, false, "p", "c")
+	o.write(t, "p", stdoutFile+rotatedSuffix, "a\nb\n")
+	o.write(t, "p", stdoutFile, "c\n")
+	o.write(t, "p", stderrFile+rotatedSuffix, "x\n")
+	o.write(t, "p", stderrFile, "y\n")
+	o.write(t, "c", containerFile+rotatedSuffix, crilog("stdout F one", "stdout P tw"))
+	o.write(t, "c", containerFile, crilog("stdout F o", "stderr F err"))
+	h := logsHandler(o, nil)
+	for _, tc := range []struct{ path, want string }{
+		{"/tasks/p/logs", "a\nb\nc\nx\ny\n"},
+		{"/tasks/p/logs?stream=stdout&tailLines=2", "b\nc\n"},
+		{"/tasks/p/logs?tailLines=3", "c\nx\ny\n"},
+		{"/tasks/p/logs?follow=true", "a\nb\nc\nx\ny\n"},
+		// A partial record at the end of the rotated file goes on in the
+		// current one.
+		{"/tasks/c/logs", "one\ntwo\nerr\n"},
+		{"/tasks/c/logs?stream=stdout&tailLines=1", "two\n"},
+		{"/tasks/c/logs?follow=true", "one\ntwo\nerr\n"},
+	} {
+		if code, _, body := getLogs(t, h, tc.path); code != http.StatusOK || body != tc.want {
+			t.Errorf("%s: %d %q, want %q", tc.path, code, body, tc.want)
+		}
+	}
+}
