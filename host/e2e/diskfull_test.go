@@ -25,8 +25,21 @@ func smallDisk(t *testing.T, size string) string {
 		t.Fatalf("mount tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		// A task's shim may still hold a file there for a moment after the
+		// host has gone; a lazy unmount is the last resort, so that no
+		// mount outlives the test.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, err := exec.Command("umount", mnt).CombinedOutput()
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("umount %s: %v: %s", mnt, err, out)
+				_ = exec.Command("umount", "-l", mnt).Run()
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 	return mnt
