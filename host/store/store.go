@@ -307,11 +307,25 @@ func (s *Store) Remove(name string) error {
 	if err := syncDir(s.dir); err != nil {
 		return fmt.Errorf("while removing task %q: %w", name, classify(err))
 	}
-	if err := os.RemoveAll(trash); err != nil {
-		s.log.Warn("cannot remove a deleted task's files; will retry at the next start", "path", trash, "error", err)
+	// A task's shim may still be writing its last record in there for a
+	// moment after the exit was reported ("directory not empty"): try
+	// again a few times before leaving it to the next start.
+	var err error
+	for attempt := 0; attempt < removeAttempts; attempt++ {
+		if err = os.RemoveAll(trash); err == nil {
+			return nil
+		}
+		time.Sleep(removeRetryDelay)
 	}
+	s.log.Warn("cannot remove a deleted task's files; will retry at the next start", "path", trash, "error", err)
 	return nil
 }
+
+// How often and how far apart Remove tries to remove a task's files.
+const (
+	removeAttempts   = 20
+	removeRetryDelay = 50 * time.Millisecond
+)
 
 // Load reads every record, in parallel. A directory without a record (a
 // create that crashed before it was acknowledged) is removed; one whose
