@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// FlushInterval bounds how long a record written with PutSoon may stay
-// only in the page cache. Such a record already survives the death of any
+// FlushInterval bounds how long a final state written with SetFinal may
+// stay only in the page cache. Such a record already survives the death of any
 // process; the flush is for a power loss.
 const FlushInterval = 50 * time.Millisecond
 
@@ -36,7 +36,7 @@ func (f *flusher) add(name string) {
 	}
 }
 
-// flush syncs every pending record and its directory.
+// flush syncs every pending final state and its directory.
 func (f *flusher) flush() {
 	f.mu.Lock()
 	names := f.pending
@@ -45,9 +45,9 @@ func (f *flusher) flush() {
 	f.mu.Unlock()
 	for name := range names {
 		dir := f.store.Dir(name)
-		if err := syncPath(filepath.Join(dir, RecordFile), dir); err != nil {
+		if err := syncPath(filepath.Join(dir, finalFile), dir); err != nil {
 			// A task removed meanwhile has nothing left to sync.
-			f.store.log.Debug("cannot sync a task's record", "task", name, "error", err)
+			f.store.log.Debug("cannot sync a task's final state", "task", name, "error", err)
 		}
 	}
 }

@@ -187,13 +187,16 @@ func (s *Store) createOne(rec Record) error {
 	}
 }
 
+// syncFile is f.Sync; tests replace it to see what gets synced.
+var syncFile = (*os.File).Sync
+
 // syncPath fsyncs a file and then its directory.
 func syncPath(file, dir string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	err = syncFile(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

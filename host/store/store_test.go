@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -254,5 +255,42 @@ func TestPrivateModes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFlushSyncsTheFinalState: the batch flush makes the final state
+// itself durable, not some other file of the task.
+func TestFlushSyncsTheFinalState(t *testing.T) {
+	var mu sync.Mutex
+	var synced []string
+	syncFile = func(f *os.File) error {
+		mu.Lock()
+		synced = append(synced, f.Name())
+		mu.Unlock()
+		return f.Sync()
+	}
+	t.Cleanup(func() { syncFile = (*os.File).Sync })
+	dir := t.TempDir()
+	s := open(t, dir)
+	create(t, s, record("a"))
+	mu.Lock()
+	synced = nil
+	mu.Unlock()
+	if err := s.SetFinal("a", sdk.Terminated(0, 0, "", "", time.Now(), time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	want := filepath.Join(dir, "a", finalFile)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		got := strings.Join(synced, ",")
+		mu.Unlock()
+		if strings.Contains(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("within 5s of SetFinal the store synced %q, not %s", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
