@@ -101,7 +101,15 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"unknown route", "GET", "/nope", ``, 404, "no such endpoint"},
 		{"wrong method", "PUT", "/tasks/existing", ``, 405, "not allowed"},
 	}
-	before := snapshot(t, h.dataDir)
+	// The store tops up its prepared directories in the background after
+	// the good request took one: wait until nothing moves.
+	var before map[string]string
+	eventually(t, 10*time.Second, func() bool {
+		a := snapshot(t, h.dataDir)
+		time.Sleep(100 * time.Millisecond)
+		before = snapshot(t, h.dataDir)
+		return fmt.Sprint(a) == fmt.Sprint(before)
+	}, func() string { return "the data directory never settled" })
 	listBefore := h.mustDo(200, "GET", "/getTasks", nil)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -95,6 +95,7 @@ func benchTrueTask(b *testing.B, longPoll bool) {
 	h := startHost(b, "--log-level", "info")
 	floor := make([]time.Duration, 0, b.N)
 	lat := make([]time.Duration, 0, b.N)
+	waited := 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		began := time.Now()
@@ -105,8 +106,13 @@ func benchTrueTask(b *testing.B, longPoll bool) {
 
 		name := fmt.Sprintf("true-%d", i)
 		began = time.Now()
-		h.mustDo(201, "POST", "/tasks", processTask(name, "/bin/true"))
-		h.awaitTerminated(name, longPoll)
+		// The answer to the create is the task once its record is
+		// durable: often already terminated, and then there is nothing
+		// to wait for.
+		if created := h.mustDo(201, "POST", "/tasks", processTask(name, "/bin/true")); !bytes.Contains(created, []byte(`"terminated":`)) {
+			h.awaitTerminated(name, longPoll)
+			waited++
+		}
 		lat = append(lat, time.Since(began))
 		if t, _ := h.get(name); t.Status.State.Terminated.ExitCode != 0 {
 			b.Fatalf("task %s: %+v", name, t.Status.State.Terminated)
@@ -115,6 +121,7 @@ func benchTrueTask(b *testing.B, longPoll bool) {
 	b.StopTimer()
 	v := reportPercentiles(b, "visible", lat)
 	f := reportPercentiles(b, "floor", floor)
+	b.ReportMetric(100*float64(waited)/float64(b.N), "%-asked-again")
 	b.ReportMetric(float64(v)/float64(f), "x-floor")
 }
 

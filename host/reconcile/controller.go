@@ -347,7 +347,8 @@ func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store
 	}, nil
 }
 
-// Create creates one task.
+// Create creates one task and returns it as it is once its creation is
+// durable (running, or even terminated, if its runtime was quick).
 func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
 	c.opMu.RLock()
 	defer c.opMu.RUnlock()
@@ -386,7 +387,6 @@ func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
 	c.mu.Lock()
 	e := c.insertLocked(rec)
 	e.committed = committed
-	v := e.view()
 	c.pumpLocked()
 	c.mu.Unlock()
 	err = commit()
@@ -397,8 +397,19 @@ func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
 	if err != nil {
 		return Task{}, err
 	}
+	testHookCommitted(t.Name)
+	// The task as it is now, as setTasks answers: a short task has often
+	// run to its end while its record was made durable, and its creator
+	// learns so without asking again.
+	c.mu.Lock()
+	v := e.view()
+	c.mu.Unlock()
 	return v, nil
 }
+
+// testHookCommitted lets tests act between a create's commit and its
+// answer.
+var testHookCommitted = func(string) {}
 
 // abandon takes back a task whose creation could not be made durable: it is
 // deleted at once, with no grace period.

@@ -72,3 +72,24 @@ func TestStaleEventOfSameName(t *testing.T) {
 	}
 	close(block)
 }
+
+// TestCreateAnswersTheStateAfterCommit: what a create answers is the task
+// as it is once its record is durable, so a task that ended meanwhile is
+// answered as terminated, as setTasks does.
+func TestCreateAnswersTheStateAfterCommit(t *testing.T) {
+	rt := newFake()
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	testHookCommitted = func(name string) {
+		e.waitFor("the task to start", func() bool { return e.state(name) == "running" })
+		rt.exit(name, 3)
+		e.waitFor("the task to end", func() bool { return e.state(name) == "terminated:3" })
+	}
+	t.Cleanup(func() { testHookCommitted = func(string) {} })
+	got, err := e.c.Create(context.Background(), NewTask{Name: "quick", Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"true"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State.Terminated == nil || got.State.Terminated.ExitCode != 3 {
+		t.Fatalf("create answered %+v, want the task terminated with 3", got.State)
+	}
+}
