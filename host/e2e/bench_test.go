@@ -107,7 +107,7 @@ func benchTrueTask(b *testing.B, longPoll bool) {
 		name := fmt.Sprintf("true-%d", i)
 		began = time.Now()
 		// The answer to the create is the task once its record is
-		// durable: often already terminated, and then there is nothing
+		// durable: when already terminated, there is nothing more
 		// to wait for.
 		if created := h.mustDo(201, "POST", "/tasks", processTask(name, "/bin/true")); !bytes.Contains(created, []byte(`"terminated":`)) {
 			h.awaitTerminated(name, longPoll)

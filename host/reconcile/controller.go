@@ -398,7 +398,7 @@ func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
 		return Task{}, err
 	}
 	testHookCommitted(t.Name)
-	// The task as it is now, as setTasks answers: a short task has often
+	// The task as it is now, as setTasks answers: a short task may have
 	// run to its end while its record was made durable, and its creator
 	// learns so without asking again.
 	c.mu.Lock()
