@@ -14,8 +14,8 @@
 //
 //   - The host owns the task's directory (Task.Dir) and the file task.json in
 //     it; a runtime may create anything else there. stdout.log and stderr.log
-//     in that directory (created empty by the host) are where a task's
-//     output is expected.
+//     in that directory are where a task's output is expected; the runtime
+//     creates them, at the latest at a stream's first output.
 //   - A plugin process may be killed at any moment (kill -9) and is restarted
 //     by the host, which then calls Recover. Whatever a runtime needs to find
 //     its tasks again must therefore live outside the plugin process: on disk,

@@ -101,9 +101,10 @@ type Task struct {
 	// Spec is what to run.
 	Spec TaskSpec
 	// Dir is the task's directory. The host creates it with task.json (the
-	// host's own, not to be touched) and an empty stdout.log and
-	// stderr.log, where the task's output belongs. The runtime may keep
-	// its own files here too.
+	// host's own, not to be touched). The task's output belongs in
+	// stdout.log and stderr.log here, which the runtime creates (O_CREAT,
+	// mode 0600) when it first writes to them: a stream with no output may
+	// have no file. The runtime may keep its own files here too.
 	Dir string
 }
 

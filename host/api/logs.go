@@ -309,9 +309,10 @@ func (o *lineWriter) flush() {
 
 // plainFile is one plain output file being read.
 type plainFile struct {
-	f   *os.File // nil: the file does not exist
-	off int64
-	end int64 // -1: read to the end, whatever it is by then
+	path string
+	f    *os.File // nil: the file does not exist (yet)
+	off  int64
+	end  int64 // -1: read to the end, whatever it is by then
 	// carry is the start of a line whose newline has not come yet.
 	carry []byte
 }
@@ -345,8 +346,8 @@ func openPlain(dir string, q logQuery, snapshot bool) (*plainSource, error) {
 	names = files
 	sizes := make([]int64, len(names))
 	for i, n := range names {
-		pf := &plainFile{end: -1}
-		f, err := os.Open(filepath.Join(dir, n))
+		pf := &plainFile{path: filepath.Join(dir, n), end: -1}
+		f, err := os.Open(pf.path)
 		switch {
 		case err == nil:
 			pf.f = f
@@ -359,8 +360,9 @@ func openPlain(dir string, q logQuery, snapshot bool) (*plainSource, error) {
 			if fixed[i] {
 				pf.end = sizes[i]
 			}
-		case errors.Is(err, fs.ErrNotExist) && fixed[i] && !snapshot:
-			// A rotated file replaced since: its output is in the next.
+		case errors.Is(err, fs.ErrNotExist) && fixed[i]:
+			// A rotated file replaced since (its output is in the next),
+			// or, in a snapshot, a stream with no output yet.
 			pf.end = 0
 		case !errors.Is(err, fs.ErrNotExist):
 			p.close()
@@ -391,6 +393,13 @@ func openPlain(dir string, q logQuery, snapshot bool) (*plainSource, error) {
 
 func (p *plainSource) pump(out *lineWriter, final bool) error {
 	for _, pf := range p.files {
+		if pf.f == nil && pf.end < 0 {
+			// A runtime creates an output file at the stream's first
+			// output.
+			if f, err := os.Open(pf.path); err == nil {
+				pf.f = f
+			}
+		}
 		for {
 			if err := p.readFile(pf, out); err != nil {
 				return err

@@ -404,3 +404,30 @@ func TestLogsRotated(t *testing.T) {
 		}
 	}
 }
+
+// TestLogsOutputFilesNotYetThere: a task that has written nothing has no
+// output files yet (runtimes create them at the first output): a snapshot
+// is empty, and a follower picks the files up once they appear.
+func TestLogsOutputFilesNotYetThere(t *testing.T) {
+	o := newOutputTasks(t, true, "quiet")
+	h := logsHandler(o, nil)
+	if code, _, body := getLogs(t, h, "/tasks/quiet/logs"); code != http.StatusOK || body != "" {
+		t.Fatalf("got %d %q, want 200 and nothing", code, body)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	lines, cancel := followLines(t, srv.URL+"/tasks/quiet/logs?follow=true")
+	defer cancel()
+	o.appendTo(t, "quiet", stderrFile, "err 1\n")
+	if l, _ := nextLine(t, lines); l != "err 1" {
+		t.Fatalf("got %q", l)
+	}
+	o.appendTo(t, "quiet", stdoutFile, "out 1\n")
+	if l, _ := nextLine(t, lines); l != "out 1" {
+		t.Fatalf("got %q", l)
+	}
+	close(o.ended["quiet"])
+	if l, ok := nextLine(t, lines); ok {
+		t.Fatalf("the stream goes on after the task ended: %q", l)
+	}
+}

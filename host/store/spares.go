@@ -25,11 +25,13 @@ const (
 	spareRefillDelay = 20 * time.Millisecond
 )
 
-// The files every task directory starts with.
+// The files every task directory starts with. Not the output files: a
+// runtime creates those at a stream's first output, and most tasks leave
+// at least one stream empty.
 var spareFiles = []struct {
 	name string
 	mode os.FileMode
-}{{RecordFile, 0o600}, {"stdout.log", 0o600}, {"stderr.log", 0o600}}
+}{{RecordFile, 0o600}}
 
 type spares struct {
 	dir string

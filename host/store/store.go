@@ -1,8 +1,7 @@
 // Package store keeps the host's durable record of every task: one
 // directory per task under the data directory, holding task.json (the
-// host's record) and stdout.log and stderr.log (created empty, for the
-// task's runtime to append to), beside whatever else the runtime keeps
-// there (shim state).
+// host's record) beside whatever the runtime keeps there (the task's output
+// files, shim state).
 //
 // Every write of task.json is atomic (temporary file, rename); the writes
 // that acknowledge something to a client (a task created, a deletion

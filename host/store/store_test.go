@@ -57,7 +57,7 @@ func TestCreatePutRemoveLoad(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
 	create(t, s, record("b"), record("a"))
-	for _, f := range []string{RecordFile, "stdout.log", "stderr.log"} {
+	for _, f := range []string{RecordFile} {
 		if _, err := os.Stat(filepath.Join(dir, "a", f)); err != nil {
 			t.Fatalf("a new task directory lacks %s: %v", f, err)
 		}
@@ -242,8 +242,6 @@ func TestPrivateModes(t *testing.T) {
 				filepath.Join(dir, "a", RecordFile):   0o600,
 				filepath.Join(dir, "a", finalFile):    0o600,
 				filepath.Join(dir, "a", deletionFile): 0o600,
-				filepath.Join(dir, "a", "stdout.log"): 0o600,
-				filepath.Join(dir, "a", "stderr.log"): 0o600,
 			}
 			for p, m := range want {
 				fi, err := os.Stat(p)

@@ -67,7 +67,10 @@ type Spec struct {
 	Env []string `json:"env"`
 	// Dir is the working directory; empty means the state directory's parent.
 	Dir string `json:"dir,omitempty"`
-	// Stdout and Stderr are files the task's output is appended to.
+	// Stdout and Stderr are files the task's output is appended to. With
+	// MaxLogBytes, a file that does not exist is created at the stream's
+	// first output (a stream the task never writes to leaves none);
+	// without, both are created before the task starts.
 	Stdout string `json:"stdout"`
 	Stderr string `json:"stderr"`
 	// MaxLogBytes caps what each of Stdout and Stderr holds on disk; zero

@@ -1295,3 +1295,41 @@ func TestOutputCap(t *testing.T) {
 		})
 	}
 }
+
+// TestOutputFilesMadeAtFirstOutput: with MaxLogBytes, a stream's file is
+// created when the task first writes to it, not before; a stream the task
+// never writes to leaves no file, and an existing file is appended to.
+func TestOutputFilesMadeAtFirstOutput(t *testing.T) {
+	t.Parallel()
+	k := newTask(t)
+	if err := os.WriteFile(k.stderr, []byte("earlier\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The task looks for its stdout file before its first output and
+	// waits for it after, while it still runs; it reports on stderr.
+	spec := k.sh(`test -e "$OUT" && echo "stdout.log exists too early" >&2
+echo first
+for i in $(seq 500); do test -e "$OUT" && break; sleep 0.01; done
+test -e "$OUT" || echo "stdout.log missing 5s after the output" >&2
+echo done >&2`)
+	spec.Env = append(spec.Env, "OUT="+k.stdout)
+	spec.MaxLogBytes = 1 << 20
+	if exit := k.wait(k.started(spec)); exit.ExitCode != 0 {
+		t.Fatalf("task ended %+v", exit)
+	}
+	for f, want := range map[string]string{k.stdout: "first\n", k.stderr: "earlier\ndone\n"} {
+		if b, err := os.ReadFile(f); err != nil || string(b) != want {
+			t.Errorf("%s holds %q (%v), want %q", filepath.Base(f), b, err, want)
+		}
+	}
+
+	quiet := newTask(t)
+	spec = quiet.sh(`exit 0`)
+	spec.MaxLogBytes = 1 << 20
+	quiet.wait(quiet.started(spec))
+	for _, f := range []string{quiet.stdout, quiet.stderr} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("a task that wrote nothing left %s: %v", filepath.Base(f), err)
+		}
+	}
+}

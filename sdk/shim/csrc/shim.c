@@ -81,8 +81,9 @@ struct stream {
 	int out_dir;      /* the output file's directory, for rotating */
 	const char *name; /* the output file's name in out_dir */
 	long long size;   /* bytes in the current file */
+	int lost;         /* the file could not be created: output is dropped */
 };
-static struct stream streams[2] = {{-1, -1, -1, 0, 0}, {-1, -1, -1, 0, 0}};
+static struct stream streams[2] = {{-1, -1, -1, 0, 0, 0}, {-1, -1, -1, 0, 0, 0}};
 
 static pid_t task_pid = -1;
 static int reaped, stop_requested, timed_out;
@@ -520,11 +521,16 @@ static int open_relay(struct stream *st, const char *path, int *task_end) {
 		*slash = 0;
 	st->name = slash ? path + (slash - dir) + 1 : path;
 	st->out_dir = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	/* Not O_APPEND: only the shim writes, at the offset it keeps. */
-	st->file = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-	if (st->out_dir < 0 || st->file < 0)
+	if (st->out_dir < 0)
 		return -1;
-	off_t end = lseek(st->file, 0, SEEK_END);
+	/* Not O_APPEND: only the shim writes, at the offset it keeps. A file
+	 * that is not there yet is made at the stream's first output: on some
+	 * disks creating a file is the dearest part of a start, and most tasks
+	 * leave one of their two streams empty. */
+	st->file = open(path, O_WRONLY | O_CLOEXEC);
+	if (st->file < 0 && errno != ENOENT)
+		return -1;
+	off_t end = st->file < 0 ? 0 : lseek(st->file, 0, SEEK_END);
 	st->size = end < 0 ? 0 : end;
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) < 0)
@@ -567,6 +573,17 @@ static int pump(struct stream *st) {
 			return errno == EAGAIN ? 0 : 1;
 		if (n == 0)
 			return 1;
+		if (st->file < 0 && !st->lost) {
+			st->file = openat(st->out_dir, st->name, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+			off_t end = st->file < 0 ? -1 : lseek(st->file, 0, SEEK_END);
+			st->size = end < 0 ? 0 : end;
+			if (st->file < 0) {
+				logmsg("WARN", "cannot create %s, dropping the task's output: %s", st->name, errstr(errno));
+				st->lost = 1;
+			}
+		}
+		if (st->file < 0)
+			continue;
 		if (st->size + n > max_log / 2 && st->size > 0)
 			rotate(st);
 		if (write_all(st->file, chunk, n) < 0)
