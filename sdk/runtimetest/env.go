@@ -44,6 +44,8 @@ type suite struct {
 	prefix string
 	next   atomic.Int64
 	grace  time.Duration
+	// stopSlack: see defaultStopSlack.
+	stopSlack time.Duration
 }
 
 func newSuite(t *testing.T, h Harness) *suite {
@@ -58,6 +60,13 @@ func newSuite(t *testing.T, h Harness) *suite {
 			t.Fatalf("harness setting %s=%q is not a duration: %v", sdk.SettingGracePeriod, v, err)
 		}
 		s.grace = g
+	}
+	s.stopSlack = defaultStopSlack
+	if sl, ok := h.(StopSlacker); ok {
+		s.stopSlack = sl.StopSlack()
+	}
+	if s.grace <= s.stopSlack+time.Second {
+		t.Fatalf("the harness's grace period (%s) must exceed the stop slack (%s) by more than 1s, or the kit cannot tell a runtime that honours Stop's grace argument from one that uses its default", s.grace, s.stopSlack)
 	}
 	return s
 }

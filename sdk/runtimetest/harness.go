@@ -2,6 +2,7 @@ package runtimetest
 
 import (
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -36,6 +37,15 @@ type Harness interface {
 	// sdk.SettingGracePeriod keeps the timeout tests fast; the kit reads it
 	// to know how long a timeout may take.
 	Settings() map[string]string
+}
+
+// StopSlacker may be implemented by a Harness whose runtime needs more
+// than 1.5 s beyond the grace period for a Stop, such as a container
+// runtime whose daemon answers slowly under load. Its grace period setting
+// must exceed the slack by more than a second.
+type StopSlacker interface {
+	// StopSlack is how much longer than its grace period a Stop may take.
+	StopSlack() time.Duration
 }
 
 // Instance is one running instance of a runtime.

@@ -14,12 +14,13 @@ import (
 	"github.com/opensandbox/task-executor/sdk"
 )
 
-// stopSlack is how much longer than its grace period a Stop may take, and
-// how long a Stop that needs no grace (the task exits on SIGTERM, or grace
-// is zero) may take. A harness whose grace period setting is longer than
-// this lets the kit tell a runtime that honours Stop's grace argument from
+// defaultStopSlack is how much longer than its grace period a Stop may
+// take, and how long a Stop that needs no grace (the task exits on SIGTERM,
+// or grace is zero) may take, unless the harness says otherwise (see
+// StopSlacker). A harness whose grace period setting is longer than the
+// slack lets the kit tell a runtime that honours Stop's grace argument from
 // one that uses its default.
-const stopSlack = 1500 * time.Millisecond
+const defaultStopSlack = 1500 * time.Millisecond
 
 // Run runs the conformance tests against the runtime of h, as parallel
 // subtests of t. Each subtest launches its own instances.
@@ -133,7 +134,7 @@ func testStartError(t *testing.T, s *suite) {
 	check("Start", start(t, rt, task))
 	check("Status", status(t, rt, task.Name))
 	check("second Start", start(t, rt, task))
-	if took := stop(t, rt, task.Name, s.grace); took > stopSlack {
+	if took := stop(t, rt, task.Name, s.grace); took > s.stopSlack {
 		t.Errorf("Stop of a task that never started took %s; want a no-op", took)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -185,9 +186,9 @@ func testStop(t *testing.T, s *suite) {
 		min, max time.Duration
 		want     want
 	}{
-		{"term-handled", exitsOnTerm, 10 * time.Second, 0, stopSlack, exited(0)},
-		{"term-ignored", ignoresTerm, time.Second, time.Second, time.Second + stopSlack, killed},
-		{"zero-grace-kills-at-once", ignoresTerm, 0, 0, stopSlack, killed},
+		{"term-handled", exitsOnTerm, 10 * time.Second, 0, s.stopSlack, exited(0)},
+		{"term-ignored", ignoresTerm, time.Second, time.Second, time.Second + s.stopSlack, killed},
+		{"zero-grace-kills-at-once", ignoresTerm, 0, 0, s.stopSlack, killed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -213,7 +214,7 @@ func testStop(t *testing.T, s *suite) {
 		task := e.task(t, "exit 2", SpecOptions{})
 		start(t, rt, task)
 		before := waitTerminated(t, rt, task.Name, settleTimeout)
-		if took := stop(t, rt, task.Name, 10*time.Second); took > stopSlack {
+		if took := stop(t, rt, task.Name, 10*time.Second); took > s.stopSlack {
 			t.Errorf("Stop of a terminated task took %s; want a no-op", took)
 		}
 		after := status(t, rt, task.Name)
