@@ -81,7 +81,7 @@ struct stream {
 	int out_dir;      /* the output file's directory, for rotating */
 	const char *name; /* the output file's name in out_dir */
 	long long size;   /* bytes in the current file */
-	int lost;         /* the file could not be created: output is dropped */
+	int lost;         /* the file could not be created (said once) */
 };
 static struct stream streams[2] = {{-1, -1, -1, 0, 0, 0}, {-1, -1, -1, 0, 0, 0}};
 
@@ -573,14 +573,15 @@ static int pump(struct stream *st) {
 			return errno == EAGAIN ? 0 : 1;
 		if (n == 0)
 			return 1;
-		if (st->file < 0 && !st->lost) {
+		if (st->file < 0) {
+			/* Tried again at each chunk (a full disk may have room
+			 * again), said once. */
 			st->file = openat(st->out_dir, st->name, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+			if (st->file < 0 && !st->lost)
+				logmsg("WARN", "cannot create %s, dropping the task's output: %s", st->name, errstr(errno));
+			st->lost = st->file < 0;
 			off_t end = st->file < 0 ? -1 : lseek(st->file, 0, SEEK_END);
 			st->size = end < 0 ? 0 : end;
-			if (st->file < 0) {
-				logmsg("WARN", "cannot create %s, dropping the task's output: %s", st->name, errstr(errno));
-				st->lost = 1;
-			}
 		}
 		if (st->file < 0)
 			continue;
