@@ -11,10 +11,12 @@ import (
 // process; the flush is for a power loss.
 const FlushInterval = 50 * time.Millisecond
 
-// flusher makes records durable in batches: the first fsync of a batch
-// commits the file system's journal for all of them, so a batch costs about
-// one commit however many records it holds, and the commits stay off the
-// path of the requests that wait on their own (creates, deletions).
+// flusher makes records durable in batches: on a file system with a
+// journal, the first fsync of a batch commits it for all of them; without
+// one, the batch's fsyncs run at once and the block layer merges their
+// cache flushes. Either way a batch costs about one commit however many
+// records it holds, and the commits stay off the path of the requests that
+// wait on their own (creates, deletions).
 type flusher struct {
 	store *Store
 
@@ -36,20 +38,27 @@ func (f *flusher) add(name string) {
 	}
 }
 
-// flush syncs every pending final state and its directory.
+// flush syncs every pending final state and its directory, all at once
+// (see Create's commit).
 func (f *flusher) flush() {
 	f.mu.Lock()
 	names := f.pending
 	f.pending = nil
 	f.timer = nil
 	f.mu.Unlock()
+	type job struct{ task, path string }
+	jobs := make([]job, 0, 2*len(names))
 	for name := range names {
 		dir := f.store.Dir(name)
-		if err := syncPath(filepath.Join(dir, finalFile), dir); err != nil {
-			// A task removed meanwhile has nothing left to sync.
-			f.store.log.Debug("cannot sync a task's final state", "task", name, "error", err)
-		}
+		jobs = append(jobs, job{name, filepath.Join(dir, finalFile)}, job{name, dir})
 	}
+	_ = parallel(len(jobs), func(i int) error {
+		if err := syncOne(jobs[i].path); err != nil {
+			// A task removed meanwhile has nothing left to sync.
+			f.store.log.Debug("cannot sync a task's final state", "task", jobs[i].task, "error", err)
+		}
+		return nil
+	})
 }
 
 // close flushes what is pending and stops taking more timers.

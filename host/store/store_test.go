@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -256,38 +257,70 @@ func TestPrivateModes(t *testing.T) {
 	}
 }
 
-// TestFlushSyncsTheFinalState: the batch flush makes the final state
-// itself durable, not some other file of the task.
-func TestFlushSyncsTheFinalState(t *testing.T) {
+// recordSyncs replaces syncFile for the test and returns what was synced
+// so far.
+func recordSyncs(t *testing.T) (synced func() []string, reset func()) {
 	var mu sync.Mutex
-	var synced []string
+	var names []string
 	syncFile = func(f *os.File) error {
 		mu.Lock()
-		synced = append(synced, f.Name())
+		names = append(names, f.Name())
 		mu.Unlock()
 		return f.Sync()
 	}
 	t.Cleanup(func() { syncFile = (*os.File).Sync })
+	return func() []string {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]string(nil), names...)
+		}, func() {
+			mu.Lock()
+			names = nil
+			mu.Unlock()
+		}
+}
+
+// TestCommitSyncsRecordAndDirectories: a create is acknowledged only once
+// its record, the task's directory and the data directory (the entry of
+// the task's directory) are synced.
+func TestCommitSyncsRecordAndDirectories(t *testing.T) {
+	synced, _ := recordSyncs(t)
+	dir := t.TempDir()
+	s := open(t, dir)
+	create(t, s, record("a"), record("b"))
+	got := synced()
+	for _, want := range []string{
+		filepath.Join(dir, "a", RecordFile), filepath.Join(dir, "a"),
+		filepath.Join(dir, "b", RecordFile), filepath.Join(dir, "b"),
+		dir,
+	} {
+		if !slices.Contains(got, want) {
+			t.Errorf("the commit synced %q, not %s", got, want)
+		}
+	}
+}
+
+// TestFlushSyncsTheFinalState: the batch flush makes the final state
+// itself durable, and its entry in the task's directory, not some other
+// file of the task.
+func TestFlushSyncsTheFinalState(t *testing.T) {
+	synced, reset := recordSyncs(t)
 	dir := t.TempDir()
 	s := open(t, dir)
 	create(t, s, record("a"))
-	mu.Lock()
-	synced = nil
-	mu.Unlock()
+	reset()
 	if err := s.SetFinal("a", sdk.Terminated(0, 0, "", "", time.Now(), time.Now())); err != nil {
 		t.Fatal(err)
 	}
-	want := filepath.Join(dir, "a", finalFile)
+	want := []string{filepath.Join(dir, "a", finalFile), filepath.Join(dir, "a")}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		mu.Lock()
-		got := strings.Join(synced, ",")
-		mu.Unlock()
-		if strings.Contains(got, want) {
+		got := synced()
+		if slices.Contains(got, want[0]) && slices.Contains(got, want[1]) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("within 5s of SetFinal the store synced %q, not %s", got, want)
+			t.Fatalf("within 5s of SetFinal the store synced %q, not all of %q", got, want)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
