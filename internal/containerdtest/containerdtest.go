@@ -4,7 +4,8 @@
 // removed, with every process and mount it made, by hack/containerd-down.sh.
 //
 // A package whose tests need it calls Main from its TestMain and Require from
-// each such test:
+// each such test; the first Require brings containerd up, Main brings it
+// down after the last test:
 //
 //	func TestMain(m *testing.M) { os.Exit(containerdtest.Main(m)) }
 //
@@ -251,38 +252,31 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// The package's environment, set by Main before any test runs.
+// The package's environment: brought up by the first Require, brought down
+// by Main once the tests are done. Lazily, so that a run of benchmarks or of
+// tests that need no containerd neither waits for it nor shares the CPU and
+// the disk with it.
 var (
 	mainCalled  bool
+	upOnce      sync.Once
 	shared      *Env
 	unavailable string
 )
 
 func required() bool { return os.Getenv(RequireEnvVar) == "1" }
 
-// Main is for a package's TestMain: it brings containerd up once for the
-// package, runs the tests, brings it down, and returns the exit code.
-// If containerd cannot be brought up: with TASK_EXECUTOR_REQUIRE_CRI=1 it
-// says why and fails without running the tests; otherwise it prints a loud
-// banner and runs the tests, whose Require then skips them.
+// Main is for a package's TestMain: it runs the tests and, if one of them
+// brought containerd up (Require), brings it down, and returns the exit
+// code.
 func Main(m *testing.M) (code int) {
 	mainCalled = true
-	start := time.Now()
-	env, err := Up()
-	if err != nil {
-		unavailable = err.Error()
-		if required() {
-			fmt.Fprintf(os.Stderr, "FAIL: %s=1 and containerd could not be brought up, so no test was run:\n%s\n", RequireEnvVar, unavailable)
-			return 1
-		}
-		fmt.Fprint(os.Stderr, banner(unavailable))
-		return m.Run()
-	}
-	fmt.Fprintf(os.Stderr, "containerdtest: containerd up in %s at %s\n", time.Since(start).Round(time.Millisecond), env.Socket)
-	shared = env
 	// Deferred, so that a panic out of m.Run still brings it down; a test
 	// binary that dies outright is covered by the watchdog.
 	defer func() {
+		env := shared
+		if env == nil {
+			return
+		}
 		if code != 0 {
 			// Down removes the log, and a failing CRI call often says no more
 			// than containerd's log does.
@@ -298,21 +292,37 @@ func Main(m *testing.M) (code int) {
 	return m.Run()
 }
 
-// Require returns the package's environment. Without one it fails the test
-// when TASK_EXECUTOR_REQUIRE_CRI=1, and otherwise skips it, loudly.
+// Require returns the package's environment, bringing containerd up the
+// first time it is called. Without containerd it fails the test when
+// TASK_EXECUTOR_REQUIRE_CRI=1 (saying why it could not be brought up), and
+// otherwise skips it, loudly.
 func Require(t testing.TB) *Env {
 	t.Helper()
+	if !mainCalled {
+		why := "containerdtest.Main was not called from this package's TestMain"
+		if required() {
+			t.Fatalf("%s=1 but containerd is not available: %s", RequireEnvVar, why)
+		}
+		t.Skip("\n" + banner(why))
+	}
+	upOnce.Do(func() {
+		start := time.Now()
+		env, err := Up()
+		if err != nil {
+			unavailable = err.Error()
+			fmt.Fprint(os.Stderr, banner(unavailable))
+			return
+		}
+		fmt.Fprintf(os.Stderr, "containerdtest: containerd up in %s at %s\n", time.Since(start).Round(time.Millisecond), env.Socket)
+		shared = env
+	})
 	if shared != nil {
 		return shared
 	}
-	why := unavailable
-	if !mainCalled {
-		why = "containerdtest.Main was not called from this package's TestMain"
-	}
 	if required() {
-		t.Fatalf("%s=1 but containerd is not available: %s", RequireEnvVar, why)
+		t.Fatalf("%s=1 but containerd could not be brought up:\n%s", RequireEnvVar, unavailable)
 	}
-	t.Skip("\n" + banner(why))
+	t.Skip("\n" + banner(unavailable))
 	return nil
 }
 
