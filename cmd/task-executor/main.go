@@ -25,6 +25,7 @@ import (
 
 	"github.com/opensandbox/task-executor/host"
 	"github.com/opensandbox/task-executor/host/dispatch"
+	"github.com/opensandbox/task-executor/host/reconcile"
 )
 
 func main() {
@@ -88,7 +89,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.StringVar(&cfg.CRISocket, "cri-socket", "/var/run/containerd/containerd.sock", "CRI runtime socket for container tasks")
 	cfg.Volumes = map[string]string{}
 	fs.Var(volumeFlag(cfg.Volumes), "volume", "NAME=HOSTPATH: a host directory every container task may mount by NAME (repeatable; the variable takes NAME=PATH,NAME=PATH)")
-	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 500*time.Millisecond, "how often to compare the task table with the runtimes (a safety net; status changes are pushed)")
+	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", reconcile.DefaultReconcileInterval, "how often to compare the task table with what the runtimes list (a safety net: status changes are pushed)")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", defaultPluginDir(), "directory of runtime plugin executables")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")

@@ -28,6 +28,14 @@ type fakeRuntime struct {
 	recovers [][]string
 	startErr error
 	block    chan struct{} // when set, Start waits on it
+	lists    int
+}
+
+// exitSilently ends a running task without publishing it: a lost event.
+func (f *fakeRuntime) exitSilently(name string, code int32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tasks[name] = sdk.TaskStatus{Name: name, State: sdk.Terminated(code, 0, "", "", time.Now(), time.Now())}
 }
 
 func newFake() *fakeRuntime {
@@ -112,6 +120,7 @@ func (f *fakeRuntime) Status(_ context.Context, name string) (sdk.TaskStatus, er
 func (f *fakeRuntime) List(context.Context) ([]sdk.TaskStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.lists++
 	var out []sdk.TaskStatus
 	for _, st := range f.tasks {
 		out = append(out, st)
@@ -315,6 +324,48 @@ func TestStartFailureIsRetried(t *testing.T) {
 	rt.startErr = nil
 	rt.mu.Unlock()
 	e.waitFor("running after the retry", func() bool { return e.state("a") == "running" })
+}
+
+// TestReconcileCadence: failed starts are retried every retryInterval
+// whatever the reconcile interval; the runtimes are listed (and a lost
+// status change found) only every reconcile interval.
+func TestReconcileCadence(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		interval  time.Duration
+		wantLists bool
+	}{
+		{"short interval lists", 20 * time.Millisecond, true},
+		{"long interval lists only at the start", time.Hour, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := newFake()
+			rt.startErr = fmt.Errorf("connection reset: %w", sdk.ErrUnavailable)
+			e := newEnv(t, t.TempDir(), rt, Config{ReconcileInterval: tc.interval})
+			e.create("a")
+			rt.mu.Lock()
+			rt.startErr = nil
+			rt.mu.Unlock()
+			e.waitFor("running after the retry", func() bool { return e.state("a") == "running" })
+
+			rt.mu.Lock()
+			listsBefore := rt.lists
+			rt.mu.Unlock()
+			rt.exitSilently("a", 3)
+			if tc.wantLists {
+				e.waitFor("the lost exit found by a List", func() bool { return e.state("a") == "terminated:3" })
+				return
+			}
+			// Three retry passes: none lists, so the lost exit stays unseen.
+			time.Sleep(3*retryInterval + 100*time.Millisecond)
+			rt.mu.Lock()
+			lists := rt.lists - listsBefore
+			rt.mu.Unlock()
+			if lists != 0 || e.state("a") != "running" {
+				t.Fatalf("with a reconcile interval of %s: %d Lists within %s, state %s", tc.interval, lists, 3*retryInterval, e.state("a"))
+			}
+		})
+	}
 }
 
 func TestDeleteWhileStarting(t *testing.T) {
