@@ -286,6 +286,49 @@ func killTasks(dataDir string) {
 			_ = syscall.Kill(st.ShimPID, syscall.SIGKILL)
 		}
 	}
+	// A shim handed its task just before the host died has recorded no
+	// state yet; it is found by the files it holds in the data directory.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		pids := holdersOf(dataDir)
+		if len(pids) == 0 || time.Now().After(deadline) {
+			return
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// holdersOf returns the processes (not zombies, not containerd's) with a
+// file open under dir.
+func holdersOf(dir string) []int {
+	if dir == "" {
+		return nil
+	}
+	procs, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() || !alive(pid) {
+			continue
+		}
+		// containerd's shims hold a container's log there, and go with
+		// the test's containerd.
+		if exe, _ := os.Readlink(filepath.Join("/proc", p.Name(), "exe")); strings.HasPrefix(filepath.Base(exe), "containerd") {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
+		for _, fd := range fds {
+			target, err := os.Readlink(filepath.Join("/proc", p.Name(), "fd", fd.Name()))
+			if err == nil && strings.HasPrefix(target, dir+"/") {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
 }
 
 // procStart returns a process's start time (0 if it does not exist).

@@ -33,6 +33,17 @@ func (f *flusher) add(name string) {
 		f.pending = map[string]bool{}
 	}
 	f.pending[name] = true
+	f.armLocked()
+}
+
+// kick asks for a flush of the create log's entries (a checkpoint).
+func (f *flusher) kick() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.armLocked()
+}
+
+func (f *flusher) armLocked() {
 	if f.timer == nil && !f.closed {
 		f.timer = time.AfterFunc(FlushInterval, f.flush)
 	}
@@ -46,6 +57,13 @@ func (f *flusher) flush() {
 	f.pending = nil
 	f.timer = nil
 	f.mu.Unlock()
+	if l := f.store.clog; l != nil {
+		if err := l.checkpoint(f.store, false); err != nil {
+			// The entries stay in the log, which a restart replays.
+			f.store.log.Warn("cannot make new task records durable; will retry", "error", err)
+			f.kick()
+		}
+	}
 	type job struct{ task, path string }
 	jobs := make([]job, 0, 2*len(names))
 	for name := range names {

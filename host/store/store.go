@@ -3,10 +3,11 @@
 // host's record) beside whatever the runtime keeps there (the task's output
 // files, shim state).
 //
-// Every write of task.json is atomic (temporary file, rename); the writes
-// that acknowledge something to a client (a task created, a deletion
-// accepted) and a task's final state are also fsynced, file and directory,
-// before they count as done.
+// A task's directory appears whole, record included (a prepared directory
+// is renamed into place). A create counts as done once its record is in
+// the create log, synced (see createlog.go); the record itself is synced
+// within FlushInterval. A deletion is synced, file and directory, before
+// it counts as done; a final state within FlushInterval.
 package store
 
 import (
@@ -71,6 +72,9 @@ type Store struct {
 	log     hclog.Logger
 	spares  *spares
 	flusher flusher
+	// clog is the create log; nil where it could not be made (a full or
+	// read-only disk), and then a create syncs its record itself.
+	clog *createLog
 }
 
 // Open opens (creating if needed) the data directory dir.
@@ -92,6 +96,21 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 	st := &Store{dir: abs, log: log}
 	st.spares = newSpares(abs, log)
 	st.flusher.store = st
+	clog, entries, err := openLog(abs, log)
+	if err != nil {
+		if !errors.Is(err, ErrNoSpace) && !errors.Is(err, ErrReadOnly) {
+			return nil, err
+		}
+		// Creates will fail as well, and say why; the log (and whatever
+		// it holds) waits for a start with room to write.
+		log.Warn("cannot open the create log; creates sync their records themselves", "error", err)
+		return st, nil
+	}
+	if err := clog.replay(st, entries); err != nil {
+		clog.close()
+		return nil, fmt.Errorf("while restoring records from the create log: %w", err)
+	}
+	st.clog = clog
 	return st, nil
 }
 
@@ -100,6 +119,9 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 func (s *Store) Close() {
 	s.spares.close()
 	s.flusher.close()
+	if s.clog != nil {
+		s.clog.close()
+	}
 }
 
 // Root returns the data directory's absolute path.
@@ -117,14 +139,22 @@ func (s *Store) Dir(name string) string { return filepath.Join(s.dir, name) }
 // whatever it started. A name that already has a record gives an error
 // wrapping ErrExists.
 func (s *Store) Create(recs ...Record) (commit func() error, err error) {
+	names := make([]string, len(recs))
+	payloads := make([][]byte, len(recs))
+	for i, rec := range recs {
+		names[i] = rec.Name
+		if payloads[i], err = json.Marshal(rec); err != nil {
+			return nil, fmt.Errorf("while encoding the record of task %q: %w", rec.Name, err)
+		}
+	}
 	created := make([]string, 0, len(recs))
 	var mu sync.Mutex
 	err = parallel(len(recs), func(i int) error {
-		if err := s.createOne(recs[i]); err != nil {
+		if err := s.createOne(names[i], payloads[i]); err != nil {
 			return err
 		}
 		mu.Lock()
-		created = append(created, recs[i].Name)
+		created = append(created, names[i])
 		mu.Unlock()
 		return nil
 	})
@@ -135,17 +165,25 @@ func (s *Store) Create(recs ...Record) (commit func() error, err error) {
 		return nil, err
 	}
 	return func() error {
+		if s.clog != nil {
+			err := s.clog.append(s, names, payloads)
+			if err == nil {
+				s.flusher.kick() // the checkpoint
+			}
+			if !errors.Is(err, errLogTooSmall) {
+				return err
+			}
+		}
 		// Every file and directory of the batch is synced at once: the
 		// disk's cache flushes they ask for are merged by the block layer
 		// (one flush instead of three per task where a file system without
 		// a journal flushes on every fsync), and the order does not matter,
 		// since no client hears of a task before all of them are done.
 		paths := make([]string, 0, 2*len(recs)+1)
-		for _, r := range recs {
-			paths = append(paths, filepath.Join(s.Dir(r.Name), RecordFile), s.Dir(r.Name))
+		for _, name := range names {
+			paths = append(paths, filepath.Join(s.Dir(name), RecordFile), s.Dir(name))
 		}
-		err := syncAll(append(paths, s.dir))
-		if err != nil {
+		if err := syncAll(append(paths, s.dir)); err != nil {
 			return fmt.Errorf("while making new task records durable: %w", classify(err))
 		}
 		return nil
@@ -154,20 +192,16 @@ func (s *Store) Create(recs ...Record) (commit func() error, err error) {
 
 // createOne writes a new task's record into a prepared directory and
 // renames the directory into place: the task appears whole or not at all.
-func (s *Store) createOne(rec Record) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("while encoding the record of task %q: %w", rec.Name, err)
-	}
+func (s *Store) createOne(name string, b []byte) error {
 	spare, err := s.spares.take()
 	if err != nil {
-		return fmt.Errorf("while preparing the directory of task %q: %w", rec.Name, classify(err))
+		return fmt.Errorf("while preparing the directory of task %q: %w", name, classify(err))
 	}
 	if err := os.WriteFile(filepath.Join(spare, RecordFile), b, 0o600); err != nil {
 		_ = os.RemoveAll(spare)
-		return fmt.Errorf("while writing the record of task %q: %w", rec.Name, classify(err))
+		return fmt.Errorf("while writing the record of task %q: %w", name, classify(err))
 	}
-	dir := s.Dir(rec.Name)
+	dir := s.Dir(name)
 	for attempt := 0; ; attempt++ {
 		err := unix.Renameat2(unix.AT_FDCWD, spare, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE)
 		if err == nil {
@@ -175,17 +209,17 @@ func (s *Store) createOne(rec Record) error {
 		}
 		if !errors.Is(err, unix.EEXIST) || attempt > 0 {
 			_ = os.RemoveAll(spare)
-			return fmt.Errorf("while creating the directory of task %q: %w", rec.Name, classify(err))
+			return fmt.Errorf("while creating the directory of task %q: %w", name, classify(err))
 		}
 		if _, err := os.Stat(filepath.Join(dir, RecordFile)); err == nil {
 			_ = os.RemoveAll(spare)
-			return fmt.Errorf("task %q: %w", rec.Name, ErrExists)
+			return fmt.Errorf("task %q: %w", name, ErrExists)
 		}
 		// A directory without a record is what a create that crashed
 		// half-way leaves: it was never acknowledged, so it goes.
 		if err := os.RemoveAll(dir); err != nil {
 			_ = os.RemoveAll(spare)
-			return fmt.Errorf("while removing an incomplete directory of task %q: %w", rec.Name, classify(err))
+			return fmt.Errorf("while removing an incomplete directory of task %q: %w", name, classify(err))
 		}
 	}
 }
@@ -248,6 +282,13 @@ func (s *Store) SetFinal(name string, state corev1.ContainerState) error {
 
 // MarkDeleted records accepted deletions durably, in parallel.
 func (s *Store) MarkDeleted(ds ...Deletion) error {
+	names := make([]string, len(ds))
+	for i, d := range ds {
+		names[i] = d.Name
+	}
+	if err := s.settle(names); err != nil {
+		return err
+	}
 	return parallel(len(ds), func(i int) error {
 		b, err := json.Marshal(ds[i])
 		if err != nil {
@@ -267,6 +308,17 @@ func (s *Store) UnmarkDeleted(names ...string) error {
 		}
 		return syncOne(dir)
 	})
+}
+
+// settle makes the records of names durable on their own if the create
+// log still holds them: a file synced in a task's directory is only as
+// durable as the directory, and a task removed while the log holds it
+// would come back at the next start.
+func (s *Store) settle(names []string) error {
+	if s.clog == nil || !s.clog.holds(names) {
+		return nil
+	}
+	return s.clog.checkpoint(s, false)
 }
 
 // writeOnce writes a task's file name, unless a valid one exists; durable
@@ -305,6 +357,9 @@ func (s *Store) writeOnce(task, name string, b []byte, durable bool) error {
 // first renamed out of the way, so a crash half-way through never leaves a
 // task that looks alive but has lost files.
 func (s *Store) Remove(name string) error {
+	if err := s.settle([]string{name}); err != nil {
+		return fmt.Errorf("while removing task %q: %w", name, err)
+	}
 	trash := filepath.Join(s.dir, fmt.Sprintf("%s%s-%d", trashPrefix, name, time.Now().UnixNano()))
 	if err := os.Rename(s.Dir(name), trash); err != nil {
 		if errors.Is(err, os.ErrNotExist) {

@@ -102,6 +102,9 @@ func TestLoadCleansUp(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
 	create(t, s, record("good"), record("corrupt"), record("misnamed"))
+	// Damage done after the create log has let go of the records: nothing
+	// can restore them.
+	s.Close()
 	if err := os.WriteFile(filepath.Join(dir, "corrupt", RecordFile), []byte(`{"name":"corr`), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -280,23 +283,48 @@ func recordSyncs(t *testing.T) (synced func() []string, reset func()) {
 		}
 }
 
-// TestCommitSyncsRecordAndDirectories: a create is acknowledged only once
-// its record, the task's directory and the data directory (the entry of
-// the task's directory) are synced.
-func TestCommitSyncsRecordAndDirectories(t *testing.T) {
-	synced, _ := recordSyncs(t)
-	dir := t.TempDir()
-	s := open(t, dir)
-	create(t, s, record("a"), record("b"))
-	got := synced()
-	for _, want := range []string{
-		filepath.Join(dir, "a", RecordFile), filepath.Join(dir, "a"),
-		filepath.Join(dir, "b", RecordFile), filepath.Join(dir, "b"),
-		dir,
+// TestRecordsAreSyncedOnTheirOwn: within a flush interval of a create
+// (which the create log made durable), the checkpoint syncs its record, the
+// task's directory and the data directory (the entry of the task's
+// directory); a batch too large for the log syncs them before the commit
+// returns.
+func TestRecordsAreSyncedOnTheirOwn(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		logSize int64
+		atOnce  bool
+	}{
+		{"through the log", logSize, false},
+		{"too large for the log", logHeaderSize + 64, true},
 	} {
-		if !slices.Contains(got, want) {
-			t.Errorf("the commit synced %q, not %s", got, want)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			defer func(n int64) { logSize = n }(logSize)
+			logSize = c.logSize
+			synced, _ := recordSyncs(t)
+			dir := t.TempDir()
+			s := open(t, dir)
+			create(t, s, record("a"), record("b"))
+			want := []string{
+				filepath.Join(dir, "a", RecordFile), filepath.Join(dir, "a"),
+				filepath.Join(dir, "b", RecordFile), filepath.Join(dir, "b"),
+				dir,
+			}
+			if got := synced(); c.atOnce != slices.Contains(got, want[0]) {
+				t.Errorf("when the commit returned, the store had synced %q", got)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				got := synced()
+				missing := slices.DeleteFunc(slices.Clone(want), func(p string) bool { return slices.Contains(got, p) })
+				if len(missing) == 0 {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("within 5s of the create the store synced %q, not %q", got, missing)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
 	}
 }
 
