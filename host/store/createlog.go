@@ -290,8 +290,9 @@ func (l *createLog) pending() bool {
 // checkpoint syncs the records of the live entries, their directories and
 // the data directory, then drops those entries: from then on the records
 // stand on their own. Creates go on meanwhile unless exclusive, which a
-// full log needs to start over from its beginning.
-func (l *createLog) checkpoint(s *Store, exclusive bool) error {
+// full log needs to start over from its beginning. The paths in also are
+// synced in the same batch (one merged cache flush), as syncLoosely does.
+func (l *createLog) checkpoint(s *Store, exclusive bool, also ...string) error {
 	l.ckMu.Lock()
 	defer l.ckMu.Unlock()
 	f, err := os.OpenFile(l.path, os.O_WRONLY, 0)
@@ -303,9 +304,10 @@ func (l *createLog) checkpoint(s *Store, exclusive bool) error {
 	upTo := l.off
 	if l.closed || len(l.live) == 0 && upTo == l.start {
 		l.mu.Unlock()
+		s.syncLoosely(also)
 		return nil
 	}
-	paths := make([]string, 0, 2*len(l.live)+1)
+	paths := make([]string, 0, 2*len(l.live)+1+len(also))
 	for name := range l.live {
 		paths = append(paths, filepath.Join(s.Dir(name), RecordFile), s.Dir(name))
 	}
@@ -313,12 +315,29 @@ func (l *createLog) checkpoint(s *Store, exclusive bool) error {
 	if !exclusive {
 		l.mu.Unlock()
 	}
+	strict := len(paths)
+	if len(also) > 0 {
+		seen := make(map[string]bool, strict)
+		for _, p := range paths {
+			seen[p] = true
+		}
+		for _, p := range also {
+			if !seen[p] {
+				paths = append(paths, p)
+			}
+		}
+	}
 	err = parallel(len(paths), func(i int) error {
-		// Remove settles a task before it goes, so this is a directory
-		// removed by hand: it must not hold up the others for good.
-		if err := syncOne(paths[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+		err := syncOne(paths[i])
+		switch {
+		case err == nil:
+		case i >= strict:
+			s.log.Debug("cannot sync a task's file", "path", paths[i], "error", err)
+		case !errors.Is(err, os.ErrNotExist):
 			return err
 		}
+		// Remove settles a task before it goes, so a record that is not
+		// there was removed by hand: it must not hold up the others.
 		return nil
 	})
 	testHookCheckpointSynced()

@@ -49,31 +49,37 @@ func (f *flusher) armLocked() {
 	}
 }
 
-// flush syncs every pending final state and its directory, all at once
-// (see Create's commit).
+// flush syncs every pending final state and its directory, and
+// checkpoints the create log, all at once (see Create's commit).
 func (f *flusher) flush() {
 	f.mu.Lock()
 	names := f.pending
 	f.pending = nil
 	f.timer = nil
 	f.mu.Unlock()
-	if l := f.store.clog; l != nil {
-		if err := l.checkpoint(f.store, false); err != nil {
-			// The entries stay in the log, which a restart replays.
-			f.store.log.Warn("cannot make new task records durable; will retry", "error", err)
-			f.kick()
-		}
-	}
-	type job struct{ task, path string }
-	jobs := make([]job, 0, 2*len(names))
+	finals := make([]string, 0, 2*len(names))
 	for name := range names {
 		dir := f.store.Dir(name)
-		jobs = append(jobs, job{name, filepath.Join(dir, finalFile)}, job{name, dir})
+		finals = append(finals, filepath.Join(dir, finalFile), dir)
 	}
-	_ = parallel(len(jobs), func(i int) error {
-		if err := syncOne(jobs[i].path); err != nil {
-			// A task removed meanwhile has nothing left to sync.
-			f.store.log.Debug("cannot sync a task's final state", "task", jobs[i].task, "error", err)
+	l := f.store.clog
+	if l == nil {
+		f.store.syncLoosely(finals)
+		return
+	}
+	if err := l.checkpoint(f.store, false, finals...); err != nil {
+		// The entries stay in the log, which a restart replays.
+		f.store.log.Warn("cannot make new task records durable; will retry", "error", err)
+		f.kick()
+	}
+}
+
+// syncLoosely syncs paths at once; a path that cannot be synced (a task
+// removed meanwhile) is skipped.
+func (s *Store) syncLoosely(paths []string) {
+	_ = parallel(len(paths), func(i int) error {
+		if err := syncOne(paths[i]); err != nil {
+			s.log.Debug("cannot sync a task's file", "path", paths[i], "error", err)
 		}
 		return nil
 	})
