@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -70,7 +71,11 @@ func Serve(rt Runtime) {
 		HandshakeConfig: Handshake,
 		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: rt}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			opts = append(opts, grpc.MaxRecvMsgSize(maxMessageBytes), grpc.MaxSendMsgSize(maxMessageBytes))
+			opts = append(opts, grpc.MaxRecvMsgSize(maxMessageBytes), grpc.MaxSendMsgSize(maxMessageBytes),
+				// Calls run on goroutines kept for them, whose stacks have
+				// grown already, rather than on a new goroutine each (a
+				// task's Start grew its stack twice on the way).
+				grpc.NumStreamWorkers(uint32(4*runtime.NumCPU())))
 			return grpc.NewServer(opts...)
 		},
 		Logger: logger,
