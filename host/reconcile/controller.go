@@ -745,21 +745,22 @@ func (c *Controller) applyLocked(e *entry, s corev1.ContainerState) {
 	}
 	e.rec.State = s
 	c.observeLocked(e, s)
-	if s.Terminated != nil {
-		if e.phase == phaseStarting || e.phase == phaseStarted {
-			c.active--
-		}
-		e.phase = phaseDone
-		e.end()
-		c.pumpLocked()
+	if s.Terminated == nil {
+		return
 	}
+	if e.phase == phaseStarting || e.phase == phaseStarted {
+		c.active--
+	}
+	e.phase = phaseDone
 	// Only the final state is saved: it is what a crash must not lose. A
 	// running state would be a hint at best (after a restart the runtime
 	// is asked anyway), and writing it costs every task's start two
-	// metadata operations on the disk.
-	if s.Terminated != nil {
-		c.persistLocked(e)
-	}
+	// metadata operations on the disk. The write is queued before the
+	// waiting clients are woken: Go runs the goroutine woken last first,
+	// and the clients' answers are the ones someone waits for.
+	c.persistLocked(e)
+	e.end()
+	c.pumpLocked()
 }
 
 // Observe applies a status a runtime pushed.
