@@ -487,43 +487,65 @@ func TestGRPCRoundTrip(t *testing.T) {
 }
 
 func TestGRPCEvents(t *testing.T) {
-	t.Run("delivers in order and ends with the runtime's channel", func(t *testing.T) {
-		fake := &fakeRuntime{events: make(chan TaskStatus), eventsCtx: make(chan context.Context, 1)}
-		rt := serveFake(t, fake)
-		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-		defer cancel()
+	events := func(ctx context.Context, rt Runtime) (func(func(TaskStatus)), error) {
 		ch, err := rt.Events(ctx)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
-		<-fake.eventsCtx
-		want := []TaskStatus{
-			{Name: "a", State: Running(time.Unix(10, 20))},
-			{Name: "b", State: Waiting(ReasonQueued, "")},
-			{Name: "a", State: Terminated(143, 15, ReasonTaskTimeout, "", time.Unix(10, 20), time.Unix(30, 0))},
-		}
-		go func() {
-			for _, s := range want {
-				fake.events <- s
+		return func(fn func(TaskStatus)) {
+			for s := range ch {
+				fn(s)
 			}
-			close(fake.events)
-		}()
-		var got []TaskStatus
-		for s := range ch {
-			got = append(got, s)
-		}
-		if ctx.Err() != nil {
-			t.Fatal("the stream did not end when the runtime closed its channel")
-		}
-		if len(got) != len(want) {
-			t.Fatalf("got %d events, want %d", len(got), len(want))
-		}
-		for i := range want {
-			if !sameStatus(got[i], want[i]) {
-				t.Errorf("event %d: %+v, want %+v", i, got[i], want[i])
+		}, nil
+	}
+	for _, c := range []struct {
+		name    string
+		overRPC bool
+		watch   func(context.Context, Runtime) (func(func(TaskStatus)), error)
+	}{
+		{"Events", true, events},
+		{"WatchEvents", true, WatchEvents},
+		{"WatchEvents of a runtime in process", false, WatchEvents},
+	} {
+		t.Run(c.name+" delivers in order and ends with the runtime's channel", func(t *testing.T) {
+			fake := &fakeRuntime{events: make(chan TaskStatus), eventsCtx: make(chan context.Context, 1)}
+			var rt Runtime = fake
+			if c.overRPC {
+				rt = serveFake(t, fake)
 			}
-		}
-	})
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			watch, err := c.watch(ctx, rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-fake.eventsCtx
+			want := []TaskStatus{
+				{Name: "a", State: Running(time.Unix(10, 20))},
+				{Name: "b", State: Waiting(ReasonQueued, "")},
+				{Name: "a", State: Terminated(143, 15, ReasonTaskTimeout, "", time.Unix(10, 20), time.Unix(30, 0))},
+			}
+			go func() {
+				for _, s := range want {
+					fake.events <- s
+				}
+				close(fake.events)
+			}()
+			var got []TaskStatus
+			watch(func(s TaskStatus) { got = append(got, s) })
+			if ctx.Err() != nil {
+				t.Fatal("the stream did not end when the runtime closed its channel")
+			}
+			if len(got) != len(want) {
+				t.Fatalf("got %d events, want %d", len(got), len(want))
+			}
+			for i := range want {
+				if !sameStatus(got[i], want[i]) {
+					t.Errorf("event %d: %+v, want %+v", i, got[i], want[i])
+				}
+			}
+		})
+	}
 	t.Run("ends when the host cancels", func(t *testing.T) {
 		var pub Publisher
 		fake := &fakeRuntime{eventsCtx: make(chan context.Context, 1)}

@@ -212,24 +212,64 @@ func (c *grpcClient) Recover(ctx context.Context, tasks []Task) ([]TaskStatus, e
 // (for example because the plugin exited); the host treats a closed channel
 // as a reason to check on the plugin.
 func (c *grpcClient) Events(ctx context.Context) (<-chan TaskStatus, error) {
+	ch := make(chan TaskStatus, 64)
+	recv, err := c.events(ctx)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(ch)
+		_ = recv(func(st TaskStatus) {
+			select {
+			case ch <- st:
+			case <-ctx.Done():
+			}
+		})
+	}()
+	return ch, nil
+}
+
+// events opens the plugin's event stream; the function it returns receives
+// from it until it ends, calling fn for each status.
+func (c *grpcClient) events(ctx context.Context) (func(fn func(TaskStatus)) error, error) {
 	stream, err := c.client.Events(ctx, &runtimepb.EventsRequest{})
 	if err != nil {
 		return nil, fromGRPCError(err)
 	}
-	ch := make(chan TaskStatus, 64)
-	go func() {
-		defer close(ch)
+	return func(fn func(TaskStatus)) error {
 		for {
 			msg, err := stream.Recv()
 			if err != nil {
-				return
+				return err
 			}
-			select {
-			case ch <- statusFromProto(msg):
-			case <-ctx.Done():
-				return
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
+			fn(statusFromProto(msg))
 		}
-	}()
-	return ch, nil
+	}, nil
+}
+
+// WatchEvents subscribes to rt's status changes (Runtime.Events) and
+// returns a function that calls fn for each of them, in order, until the
+// subscription ends (ctx done, or the plugin gone). For a runtime from
+// Launch, fn runs in the goroutine that receives the plugin's messages: an
+// exit reaches fn without passing through a channel and another goroutine.
+func WatchEvents(ctx context.Context, rt Runtime) (func(fn func(TaskStatus)), error) {
+	if c, ok := rt.(*grpcClient); ok {
+		recv, err := c.events(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return func(fn func(TaskStatus)) { _ = recv(fn) }, nil
+	}
+	ch, err := rt.Events(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return func(fn func(TaskStatus)) {
+		for st := range ch {
+			fn(st)
+		}
+	}, nil
 }

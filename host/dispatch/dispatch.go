@@ -346,7 +346,7 @@ func (s *supervisor) serve(ready func()) error {
 	m.byName[info.Name] = s
 	m.mu.Unlock()
 
-	events, err := p.Runtime.Events(m.ctx)
+	watch, err := sdk.WatchEvents(m.ctx, p.Runtime)
 	if err != nil {
 		return fmt.Errorf("while subscribing to the plugin's events: %w", err)
 	}
@@ -360,9 +360,7 @@ func (s *supervisor) serve(ready func()) error {
 	// Recovery runs beside the event stream: events that arrive meanwhile
 	// are applied as they come.
 	go m.obs.RuntimeUp(info.Name, p.Runtime)
-	for st := range events {
-		m.obs.Observe(info.Name, st)
-	}
+	watch(func(st sdk.TaskStatus) { m.obs.Observe(info.Name, st) })
 	s.mu.Lock()
 	s.plugin = nil
 	s.mu.Unlock()
