@@ -29,6 +29,7 @@ type fakeRuntime struct {
 	startErr error
 	block    chan struct{} // when set, Start waits on it
 	lists    int
+	failed   int // Starts that returned startErr
 }
 
 // exitSilently ends a running task without publishing it: a lost event.
@@ -56,6 +57,9 @@ func (f *fakeRuntime) Validate(_ context.Context, spec sdk.TaskSpec) error {
 func (f *fakeRuntime) Start(ctx context.Context, t sdk.Task) (sdk.TaskStatus, error) {
 	f.mu.Lock()
 	block, err := f.block, f.startErr
+	if err != nil {
+		f.failed++
+	}
 	f.mu.Unlock()
 	if block != nil {
 		select {
@@ -343,6 +347,13 @@ func TestReconcileCadence(t *testing.T) {
 			rt.startErr = fmt.Errorf("connection reset: %w", sdk.ErrUnavailable)
 			e := newEnv(t, t.TempDir(), rt, Config{ReconcileInterval: tc.interval})
 			e.create("a")
+			// The start runs beside the create's commit: it may not have
+			// been tried yet.
+			e.waitFor("a failed start", func() bool {
+				rt.mu.Lock()
+				defer rt.mu.Unlock()
+				return rt.failed > 0
+			})
 			rt.mu.Lock()
 			rt.startErr = nil
 			rt.mu.Unlock()
