@@ -267,7 +267,8 @@ func syncOne(path string) error {
 // waiting for — pays for discarding them (measured: a commit about twice as
 // dear).
 const (
-	// finalFile holds the task's final state.
+	// finalFile holds the task's final state; it is there, empty, from
+	// the task's creation on.
 	finalFile = "final.json"
 	// deletionFile holds the accepted deletion.
 	deletionFile = "deletion.json"
@@ -344,12 +345,18 @@ func (s *Store) writeOnce(task, name string, b []byte, durable bool) error {
 	path := filepath.Join(dir, name)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
-		if old, rerr := os.ReadFile(path); rerr == nil && json.Valid(old) {
+		old, rerr := os.ReadFile(path)
+		switch {
+		case rerr == nil && len(old) == 0:
+			// Prepared with the directory (see spareFiles).
+			f, err = os.OpenFile(path, os.O_WRONLY, 0)
+		case rerr == nil && json.Valid(old):
 			return nil
+		default:
+			// Cut short by a crash before it was ever acknowledged: redo.
+			_ = os.Remove(path)
+			f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		}
-		// Cut short by a crash before it was ever acknowledged: redo.
-		_ = os.Remove(path)
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	}
 	if err == nil {
 		_, err = f.Write(b)

@@ -353,3 +353,31 @@ func TestFlushSyncsTheFinalState(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestFinalStateWrittenInPlace: the final state goes into the empty file
+// the task's directory was prepared with, not a file created when the task
+// ends.
+func TestFinalStateWrittenInPlace(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	create(t, s, record("a"))
+	path := filepath.Join(dir, "a", finalFile)
+	before, err := os.Stat(path)
+	if err != nil || before.Size() != 0 {
+		t.Fatalf("a new task's %s: %v, %v; want an empty file", finalFile, before, err)
+	}
+	if err := s.SetFinal("a", sdk.Terminated(3, 0, "", "", time.Now(), time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) {
+		t.Fatal("the final state was written to a new file")
+	}
+	recs, err := open(t, dir).Load()
+	if err != nil || len(recs) != 1 || recs[0].State.Terminated == nil || recs[0].State.Terminated.ExitCode != 3 {
+		t.Fatalf("loaded %+v, %v; want a terminated with code 3", recs, err)
+	}
+}
