@@ -59,6 +59,11 @@ type Config struct {
 // finishes the ones in flight and the pending writes, and stops the
 // plugins. Tasks keep running; the next start picks them up.
 func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := store.Open(cfg.DataDir, log.Named("store"))
 	if err != nil {
 		return err

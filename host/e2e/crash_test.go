@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -163,4 +164,43 @@ func TestPluginKilledMidFlight(t *testing.T) {
 		}
 		return fmt.Sprintf("shims of the killed plugin linger (zombies nobody reaped): %v", left)
 	})
+}
+
+// TestDataDirInUse: a second executor on a data directory in use refuses to
+// start, says why and changes nothing; once the first is killed (-9), the
+// directory is free again and the next host finds the task.
+func TestDataDirInUse(t *testing.T) {
+	h := startHost(t)
+	h.mustDo(201, "POST", "/tasks", processTask("kept", "sleep", "60"))
+	h.shimState("kept")
+	before := tasksOnDisk(t, h.dataDir)
+
+	second := exec.Command(filepath.Join(binDir, "task-executor"),
+		"--listen-addr", "127.0.0.1:0", "--data-dir", h.dataDir, "--plugin-dir", h.pluginDir)
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = second.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = second.Process.Kill()
+		<-done
+		t.Fatal("a second host on the same data directory kept running")
+	}
+	if err == nil || !strings.Contains(string(out), "in use by another task-executor") {
+		t.Fatalf("second host: %v: %s; want a refusal that says the data directory is in use", err, out)
+	}
+	if after := tasksOnDisk(t, h.dataDir); after != before {
+		t.Fatalf("the refused host changed the data directory:\nbefore %s\nafter  %s", before, after)
+	}
+	if tk, _ := h.get("kept"); tk.Status.State.Running == nil {
+		t.Fatalf("the first host's task is %+v, want running", tk.Status.State)
+	}
+
+	h.kill9()
+	h.restart()
+	if tk, ok := h.get("kept"); !ok || tk.Status.State.Running == nil {
+		t.Fatalf("after the first host was killed, the next one has %+v, %v; want kept running", tk, ok)
+	}
 }
