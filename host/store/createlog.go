@@ -280,13 +280,6 @@ func (l *createLog) holds(names []string) bool {
 	return false
 }
 
-// pending tells whether the log has live entries.
-func (l *createLog) pending() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.live) > 0
-}
-
 // checkpoint syncs the records of the live entries, their directories and
 // the data directory, then drops those entries: from then on the records
 // stand on their own. Creates go on meanwhile unless exclusive, which a

@@ -239,3 +239,10 @@ func TestDeletionSettlesTheTask(t *testing.T) {
 		}
 	}
 }
+
+// pending tells whether the log has live entries.
+func (l *createLog) pending() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.live) > 0
+}
