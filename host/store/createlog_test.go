@@ -16,13 +16,29 @@ import (
 // now, it never will.
 func crash(t *testing.T, s *Store) {
 	t.Helper()
+	hold(s)
+	s.clog.close()
+}
+
+// hold stops s's flusher, so that only the test checkpoints the log: on a
+// slow disk, creates can take longer than FlushInterval and a flush would
+// make durable what a test means to lose. Right after Open, no flush is
+// armed or running.
+func hold(s *Store) {
 	s.flusher.mu.Lock()
 	s.flusher.closed = true
 	if s.flusher.timer != nil {
 		s.flusher.timer.Stop()
 	}
 	s.flusher.mu.Unlock()
-	s.clog.close()
+}
+
+// openHeld opens dir with its flusher held.
+func openHeld(t *testing.T, dir string) *Store {
+	t.Helper()
+	s := open(t, dir)
+	hold(s)
+	return s
 }
 
 // lose undoes what a power cut can undo of records never synced: the
@@ -56,7 +72,7 @@ func readRecord(t *testing.T, dir, name string) []byte {
 // survives the loss of its record, however much of it was lost.
 func TestCreateLogRestoresLostRecords(t *testing.T) {
 	dir := t.TempDir()
-	s := open(t, dir)
+	s := openHeld(t, dir)
 	create(t, s, record("whole"), record("gone"))
 	create(t, s, record("empty"))
 	create(t, s, record("torn"))
@@ -93,7 +109,7 @@ func TestCreateLogRestoresLostRecords(t *testing.T) {
 // torn by the crash (never acknowledged) restores nothing.
 func TestCreateLogForgetsWhatIsDurable(t *testing.T) {
 	dir := t.TempDir()
-	s := open(t, dir)
+	s := openHeld(t, dir)
 	create(t, s, record("checkpointed"))
 	if err := s.clog.checkpoint(s, false); err != nil {
 		t.Fatal(err)
@@ -139,7 +155,7 @@ func TestCreateLogForgetsWhatIsDurable(t *testing.T) {
 func TestCheckpointWhileCreating(t *testing.T) {
 	t.Run("during a checkpoint", func(t *testing.T) {
 		dir := t.TempDir()
-		s := open(t, dir)
+		s := openHeld(t, dir)
 		create(t, s, record("before"))
 		once := false
 		testHookCheckpointSynced = func() {
@@ -170,11 +186,13 @@ func TestCheckpointWhileCreating(t *testing.T) {
 		defer func(n int64) { logSize = n }(logSize)
 		logSize = 4096
 		dir := t.TempDir()
-		s := open(t, dir)
+		s := openHeld(t, dir)
 		for i := range 40 {
 			create(t, s, record(fmt.Sprintf("t%02d", i)))
 		}
+		s.clog.mu.Lock()
 		live := len(s.clog.live)
+		s.clog.mu.Unlock()
 		if live == 0 || live >= 40 {
 			t.Fatalf("the log holds %d of 40 tasks; want it to have started over", live)
 		}
@@ -199,7 +217,7 @@ func TestCheckpointWhileCreating(t *testing.T) {
 // the store opens.
 func TestDamagedLog(t *testing.T) {
 	dir := t.TempDir()
-	s := open(t, dir)
+	s := openHeld(t, dir)
 	create(t, s, record("a"))
 	crash(t, s)
 	if err := os.WriteFile(filepath.Join(dir, logName), []byte("garbage"), 0o600); err != nil {
@@ -225,7 +243,7 @@ func TestDamagedLog(t *testing.T) {
 func TestDeletionSettlesTheTask(t *testing.T) {
 	synced, _ := recordSyncs(t)
 	dir := t.TempDir()
-	s := open(t, dir)
+	s := openHeld(t, dir)
 	create(t, s, record("a"), record("b"))
 	if err := s.MarkDeleted(Deletion{Name: "a", At: time.Now()}); err != nil {
 		t.Fatal(err)
