@@ -55,6 +55,11 @@ type Config struct {
 	Volumes map[string]string
 }
 
+// recoveryWait bounds how long a start waits for the runtimes to say what
+// became of their tasks before it serves anyway (a runtime whose Recover
+// keeps failing must not keep the API down).
+const recoveryWait = 10 * time.Second
+
 // Run serves until ctx ends, then shuts down: it stops accepting requests,
 // finishes the ones in flight and the pending writes, and stops the
 // plugins. Tasks keep running; the next start picks them up.
@@ -120,6 +125,18 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		ctrl.Close()
 		return err
 	}
+	var up []string
+	for _, rt := range mgr.Status() {
+		if rt.Healthy {
+			up = append(up, rt.Name)
+		}
+	}
+	wctx, cancelWait := context.WithTimeout(ctx, recoveryWait)
+	if !ctrl.AwaitRecovered(wctx, up) {
+		log.Warn("serving before every runtime has said what became of its tasks; until then they show as recorded",
+			"waited", recoveryWait.String())
+	}
+	cancelWait()
 
 	// Closed when the shutdown begins: it ends the streams of logs?follow,
 	// which the shutdown would otherwise wait for.

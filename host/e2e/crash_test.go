@@ -200,6 +200,9 @@ func TestDataDirInUse(t *testing.T) {
 
 	h.kill9()
 	h.restart()
+	// Asked at once: the host serves only once its runtimes have said
+	// what became of their tasks, so a running task never shows as
+	// waiting again.
 	if tk, ok := h.get("kept"); !ok || tk.Status.State.Running == nil {
 		t.Fatalf("after the first host was killed, the next one has %+v, %v; want kept running", tk, ok)
 	}

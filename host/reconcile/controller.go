@@ -171,6 +171,9 @@ type Controller struct {
 	active   int             // tasks handed to a runtime and not terminated
 	seq      uint64
 	rts      map[string]*runtimeState
+	// recoveries is closed, and replaced, whenever a runtime has recovered
+	// its tasks (see AwaitRecovered).
+	recoveries chan struct{}
 
 	persistQ chan *entry
 	ctx      context.Context
@@ -194,6 +197,7 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controll
 		cfg: cfg, log: log, store: st, runtimes: rts,
 		tasks: map[string]*entry{}, reserved: map[string]bool{}, rts: map[string]*runtimeState{},
 		persistQ: make(chan *entry, 1024), ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1),
+		recoveries: make(chan struct{}),
 	}
 	sort.Slice(recs, func(i, j int) bool {
 		if !recs[i].CreatedAt.Equal(recs[j].CreatedAt) {
@@ -817,6 +821,32 @@ func (c *Controller) RuntimeUp(name string, rt sdk.Runtime) {
 	c.recover(name)
 }
 
+// AwaitRecovered returns once each of the named runtimes has recovered its
+// tasks, or with false when ctx ends first. Until a runtime has, its
+// running tasks show as they were recorded (waiting): the host serves only
+// after, so that a client never sees a running task go back to waiting.
+func (c *Controller) AwaitRecovered(ctx context.Context, names []string) bool {
+	for {
+		c.mu.Lock()
+		all := true
+		for _, n := range names {
+			if rs := c.rts[n]; rs == nil || !rs.recovered {
+				all = false
+			}
+		}
+		note := c.recoveries
+		c.mu.Unlock()
+		if all {
+			return true
+		}
+		select {
+		case <-note:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
 // RuntimeDown is called when a runtime's plugin has gone.
 func (c *Controller) RuntimeDown(name string) {
 	c.mu.Lock()
@@ -891,6 +921,8 @@ func (c *Controller) recover(name string) {
 		}
 	}
 	rs.recovered = true
+	close(c.recoveries)
+	c.recoveries = make(chan struct{})
 	c.log.Info("recovered tasks", "runtime", name, "asked", len(tasks), "found", len(sts))
 	c.pumpLocked()
 	for _, e := range c.tasks {

@@ -594,3 +594,48 @@ func TestRefusedRuntimeSaysWhy(t *testing.T) {
 		t.Fatalf("got %v, want ErrInvalid saying the plugin was refused and why", err)
 	}
 }
+
+// TestAwaitRecovered: the wait the host makes before it serves ends when
+// every runtime named has recovered its tasks, and not before; a runtime
+// that never comes up keeps it waiting until the context ends.
+func TestAwaitRecovered(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		await []string
+		want  bool
+	}{
+		{"the runtime that comes up", []string{"process"}, true},
+		{"none", nil, true},
+		{"one that never comes up too", []string{"process", "cri"}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st, err := store.Open(t.TempDir(), hclog.NewNullLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(st.Close)
+			rt := newFake()
+			ctl, err := New(Config{ReconcileInterval: time.Hour}, st, &fakeRuntimes{rt: rt, up: true}, hclog.NewNullLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctl.Run()
+			t.Cleanup(ctl.Close)
+			done := make(chan bool)
+			ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+			defer cancel()
+			go func() { done <- ctl.AwaitRecovered(ctx, c.await) }()
+			if len(c.await) > 0 {
+				select {
+				case got := <-done:
+					t.Fatalf("returned %v before any runtime came up", got)
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+			ctl.RuntimeUp("process", rt)
+			if got := <-done; got != c.want {
+				t.Fatalf("AwaitRecovered = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
