@@ -152,31 +152,6 @@ func writeJSON(dir, name string, v any) error {
 	return nil
 }
 
-// writeExit writes the exit record. It is written in place, in one write,
-// rather than renamed into place: a rename is one more dear metadata
-// operation on the path from a task's exit to its report. A reader that
-// catches the file half-written (it cannot parse it) while the shim lives
-// looks again; once the shim is dead, an unreadable record means the shim
-// died writing it.
-func writeExit(dir string, e Exit) error {
-	b, err := json.Marshal(e)
-	if err != nil {
-		return fmt.Errorf("while encoding the exit record: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, exitFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("while writing the exit record: %w", err)
-	}
-	_, err = f.Write(b)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("while writing the exit record: %w", err)
-	}
-	return nil
-}
-
 // errPartial marks a record that exists but cannot be parsed (yet).
 var errPartial = errors.New("record is incomplete")
 

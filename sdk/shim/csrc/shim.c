@@ -281,8 +281,11 @@ static void exit_json(struct buf *b, const struct exit_info *e) {
 	bput(b, "}", 1);
 }
 
-/* write_exit writes the exit record in place, in one write (see writeExit
- * in shim.go for why not through a rename). */
+/* write_exit writes the exit record in place, in one write, rather than
+ * renamed into place: a rename is one more dear metadata operation on the
+ * path from a task's exit to its report. A reader that catches the file
+ * half-written (it cannot parse it) while the shim lives looks again; once
+ * the shim is dead, an unreadable record means the shim died writing it. */
 static void write_exit(const struct exit_info *e) {
 	struct buf b = {0};
 	exit_json(&b, e);
