@@ -165,6 +165,12 @@ func inotifyFDs(pid int) int {
 func TestLogsFollowCancelledReleases(t *testing.T) {
 	h := startHost(t)
 	h.mustDo(201, "POST", "/tasks", shTask("long", `echo started; sleep 60`))
+	// Running as the host sees it, which may come a moment after the
+	// task's first output.
+	eventually(t, 10*time.Second, func() bool {
+		tk, _ := h.get("long")
+		return tk.Status.State.Running != nil
+	}, func() string { return "the task never ran" })
 	pid := h.cmd.Process.Pid
 	before := inotifyFDs(pid)
 	ctx, cancel := context.WithCancel(context.Background())
