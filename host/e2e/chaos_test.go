@@ -539,7 +539,9 @@ func checkSettled(t *testing.T, h *hostProc, f *fleet, hist *history) map[string
 		var rec store.Record
 		b, err := os.ReadFile(filepath.Join(h.dataDir, name, store.RecordFile))
 		if err == nil {
-			err = json.Unmarshal(b, &rec)
+			// The record is the file's first JSON value; the final
+			// state may follow it.
+			err = json.NewDecoder(bytes.NewReader(b)).Decode(&rec)
 		}
 		if err != nil || rec.Name != name {
 			t.Errorf("the directory of %s has no valid record: %v (%q)", name, err, b)

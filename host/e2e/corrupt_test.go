@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -53,10 +54,13 @@ func TestCorruptStateFiles(t *testing.T) {
 	c := newAPIClient(h.url)
 	cases := []struct {
 		name, script string
-		// corrupt damages the task's files while the host is down.
-		file, content string
-		truncate      bool
-		quarantined   bool
+		// corrupt damages the task's files while the host is down:
+		// file gets content, or is cut in the middle of its first JSON
+		// value (truncate), or keeps that value and gets content after it
+		// instead of what followed (final: the final state's line).
+		file, content   string
+		truncate, final bool
+		quarantined     bool
 	}{
 		{name: "intact", script: "exit 3"},
 		{name: "intact-ok", script: "exit 0"},
@@ -65,8 +69,9 @@ func TestCorruptStateFiles(t *testing.T) {
 		{name: "empty-record", script: "exit 4", file: store.RecordFile, content: "", quarantined: true},
 		{name: "foreign-record", script: "exit 4", file: store.RecordFile, quarantined: true,
 			content: `{"name":"intact","spec":{"process":{"command":["true"]}},"runtime":"process"}`},
-		{name: "garbled-final", script: "exit 5", file: "final.json", content: "\x00\xffnot json{"},
-		{name: "mistyped-final", script: "exit 6", file: "final.json", content: `{"terminated":"yes"}`},
+		{name: "garbled-final", script: "exit 5", file: store.RecordFile, final: true, content: "\n\x00\xffnot json{"},
+		{name: "mistyped-final", script: "exit 6", file: store.RecordFile, final: true, content: `
+{"terminated":"yes"}`},
 		{name: "torn-deletion", script: "exit 7", file: "deletion.json", content: `{"name":"torn-deletion","at":"20`},
 	}
 	for _, tc := range cases {
@@ -97,12 +102,18 @@ func TestCorruptStateFiles(t *testing.T) {
 		switch {
 		case tc.file == "":
 			continue
-		case tc.truncate:
-			fi, err := os.Stat(path)
+		case tc.truncate, tc.final:
+			b, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Truncate(path, fi.Size()/2); err != nil {
+			// The record is the file's first line (the final state
+			// follows on a line of its own).
+			rec, _, _ := bytes.Cut(b, []byte("\n"))
+			if tc.truncate {
+				rec = rec[:len(rec)/2]
+			}
+			if err := os.WriteFile(path, append(rec, tc.content...), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		default:

@@ -291,7 +291,7 @@ func TestCreateRunExitPersists(t *testing.T) {
 	rt.exit("a", 3)
 	e.waitFor("terminated", func() bool { return e.state("a") == "terminated:3" })
 	e.waitFor("the final state on disk", func() bool {
-		b, _ := os.ReadFile(filepath.Join(e.dir, "a", "final.json"))
+		b, _ := os.ReadFile(filepath.Join(e.dir, "a", store.RecordFile))
 		return strings.Contains(string(b), `"exitCode":3`)
 	})
 	// A late "running" from the runtime must not move the task back.

@@ -411,10 +411,11 @@ func (s *Store) restore(name string, payload []byte) error {
 	dir := s.Dir(name)
 	path := filepath.Join(dir, RecordFile)
 	old, err := os.ReadFile(path)
-	if err == nil && bytes.Equal(old, payload) {
-		return nil
+	rec, _, whole := splitRecord(old)
+	if err == nil && whole && bytes.Equal(rec, payload) {
+		return nil // perhaps with its final state after it
 	}
-	if err == nil && json.Valid(old) {
+	if err == nil && whole {
 		// Whole, yet not this task's record: a task of the same name
 		// whose removal a crash undid. The log's entry is newer.
 		trash := filepath.Join(s.dir, fmt.Sprintf("%s%s-%d", trashPrefix, name, time.Now().UnixNano()))

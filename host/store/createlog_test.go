@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 // crash stops s the way a killed host stops: whatever it has not synced by
@@ -69,15 +71,20 @@ func readRecord(t *testing.T, dir, name string) []byte {
 }
 
 // TestCreateLogRestoresLostRecords: a create acknowledged through the log
-// survives the loss of its record, however much of it was lost.
+// survives the loss of its record, however much of it was lost; a record
+// that survived whole keeps the final state appended to it.
 func TestCreateLogRestoresLostRecords(t *testing.T) {
 	dir := t.TempDir()
 	s := openHeld(t, dir)
 	create(t, s, record("whole"), record("gone"))
 	create(t, s, record("empty"))
 	create(t, s, record("torn"))
+	create(t, s, record("ended"))
+	if err := s.SetFinal("ended", sdk.Terminated(4, 0, "", "", time.Now(), time.Now())); err != nil {
+		t.Fatal(err)
+	}
 	want := map[string][]byte{}
-	for _, n := range []string{"whole", "gone", "empty", "torn"} {
+	for _, n := range []string{"whole", "gone", "empty", "torn", "ended"} {
 		want[n] = readRecord(t, dir, n)
 	}
 	crash(t, s)
@@ -90,8 +97,11 @@ func TestCreateLogRestoresLostRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := names(recs); got != "empty,gone,torn,whole" {
+	if got := names(recs); got != "empty,ended,gone,torn,whole" {
 		t.Fatalf("loaded %s, want every acknowledged task", got)
+	}
+	if st := recs[1].State.Terminated; st == nil || st.ExitCode != 4 {
+		t.Errorf("the task that ended has %+v, want its final state", recs[1].State)
 	}
 	for n, b := range want {
 		if got := readRecord(t, dir, n); !bytes.Equal(got, b) {

@@ -49,7 +49,7 @@ func (f *flusher) armLocked() {
 	}
 }
 
-// flush syncs every pending final state and its directory, and
+// flush syncs every pending final state, and
 // checkpoints the create log, all at once (see Create's commit).
 func (f *flusher) flush() {
 	f.mu.Lock()
@@ -57,10 +57,11 @@ func (f *flusher) flush() {
 	f.pending = nil
 	f.timer = nil
 	f.mu.Unlock()
-	finals := make([]string, 0, 2*len(names))
+	// Only the record: its directory entry was made durable with the
+	// create (or the create log restores it).
+	finals := make([]string, 0, len(names))
 	for name := range names {
-		dir := f.store.Dir(name)
-		finals = append(finals, filepath.Join(dir, finalFile), dir)
+		finals = append(finals, filepath.Join(f.store.Dir(name), RecordFile))
 	}
 	l := f.store.clog
 	if l == nil {

@@ -25,8 +25,9 @@ func FuzzLoad(f *testing.F) {
 		Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"true"}}}}
 	final := valid(sdk.Terminated(3, 0, "", "", now, now))
 	deletion := valid(Deletion{Name: "fuzzed", At: now, GracePeriod: time.Second})
-	// present: which of task.json, final.json, deletion.json are written
-	// (bits 0, 1, 2).
+	// present: which are written (bits 0, 1, 2): task.json, the final
+	// state (appended to task.json as a line; without a task.json, in the
+	// final.json of older data directories), deletion.json.
 	f.Add(uint8(7), valid(rec), final, deletion)
 	f.Add(uint8(1), valid(rec), []byte{}, []byte{})
 	f.Add(uint8(7), valid(rec)[:10], final, deletion)
@@ -51,16 +52,18 @@ func FuzzLoad(f *testing.F) {
 			}
 		}
 		writes := map[string][]byte{
-			filepath.Join(dir, "good", RecordFile): valid(good),
-			filepath.Join(dir, "good", finalFile):  valid(goodFinal),
+			filepath.Join(dir, "good", RecordFile): append(append(valid(good), '\n'), valid(goodFinal)...),
 		}
-		for i, file := range []struct {
-			name string
-			b    []byte
-		}{{RecordFile, task}, {finalFile, finalState}, {deletionFile, del}} {
-			if present&(1<<i) != 0 {
-				writes[filepath.Join(fuzzed, file.name)] = file.b
-			}
+		switch present & 3 {
+		case 1:
+			writes[filepath.Join(fuzzed, RecordFile)] = task
+		case 2:
+			writes[filepath.Join(fuzzed, legacyFinalFile)] = finalState
+		case 3:
+			writes[filepath.Join(fuzzed, RecordFile)] = append(append(bytes.Clone(task), '\n'), finalState...)
+		}
+		if present&4 != 0 {
+			writes[filepath.Join(fuzzed, deletionFile)] = del
 		}
 		for p, b := range writes {
 			if err := os.WriteFile(p, b, 0o600); err != nil {
@@ -105,8 +108,9 @@ func FuzzLoad(f *testing.F) {
 			if r.Name != "fuzzed" || statErr != nil || len(quarantined) != 0 {
 				t.Fatalf("loaded as %q; directory: %v; quarantined: %v", r.Name, statErr, quarantined)
 			}
+			// A final state of one line, last in the file, is the one.
 			var want corev1.ContainerState
-			if json.Unmarshal(finalState, &want) == nil && want.Terminated != nil && present&2 != 0 {
+			if json.Unmarshal(finalState, &want) == nil && want.Terminated != nil && present&2 != 0 && !bytes.ContainsRune(finalState, '\n') {
 				if got, _ := json.Marshal(r.State); string(got) != string(valid(want)) {
 					t.Fatalf("the final state on disk is %s, loaded %s", valid(want), got)
 				}

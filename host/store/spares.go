@@ -25,16 +25,14 @@ const (
 	spareRefillDelay = 20 * time.Millisecond
 )
 
-// The files every task directory starts with, empty: the record, and the
-// final state, which every task gets and which is written the moment the
-// task ends, beside the answers its end wakes (creating a file costs the
-// most CPU of the two; on some file systems, after many deletions, up to a
-// millisecond). Not the output files: a runtime creates those at a
-// stream's first output, and most tasks leave at least one stream empty.
+// The files every task directory starts with, empty: the record (to which
+// the final state is appended too). Not the output files: a runtime creates
+// those at a stream's first output, and most tasks leave at least one
+// stream empty.
 var spareFiles = []struct {
 	name string
 	mode os.FileMode
-}{{RecordFile, 0o600}, {finalFile, 0o600}}
+}{{RecordFile, 0o600}}
 
 type spares struct {
 	dir string

@@ -118,10 +118,9 @@ func TestLoadCleansUp(t *testing.T) {
 		}
 	}
 	// A final state and a deletion cut short by a crash count as absent.
-	for _, f := range []string{finalFile, deletionFile} {
-		if err := os.WriteFile(filepath.Join(dir, "good", f), []byte(`{"termin`), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	appendTo(t, filepath.Join(dir, "good", RecordFile), "\n{\"termin")
+	if err := os.WriteFile(filepath.Join(dir, "good", deletionFile), []byte(`{"termin`), 0o600); err != nil {
+		t.Fatal(err)
 	}
 
 	recs, err := open(t, dir).Load()
@@ -244,7 +243,6 @@ func TestPrivateModes(t *testing.T) {
 				dir:                                   0o700,
 				filepath.Join(dir, "a"):               0o700,
 				filepath.Join(dir, "a", RecordFile):   0o600,
-				filepath.Join(dir, "a", finalFile):    0o600,
 				filepath.Join(dir, "a", deletionFile): 0o600,
 			}
 			for p, m := range want {
@@ -329,8 +327,7 @@ func TestRecordsAreSyncedOnTheirOwn(t *testing.T) {
 }
 
 // TestFlushSyncsTheFinalState: the batch flush makes the final state
-// itself durable, and its entry in the task's directory, not some other
-// file of the task.
+// durable: the record it was appended to, not some other file of the task.
 func TestFlushSyncsTheFinalState(t *testing.T) {
 	synced, reset := recordSyncs(t)
 	dir := t.TempDir()
@@ -340,11 +337,11 @@ func TestFlushSyncsTheFinalState(t *testing.T) {
 	if err := s.SetFinal("a", sdk.Terminated(0, 0, "", "", time.Now(), time.Now())); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{filepath.Join(dir, "a", finalFile), filepath.Join(dir, "a")}
+	want := filepath.Join(dir, "a", RecordFile)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		got := synced()
-		if slices.Contains(got, want[0]) && slices.Contains(got, want[1]) {
+		if slices.Contains(got, want) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -354,30 +351,76 @@ func TestFlushSyncsTheFinalState(t *testing.T) {
 	}
 }
 
-// TestFinalStateWrittenInPlace: the final state goes into the empty file
-// the task's directory was prepared with, not a file created when the task
-// ends.
-func TestFinalStateWrittenInPlace(t *testing.T) {
+// TestFinalStateAppended: the final state is appended to the task's
+// record, so no file is created when a task ends; a second one changes
+// nothing; one a crash cut short, or zeroed, is read past, by Load and by
+// the next SetFinal alike, and the record before it stays readable.
+func TestFinalStateAppended(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		damage string // appended to the record before SetFinal, as a crash leaves it
+		want   int32  // the exit code loaded
+	}{
+		{"clean", "", 3},
+		{"after a torn final state", "\n{\"terminated\":{\"exitCo", 3},
+		{"after zeroed bytes", "\x00\x00\x00\x00", 3},
+		{"after an earlier final state", "\n{\"terminated\":{\"exitCode\":9}}", 9},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir)
+			create(t, s, record("a"))
+			path := filepath.Join(dir, "a", RecordFile)
+			appendTo(t, path, c.damage)
+			before, err := os.ReadDir(filepath.Join(dir, "a"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, code := range []int32{3, 4} {
+				if err := s.SetFinal("a", sdk.Terminated(code, 0, "", "", time.Now(), time.Now())); err != nil {
+					t.Fatal(err)
+				}
+			}
+			after, err := os.ReadDir(filepath.Join(dir, "a"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(after) != len(before) {
+				t.Fatalf("the task's directory held %v, then %v: the final state made a file", before, after)
+			}
+			recs, err := open(t, dir).Load()
+			if err != nil || len(recs) != 1 || recs[0].State.Terminated == nil || recs[0].State.Terminated.ExitCode != c.want {
+				t.Fatalf("loaded %+v, %v; want a terminated with code %d", recs, err, c.want)
+			}
+		})
+	}
+}
+
+// TestLegacyFinalFile: a data directory written before the final state was
+// appended to the record keeps its final states.
+func TestLegacyFinalFile(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
 	create(t, s, record("a"))
-	path := filepath.Join(dir, "a", finalFile)
-	before, err := os.Stat(path)
-	if err != nil || before.Size() != 0 {
-		t.Fatalf("a new task's %s: %v, %v; want an empty file", finalFile, before, err)
-	}
-	if err := s.SetFinal("a", sdk.Terminated(3, 0, "", "", time.Now(), time.Now())); err != nil {
+	s.Close()
+	if err := os.WriteFile(filepath.Join(dir, "a", legacyFinalFile), []byte(`{"terminated":{"exitCode":5}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	after, err := os.Stat(path)
+	recs, err := open(t, dir).Load()
+	if err != nil || len(recs) != 1 || recs[0].State.Terminated == nil || recs[0].State.Terminated.ExitCode != 5 {
+		t.Fatalf("loaded %+v, %v; want a terminated with code 5", recs, err)
+	}
+}
+
+// appendTo appends s to the file at path.
+func appendTo(t *testing.T, path, s string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !os.SameFile(before, after) {
-		t.Fatal("the final state was written to a new file")
-	}
-	recs, err := open(t, dir).Load()
-	if err != nil || len(recs) != 1 || recs[0].State.Terminated == nil || recs[0].State.Terminated.ExitCode != 3 {
-		t.Fatalf("loaded %+v, %v; want a terminated with code 3", recs, err)
+	defer f.Close()
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
 	}
 }
