@@ -15,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -126,10 +127,6 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
 			return Result{}, fmt.Errorf("%s: %w", filepath.Join(dir, name), ErrLaunched)
 		}
-	}
-	// A FIFO left by an attempt that died before its task started.
-	if err := os.Remove(filepath.Join(dir, ctlFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
 	}
 	job := encodeJob(dir, spec)
 
@@ -489,27 +486,84 @@ func Wait(ctx context.Context, dir string, st State) (Exit, error) {
 // if no shim is running there; the caller then learns the task's end from
 // Wait or Inspect.
 func Stop(dir string, grace time.Duration) error {
-	var f *os.File
+	if grace < 0 {
+		grace = 0
+	}
+	var st State
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		var err error
-		f, err = os.OpenFile(filepath.Join(dir, ctlFile), os.O_WRONLY|unix.O_NONBLOCK, 0)
+		err := readJSON(dir, stateFile, &st)
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, unix.ENXIO) && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("while opening the shim's control FIFO: %w", err)
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("while reading the shim's state: %w", err)
 		}
-		// No FIFO, or nobody reading it: either the shim is gone, or it
-		// has just started the task and is about to open it.
+		// No record: either the shim is gone, or it has just started the
+		// task and is about to write it.
 		if !shimAlive(dir) || time.Now().After(deadline) {
 			return ErrGone
 		}
 		time.Sleep(time.Millisecond)
 	}
-	defer f.Close()
-	if grace < 0 {
-		grace = 0
+	if _, err := os.Lstat(filepath.Join(dir, ctlFile)); err == nil {
+		return stopThroughFIFO(dir, grace)
 	}
+	fd, err := unix.PidfdOpen(st.ShimPID, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return ErrGone
+	}
+	if err != nil {
+		return fmt.Errorf("while finding the shim: %w", err)
+	}
+	defer unix.Close(fd)
+	// Taken first, checked after: if the start time still matches, the
+	// pidfd names our shim, not a process that reused its PID.
+	if !sameProcess(st.ShimPID, st.ShimStart) {
+		return ErrGone
+	}
+	if err := queueSignal(fd, stopSignal, int64(grace)); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return ErrGone
+		}
+		return fmt.Errorf("while sending the stop request to the shim: %w", err)
+	}
+	return nil
+}
+
+// stopSignal carries a stop request to a shim, queued with the grace
+// period in nanoseconds as its value (see STOP_SIGNAL in csrc/shim.c).
+const stopSignal = unix.Signal(40)
+
+// queueSignal sends sig with value v to the process behind pidfd, the way
+// sigqueue(3) does (si_code SI_QUEUE), which kill(2) cannot.
+func queueSignal(pidfd int, sig unix.Signal, v int64) error {
+	// siginfo_t on Linux (64-bit): si_signo, si_errno, si_code, padding;
+	// then for SI_QUEUE si_pid, si_uid and the 8-byte si_value.
+	var info [128]byte
+	binary.NativeEndian.PutUint32(info[0:], uint32(sig))
+	code := int32(siQueue)
+	binary.NativeEndian.PutUint32(info[8:], uint32(code))
+	binary.NativeEndian.PutUint32(info[16:], uint32(os.Getpid()))
+	binary.NativeEndian.PutUint32(info[20:], uint32(os.Getuid()))
+	binary.NativeEndian.PutUint64(info[24:], uint64(v))
+	return unix.PidfdSendSignal(pidfd, sig, (*unix.Siginfo)(unsafe.Pointer(&info[0])), 0)
+}
+
+// siQueue is SI_QUEUE, the si_code of a signal sent by sigqueue(3).
+const siQueue = -1
+
+// stopThroughFIFO sends a stop request to a shim of an earlier version,
+// which reads requests from a FIFO in its directory (one still running
+// from before an upgrade).
+func stopThroughFIFO(dir string, grace time.Duration) error {
+	f, err := os.OpenFile(filepath.Join(dir, ctlFile), os.O_WRONLY|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.ENXIO) {
+		return ErrGone // nobody reads it: the shim has gone
+	}
+	if err != nil {
+		return fmt.Errorf("while opening the shim's control FIFO: %w", err)
+	}
+	defer f.Close()
 	if _, err := f.WriteString("stop " + strconv.FormatInt(int64(grace), 10) + "\n"); err != nil {
 		if errors.Is(err, unix.EPIPE) {
 			return ErrGone

@@ -23,8 +23,6 @@
 //
 //	shim-state.json  PIDs and start time, written shortly after the task
 //	                 starts (a task that ends sooner never needs it)
-//	shim-ctl         FIFO the shim reads stop requests from, made at the
-//	                 same moment
 //	shim-exit.json   how the task ended; its presence means the task is over
 //	shim.log         the shim's own log, written only when there is
 //	                 something to say
@@ -43,6 +41,8 @@ import (
 
 // File names inside a state directory.
 const (
+	// ctlFile is the FIFO shims of earlier versions read stop requests
+	// from; shims now take them as a signal (see Stop).
 	ctlFile   = "shim-ctl"
 	stateFile = "shim-state.json"
 	exitFile  = "shim-exit.json"
@@ -50,7 +50,7 @@ const (
 )
 
 // recordDelay is how long after the start a shim records the task's run
-// (state.json, the control FIFO). Creating files is by far the dearest
+// (state.json). Creating files is by far the dearest
 // part of a start on some machines; a task that ends within the delay
 // never needs them, and for the others they are made off the path of the
 // start. Until then, Inspect and Stop see a live shim and wait.

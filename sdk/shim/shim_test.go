@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -929,8 +930,12 @@ func TestLaunchRefusesWhileShimAlive(t *testing.T) {
 	t.Parallel()
 	k := newTask(t)
 	st := k.started(k.sh("while [ ! -e go ]; do sleep 0.01; done"))
-	ctl := filepath.Join(k.dir, ctlFile)
-	eventually(t, "the shim has made its control FIFO", func() bool { _, err := os.Stat(ctl); return err == nil })
+	state := filepath.Join(k.dir, stateFile)
+	eventually(t, "the shim has recorded the task", func() bool { _, err := os.Stat(state); return err == nil })
+	before, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), patience)
 	defer cancel()
 	if res, err := Launch(ctx, shimBin, k.dir, k.spec("true")); err == nil {
@@ -941,8 +946,8 @@ func TestLaunchRefusesWhileShimAlive(t *testing.T) {
 	if err != nil || !alive || res.State == nil || !sameState(*res.State, st) {
 		t.Fatalf("after the refused Launch, Inspect: %+v alive=%v err=%v", res, alive, err)
 	}
-	if fi, err := os.Stat(ctl); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
-		t.Fatalf("the live shim's control FIFO was replaced: %v %v", fi, err)
+	if after, err := os.ReadFile(state); err != nil || string(after) != string(before) {
+		t.Fatalf("the live shim's state was touched: %s, %v", after, err)
 	}
 	k.touch("go")
 	if exit := k.wait(st); exit.ExitCode != 0 {
@@ -1331,5 +1336,89 @@ echo done >&2`)
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("a task that wrote nothing left %s: %v", filepath.Base(f), err)
 		}
+	}
+}
+
+// TestStopIsAQueuedSignal: a stop request reaches the shim as a queued
+// signal, so recording a task makes no control file; the same signal sent
+// with kill(2), as a careless kill of the shim would, carries no request
+// and changes nothing; the task starts with the signal unblocked.
+func TestStopIsAQueuedSignal(t *testing.T) {
+	t.Parallel()
+	k := newTask(t)
+	st := k.started(k.sh("trap 'exit 3' TERM; while :; do sleep 0.01; done"))
+	eventually(t, "the shim has recorded the task", func() bool { return readJSON(k.dir, stateFile, &State{}) == nil })
+	ents, err := os.ReadDir(k.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() != stateFile {
+			t.Errorf("recording the task made %s", e.Name())
+		}
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if blk, ok := strings.CutPrefix(line, "SigBlk:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(blk), 16, 64)
+			if err != nil || mask&(1<<(stopSignal-1)) != 0 {
+				t.Errorf("the task starts with signals %s blocked (%v), the stop signal among them", blk, err)
+			}
+		}
+	}
+
+	if err := unix.Kill(st.ShimPID, stopSignal); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the shim logs that it ignored the signal", func() bool {
+		b, _ := os.ReadFile(filepath.Join(k.dir, logFile))
+		return strings.Contains(string(b), "ignoring a stop signal")
+	})
+	if !running(st.PID, st.PIDStart) {
+		t.Fatal("a stop signal sent with kill(2) stopped the task")
+	}
+	k.stop(patience)
+	if exit := k.wait(st); exit.ExitCode != 3 || exit.Message != "stopped on request" {
+		t.Fatalf("exit %+v, want code 3, stopped on request", exit)
+	}
+}
+
+// TestStopOlderShim: a shim of an earlier version, still running from
+// before an upgrade, takes stop requests from a FIFO in its directory; Stop
+// writes them there, and does not signal it (the signal would kill it).
+func TestStopOlderShim(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	// Stands in for the old shim: the lock held, the state recorded, the
+	// FIFO read.
+	lock, err := lockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	start, err := procStart(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeJSON(dir, stateFile, State{ShimPID: os.Getpid(), ShimStart: start, PID: os.Getpid(), PIDStart: start}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(dir, ctlFile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo, err := os.OpenFile(filepath.Join(dir, ctlFile), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fifo.Close()
+	if err := Stop(dir, 1500*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(fifo).ReadString('\n')
+	if err != nil || line != "stop 1500000000\n" {
+		t.Fatalf("the FIFO got %q, %v", line, err)
 	}
 }

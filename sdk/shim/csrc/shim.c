@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -65,11 +66,19 @@
 #define JOB_FD 3
 #define MAX_JOB (64u << 20)
 #define RECORD_DELAY_NS 10000000LL /* see recordDelay in shim.go */
+/* A stop request: this real-time signal, queued (sigqueue, SI_QUEUE) with
+ * the grace period in nanoseconds as its value (see Stop in launch.go). A
+ * signal rather than a control FIFO in the state directory: a FIFO is one
+ * more file per task, and making a file is the dearest part of recording a
+ * task on some file systems. Kept blocked from the shim's start, so that a
+ * request is queued until read; the task starts with it unblocked. */
+#define STOP_SIGNAL 40
 
 static const char *state_dir, *out_path, *err_path, *work_dir;
 static int dir_fd = -1;  /* the state directory (and its lock) */
 static int proc_fd = -1; /* the executor's /proc */
 static int ns_fd = -1;   /* pidfd of the process whose namespaces to enter */
+static int stop_fd = -1; /* signalfd of STOP_SIGNAL */
 static long long timeout_ns, grace_ns;
 static long long max_log; /* output cap per stream, 0: none */
 static char **task_argv, **task_env;
@@ -758,7 +767,7 @@ static void terminate(long long grace, int kill_tfd) {
 	arm(kill_tfd, at);
 }
 
-static int record(void) {
+static void record(void) {
 	struct buf b = {0};
 	char ts[64];
 	rfc3339(&started_at, ts, sizeof ts);
@@ -771,47 +780,22 @@ static int record(void) {
 		 * end it now than to leave it running unsupervised. */
 		logmsg("ERROR", "cannot record the task's state, killing it: %s", errstr(errno));
 		signal_task(SIGKILL);
-		return -1;
 	}
-	if (mkfifoat(dir_fd, "shim-ctl", 0600) < 0) {
-		logmsg("ERROR", "cannot create the control FIFO; the task cannot be stopped through it: %s", errstr(errno));
-		return -1;
-	}
-	/* Read-write, so that the FIFO never reports EOF while we hold it. */
-	int fd = openat(dir_fd, "shim-ctl", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0)
-		logmsg("ERROR", "cannot open the control FIFO: %s", errstr(errno));
-	return fd;
 }
 
-/* read_control carries out requests from the control FIFO, one per line:
- * "stop <grace-nanoseconds>". */
-static void read_control(int fd, int kill_tfd) {
-	static char acc[1024];
-	static size_t have;
-	for (;;) {
-		ssize_t n = read(fd, acc + have, sizeof acc - 1 - have);
-		if (n <= 0)
-			break;
-		have += n;
-		acc[have] = 0;
-		char *nl;
-		while ((nl = memchr(acc, '\n', have)) != NULL) {
-			*nl = 0;
-			long long g;
-			char extra;
-			if (sscanf(acc, "stop %lld%c", &g, &extra) == 1 && g >= 0) {
-				stop_requested = 1;
-				terminate(g, kill_tfd);
-			} else {
-				logmsg("WARN", "ignoring an unknown control request: %s", acc);
-			}
-			size_t used = nl - acc + 1;
-			memmove(acc, nl + 1, have - used);
-			have -= used;
+/* read_stops carries out the stop requests queued on stop_fd. Only a
+ * queued signal is a request: one sent with kill(2) (a careless kill of the
+ * shim) carries no grace period and is ignored. */
+static void read_stops(int kill_tfd) {
+	struct signalfd_siginfo si;
+	while (read(stop_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+		long long g = (long long)si.ssi_ptr;
+		if (si.ssi_code != SI_QUEUE || g < 0) {
+			logmsg("WARN", "ignoring a stop signal that is not a request: code=%d pid=%u", si.ssi_code, si.ssi_pid);
+			continue;
 		}
-		if (have == sizeof acc - 1)
-			have = 0; /* a line that long is garbage */
+		stop_requested = 1;
+		terminate(g, kill_tfd);
 	}
 }
 
@@ -882,12 +866,10 @@ static void supervise(struct exit_info *e) {
 	arm(rec_tfd, t0 + RECORD_DELAY_NS);
 	if (timeout_ns > 0)
 		arm(to_tfd, t0 + timeout_ns);
-	int ctl = -1;
-
 	for (;;) {
 		struct pollfd p[7] = {
 		    {pidfd, POLLIN, 0},   {rec_tfd, POLLIN, 0},          {to_tfd, POLLIN, 0},           {kill_tfd, POLLIN, 0},
-		    {ctl, POLLIN, 0},     {streams[0].rd, POLLIN, 0}, {streams[1].rd, POLLIN, 0},
+		    {stop_fd, POLLIN, 0}, {streams[0].rd, POLLIN, 0}, {streams[1].rd, POLLIN, 0},
 		};
 		/* Without a pidfd (an old kernel), look every 10 ms. */
 		int n = poll(p, 7, pidfd < 0 ? 10 : -1);
@@ -901,7 +883,7 @@ static void supervise(struct exit_info *e) {
 		uint64_t ticks;
 		if (p[1].revents & POLLIN) {
 			(void)!read(rec_tfd, &ticks, sizeof ticks);
-			ctl = record();
+			record();
 		}
 		if (p[2].revents & POLLIN) {
 			(void)!read(to_tfd, &ticks, sizeof ticks);
@@ -915,8 +897,8 @@ static void supervise(struct exit_info *e) {
 			(void)!read(kill_tfd, &ticks, sizeof ticks);
 			signal_task(SIGKILL);
 		}
-		if (ctl >= 0 && (p[4].revents & POLLIN))
-			read_control(ctl, kill_tfd);
+		if (p[4].revents & POLLIN)
+			read_stops(kill_tfd);
 	}
 
 	/* The task's main process has exited and is a zombie until reaped, so
@@ -986,6 +968,11 @@ int main(void) {
 		sigaction(handled_signals[i], &sa, NULL);
 
 	proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	sigset_t stop;
+	sigemptyset(&stop);
+	sigaddset(&stop, STOP_SIGNAL);
+	sigprocmask(SIG_BLOCK, &stop, NULL);
+	stop_fd = signalfd(-1, &stop, SFD_NONBLOCK | SFD_CLOEXEC);
 	int got = receive_job();
 	if (got == 0)
 		return 0; /* an idle shim whose launcher went away */
