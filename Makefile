@@ -31,11 +31,14 @@ test:
 	$(GO) test -race -count=1 -timeout 20m ./...
 	# Each fuzz target briefly, beyond its seeds (which ran above); go test
 	# takes one -fuzz target at a time. A failure leaves its input in the
-	# package's testdata/fuzz, where it then runs as a seed.
-	$(GO) test -run '^$$' -fuzz '^FuzzCreateBody$$' -fuzztime 8s ./host/api
-	$(GO) test -run '^$$' -fuzz '^FuzzSetTasksBody$$' -fuzztime 8s ./host/api
-	$(GO) test -run '^$$' -fuzz '^FuzzTaskName$$' -fuzztime 8s ./host/api
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 8s ./host/store
+	# package's testdata/fuzz, where it then runs as a seed. Budgets are
+	# counts of inputs (a few seconds each here), not durations: Go 1.26's
+	# fuzzing coordinator can fail a run with "context deadline exceeded"
+	# when a duration runs out mid-input (go.dev/issue/75804).
+	$(GO) test -run '^$$' -fuzz '^FuzzCreateBody$$' -fuzztime 20000x ./host/api
+	$(GO) test -run '^$$' -fuzz '^FuzzSetTasksBody$$' -fuzztime 20000x ./host/api
+	$(GO) test -run '^$$' -fuzz '^FuzzTaskName$$' -fuzztime 20000x ./host/api
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 1500x ./host/store
 	# The benchmarks once, tiny, so they never rot (no timing is checked).
 	$(GO) run ./cmd/task-executor-bench -quick
 
