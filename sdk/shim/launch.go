@@ -128,6 +128,11 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 			return Result{}, fmt.Errorf("%s: %w", filepath.Join(dir, name), ErrLaunched)
 		}
 	}
+	// A FIFO an earlier version's attempt left, dying before its task
+	// started: Stop would take it for a live shim's.
+	if err := os.Remove(filepath.Join(dir, ctlFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
+	}
 	job := encodeJob(dir, spec)
 
 	sh, err := l.take()
@@ -537,8 +542,9 @@ const stopSignal = unix.Signal(40)
 // queueSignal sends sig with value v to the process behind pidfd, the way
 // sigqueue(3) does (si_code SI_QUEUE), which kill(2) cannot.
 func queueSignal(pidfd int, sig unix.Signal, v int64) error {
-	// siginfo_t on Linux (64-bit): si_signo, si_errno, si_code, padding;
-	// then for SI_QUEUE si_pid, si_uid and the 8-byte si_value.
+	// siginfo_t on 64-bit Linux (amd64, arm64): si_signo, si_errno,
+	// si_code, padding; then for SI_QUEUE si_pid, si_uid and the 8-byte
+	// si_value.
 	var info [128]byte
 	binary.NativeEndian.PutUint32(info[0:], uint32(sig))
 	code := int32(siQueue)
