@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -88,8 +89,14 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		return fmt.Errorf("while encoding the volumes: %w", err)
 	}
 	met := metrics.New()
+	sockets := pluginSocketDir(st.Root(), log)
+	if sockets != "" {
+		// The plugins have removed their sockets by now (mgr.Close).
+		defer os.Remove(sockets)
+	}
 	mgr := dispatch.New(dispatch.Config{
 		PluginDir: cfg.PluginDir,
+		SocketDir: sockets,
 		DataDir:   st.Root(),
 		Metrics:   met,
 		LogLevel:  cfg.LogLevel,
@@ -162,7 +169,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		}
 		served <- srv.Serve(ln)
 	}()
-	log.Info("serving", "addr", ln.Addr().String(), "dataDir", st.Root(), "pluginDir", cfg.PluginDir,
+	log.Info("serving", "addr", ln.Addr().String(), "dataDir", st.Root(), "pluginDir", cfg.PluginDir, "pluginSockets", sockets,
 		"tls", cfg.TLS != nil, "auth", cfg.AuthToken != "")
 
 	select {

@@ -37,6 +37,11 @@ type LaunchOptions struct {
 	// checks it right before starting the process and refuses a file
 	// that differs.
 	SHA256 []byte
+	// SocketDir, when set, is the directory the plugin creates the Unix
+	// socket it serves on in, instead of the system's temporary
+	// directory. Either way Kill removes the socket, which a plugin that
+	// was killed or died could not.
+	SocketDir string
 }
 
 // Launch starts the plugin executable at path and connects to it over gRPC
@@ -58,6 +63,9 @@ func Launch(path string, opts LaunchOptions) (*Plugin, error) {
 	// Our variables go last so they win over inherited ones of the same name.
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=3", EnvLifelineFD))
 	cmd.Env = append(cmd.Env, opts.Env...)
+	if opts.SocketDir != "" {
+		cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+opts.SocketDir)
+	}
 	var secure *plugin.SecureConfig
 	if len(opts.SHA256) > 0 {
 		secure = &plugin.SecureConfig{Checksum: opts.SHA256, Hash: sha256.New()}
@@ -120,6 +128,14 @@ func (p *Plugin) Ping(ctx context.Context) error {
 // Kill stops the plugin: a graceful shutdown request, then a kill. Tasks
 // the plugin started keep running; a new plugin can Recover them.
 func (p *Plugin) Kill() {
+	var socket string
+	if rc := p.client.ReattachConfig(); rc != nil && rc.Addr != nil && rc.Addr.Network() == "unix" {
+		socket = rc.Addr.String()
+	}
 	p.client.Kill()
 	p.lifeline.Close()
+	// go-plugin's server removes its socket only when it stops gracefully.
+	if socket != "" {
+		_ = os.Remove(socket)
+	}
 }

@@ -38,6 +38,9 @@ type Observer interface {
 // Config tells the manager where plugins are and what to tell them.
 type Config struct {
 	PluginDir string
+	// SocketDir is where plugins create their sockets ("": the system's
+	// temporary directory).
+	SocketDir string
 	DataDir   string
 	Settings  map[string]string
 	LogLevel  string
@@ -317,9 +320,10 @@ func (s *supervisor) serve(ready func()) error {
 	m.launching++
 	m.mu.Unlock()
 	p, err := sdk.Launch(s.path, sdk.LaunchOptions{
-		Logger: s.log,
-		Env:    []string{sdk.EnvLogLevel + "=" + m.cfg.LogLevel},
-		SHA256: sum,
+		Logger:    s.log,
+		Env:       []string{sdk.EnvLogLevel + "=" + m.cfg.LogLevel},
+		SHA256:    sum,
+		SocketDir: m.cfg.SocketDir,
 	})
 	m.mu.Lock()
 	m.launching--

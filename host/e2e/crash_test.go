@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -205,5 +206,68 @@ func TestDataDirInUse(t *testing.T) {
 	// waiting again.
 	if tk, ok := h.get("kept"); !ok || tk.Status.State.Running == nil {
 		t.Fatalf("after the first host was killed, the next one has %+v, %v; want kept running", tk, ok)
+	}
+}
+
+// TestPluginSocketsCleanedUp: the plugins' gRPC sockets live in a directory
+// of the host's own. A plugin killed with -9 leaves no socket behind once
+// the host has restarted it; the plugins of a host killed with -9 leave
+// theirs only until the next host on the data directory starts; a host
+// that stops cleanly leaves nothing.
+func TestPluginSocketsCleanedUp(t *testing.T) {
+	h := startHost(t)
+	dir := h.socketDir()
+	if dir == "" {
+		t.Fatalf("the host names no directory for plugin sockets:\n%s", h.logs.String())
+	}
+	sockets := func() map[string]bool {
+		out := map[string]bool{}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			out[e.Name()] = true
+		}
+		return out
+	}
+	plugins := func() int {
+		n := 0
+		for _, c := range children(h.cmd.Process.Pid) {
+			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); err == nil && filepath.Dir(exe) == h.pluginDir {
+				n++
+			}
+		}
+		return n
+	}
+	oneEach := func(what string) map[string]bool {
+		t.Helper()
+		var got map[string]bool
+		eventually(t, 10*time.Second, func() bool {
+			got = sockets()
+			return len(got) > 0 && len(got) == plugins()
+		}, func() string {
+			return fmt.Sprintf("%s: %d sockets in %s for %d plugins: %v", what, len(sockets()), dir, plugins(), sockets())
+		})
+		return got
+	}
+	oneEach("at the start")
+
+	old := pluginNow(h)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() bool { p := pluginNow(h); return p != 0 && p != old },
+		func() string { return "the killed plugin was not restarted" })
+	before := oneEach("after a plugin was killed")
+
+	h.kill9()
+	h.restart()
+	for name := range oneEach("after the host was killed and started again") {
+		if before[name] {
+			t.Errorf("socket %s of a plugin of the killed host is still there", name)
+		}
+	}
+
+	h.stop()
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after a clean stop, %s is still there (%v): %v", dir, err, sockets())
 	}
 }

@@ -222,6 +222,19 @@ func (h *hostProc) stop() {
 	}
 }
 
+// socketDir returns the directory the host said its plugins' sockets are
+// in ("" if it named none).
+func (h *hostProc) socketDir() string {
+	dir := ""
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["@message"] == "serving" {
+			dir, _ = m["pluginSockets"].(string)
+		}
+	}
+	return dir
+}
+
 // restart starts a new host process on the same data directory.
 func (h *hostProc) restart() {
 	h.t.Helper()
@@ -235,6 +248,11 @@ func (h *hostProc) cleanup() {
 		<-h.exited
 	}
 	killTasks(h.dataDir)
+	// The sockets the plugins of a killed host left, which only the next
+	// host on the data directory would clear.
+	if dir := h.socketDir(); dir != "" {
+		_ = os.RemoveAll(dir)
+	}
 	if h.t.Failed() {
 		h.t.Logf("host log:\n%s", h.logs.String())
 	}
