@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -152,9 +153,17 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	// Handing over the job is local and quick, and is not interrupted: once
 	// asked, the shim starts the task even if the caller stops waiting, and
 	// a later Inspect finds it.
+	for _, cg := range spec.Cgroups {
+		if _, err := cg.WriteString(strconv.Itoa(sh.pid)); err != nil {
+			return Result{}, fmt.Errorf("while moving the shim into the cgroup %s: %w", cg.Name(), err)
+		}
+	}
 	fds := []int{int(lock.Fd())}
 	if spec.Namespaces != nil {
 		fds = append(fds, int(spec.Namespaces.Fd()))
+	}
+	if spec.OOMCounter != nil {
+		fds = append(fds, int(spec.OOMCounter.Fd()))
 	}
 	if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(fds...), nil); err != nil {
 		return Result{}, l.failed(ctx, dir, "while handing the job to the shim", err)
@@ -180,6 +189,7 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 // 4-byte little-endian length, then NUL-terminated fields. The descriptors
 // travel beside it.
 func encodeJob(dir string, spec Spec) []byte {
+	opts := jobOptions(spec)
 	fields := []string{
 		dir, spec.Stdout, spec.Stderr, spec.Dir,
 		strconv.FormatInt(int64(spec.Timeout), 10), strconv.FormatInt(int64(spec.Grace), 10),
@@ -194,6 +204,8 @@ func encodeJob(dir string, spec Spec) []byte {
 		fields = append(fields, "0")
 	}
 	fields = append(fields, strconv.FormatInt(max(spec.MaxLogBytes, 0), 10))
+	fields = append(fields, strconv.Itoa(len(opts)))
+	fields = append(fields, opts...)
 	n := 0
 	for i, f := range fields {
 		// A NUL inside a field would split it; the kernel refuses such
@@ -209,6 +221,56 @@ func encodeJob(dir string, spec Spec) []byte {
 		b = append(append(b, f...), 0)
 	}
 	return b
+}
+
+// jobOptions are the job's "key=value" options (see parse_option in
+// csrc/shim.c).
+func jobOptions(spec Spec) []string {
+	var opts []string
+	if spec.NamespaceFlags != 0 {
+		opts = append(opts, "nsflags="+strconv.Itoa(spec.NamespaceFlags))
+	}
+	if spec.ContainerGone != "" {
+		opts = append(opts, "gone="+spec.ContainerGone)
+	}
+	if spec.OOMCounter != nil {
+		opts = append(opts, "oom=1")
+	}
+	c := spec.Credentials
+	if c == nil {
+		return opts
+	}
+	ids := func(v []uint32) string {
+		s := make([]string, len(v))
+		for i, id := range v {
+			s[i] = strconv.FormatUint(uint64(id), 10)
+		}
+		return strings.Join(s, ",")
+	}
+	caps := c.Capabilities
+	opts = append(opts,
+		"uid="+ids(c.UID[:]), "gid="+ids(c.GID[:]), "groups="+ids(c.Groups),
+		fmt.Sprintf("caps=%x,%x,%x,%x,%x", caps.Bounding, caps.Permitted, caps.Effective, caps.Inheritable, caps.Ambient),
+		"nnp="+map[bool]string{true: "1", false: "0"}[c.NoNewPrivs])
+	if c.Umask != nil {
+		opts = append(opts, fmt.Sprintf("umask=%o", *c.Umask))
+	}
+	if c.AppArmorProfile != "" {
+		opts = append(opts, "apparmor="+c.AppArmorProfile)
+	}
+	if c.SELinuxLabel != "" {
+		opts = append(opts, "selinux="+c.SELinuxLabel)
+	}
+	for _, f := range c.Seccomp {
+		b := make([]byte, 0, 8*len(f.Program))
+		for _, in := range f.Program {
+			b = binary.NativeEndian.AppendUint16(b, in.Code)
+			b = append(b, in.Jt, in.Jf)
+			b = binary.NativeEndian.AppendUint32(b, in.K)
+		}
+		opts = append(opts, "seccomp="+strconv.FormatUint(uint64(f.Flags), 10)+":"+hex.EncodeToString(b))
+	}
+	return opts
 }
 
 // ErrLaunched is returned by Launch for a directory in which a shim has run
@@ -398,7 +460,7 @@ func Inspect(ctx context.Context, dir string) (res Result, alive bool, err error
 			// The shim died writing it.
 			var st State
 			_ = readJSON(dir, stateFile, &st)
-			lost := lostExit(st)
+			lost := lostExit(ctx, st)
 			return Result{Exit: &lost}, false, nil
 		case errors.Is(err, errPartial):
 			// Being written: look again below.
@@ -416,7 +478,7 @@ func Inspect(ctx context.Context, dir string) (res Result, alive bool, err error
 				if err := readJSON(dir, exitFile, &exit); err == nil {
 					return Result{Exit: &exit}, false, nil
 				}
-				lost := lostExit(st)
+				lost := lostExit(ctx, st)
 				return Result{Exit: &lost}, false, nil
 			case !errors.Is(err, os.ErrNotExist):
 				return Result{}, false, err
@@ -436,15 +498,46 @@ func Inspect(ctx context.Context, dir string) (res Result, alive bool, err error
 // lostExit describes a task whose shim died without recording an exit, and
 // kills what is left of the task (if its PID still names it): nobody could
 // report on it any more.
-func lostExit(st State) Exit {
+func lostExit(ctx context.Context, st State) Exit {
 	if sameProcess(st.PID, st.PIDStart) {
 		_ = syscall.Kill(-st.PID, syscall.SIGKILL)
+	}
+	if st.GoneReason != "" && holderEnds(ctx, st) {
+		return Exit{
+			ExitCode: 137, Signal: int32(syscall.SIGKILL), Reason: st.GoneReason,
+			Message:   fmt.Sprintf("the container the task ran in has ended (its process %d exited), and the task with it", st.HolderPID),
+			StartedAt: st.StartedAt, FinishedAt: time.Now(),
+		}
 	}
 	return Exit{
 		ExitCode: 137, Reason: ReasonStatusUnknown,
 		Message:   "the task's shim ended without recording how the task exited; the task was killed",
 		StartedAt: st.StartedAt, FinishedAt: time.Now(),
 	}
+}
+
+// holderWait is how long a shim that died without an exit record waits to
+// be explained by the end of its task's container: a runtime that kills a
+// container's cgroup kills its processes in no set order, so the shim may
+// die a moment before the container's main process.
+const holderWait = 2 * time.Second
+
+// holderEnds reports whether the process whose namespaces the task entered
+// has exited, or exits within holderWait.
+func holderEnds(ctx context.Context, st State) bool {
+	fd, err := unix.PidfdOpen(st.HolderPID, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return true // ESRCH: gone (and reaped)
+	}
+	defer unix.Close(fd)
+	// Taken first, checked after: a matching start time means the pidfd
+	// names the holder, not a process that reused its PID.
+	if !runningProcess(st.HolderPID, st.HolderStart) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, holderWait)
+	defer cancel()
+	return awaitPidfd(ctx, fd) == nil
 }
 
 // shimAlive reports whether a shim holds the directory's lock.
@@ -483,7 +576,7 @@ func Wait(ctx context.Context, dir string, st State) (Exit, error) {
 	} else if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errPartial) {
 		return Exit{}, err
 	}
-	return lostExit(st), nil
+	return lostExit(ctx, st), nil
 }
 
 // Stop asks the shim in dir to stop its task: SIGTERM to the task's process
@@ -522,8 +615,9 @@ func Stop(dir string, grace time.Duration) error {
 	}
 	defer unix.Close(fd)
 	// Taken first, checked after: if the start time still matches, the
-	// pidfd names our shim, not a process that reused its PID.
-	if !sameProcess(st.ShimPID, st.ShimStart) {
+	// pidfd names our shim, not a process that reused its PID. A shim that
+	// has exited (a zombie not yet reaped) takes no more requests.
+	if !runningProcess(st.ShimPID, st.ShimStart) {
 		return ErrGone
 	}
 	if err := queueSignal(fd, stopSignal, int64(grace)); err != nil {

@@ -37,6 +37,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // File names inside a state directory.
@@ -90,6 +92,70 @@ type Spec struct {
 	// resolved there. Stdout and Stderr are opened before, on this side.
 	// The caller keeps the descriptor.
 	Namespaces *os.File `json:"-"`
+	// NamespaceFlags are the CLONE_NEW* flags of the namespaces of
+	// Namespaces to enter; zero means mount, UTS, IPC, network and PID.
+	NamespaceFlags int `json:"-"`
+	// ContainerGone, when set (with Namespaces), ends the task once the
+	// process behind Namespaces exits, as a container's processes end with
+	// its main process: the task is killed and its exit carries this
+	// reason. A shim killed together with that process (the runtime killing
+	// the container's cgroup) leaves no exit record; Inspect and Wait then
+	// report this reason too.
+	ContainerGone string `json:"-"`
+	// Credentials, when set, is who the task runs as; otherwise it runs as
+	// the shim does.
+	Credentials *Credentials `json:"-"`
+	// Cgroups are cgroup.procs files (opened for writing) of the cgroups
+	// the task is to run in: the launcher moves the shim into each before
+	// it starts the task, so the task is in them from its first
+	// instruction, and the shim lives and dies with them. The caller keeps
+	// the files.
+	Cgroups []*os.File `json:"-"`
+	// OOMCounter, when set, is a cgroup file with an "oom_kill N" line
+	// (cgroup v1 memory.oom_control, v2 memory.events) of the memory
+	// cgroup the task runs in: a task killed by SIGKILL while that count
+	// rose ends as ReasonOOMKilled. The caller keeps the file.
+	OOMCounter *os.File `json:"-"`
+}
+
+// Credentials are who a task runs as and how it is confined, as a process
+// of a container is: the fields of /proc/<pid>/status of that container's
+// process, its LSM label and its seccomp filters. The shim takes them on
+// in the task's process before it executes the command, in the order runc
+// uses for `runc exec`. It can only take away from its own: the caller
+// makes sure they are within the shim's (see CapabilitiesWithin).
+type Credentials struct {
+	// UID and GID are the real, effective and saved user and group IDs.
+	UID, GID [3]uint32
+	// Groups are the supplementary groups.
+	Groups []uint32
+	// Capabilities are the five capability sets.
+	Capabilities Capabilities
+	// NoNewPrivs sets no_new_privs.
+	NoNewPrivs bool
+	// Umask, when set, is the file mode creation mask.
+	Umask *uint32
+	// AppArmorProfile, when set, is the AppArmor profile the command is
+	// executed under.
+	AppArmorProfile string
+	// SELinuxLabel, when set, is the SELinux label the command is executed
+	// under.
+	SELinuxLabel string
+	// Seccomp are seccomp filters to install, oldest first.
+	Seccomp []SeccompFilter
+}
+
+// Capabilities are a process's capability sets, one bit per capability.
+type Capabilities struct {
+	Bounding, Permitted, Effective, Inheritable, Ambient uint64
+}
+
+// SeccompFilter is a classic BPF seccomp program as the kernel returns it
+// (PTRACE_SECCOMP_GET_FILTER), with the SECCOMP_FILTER_FLAG_* it was
+// installed with (PTRACE_SECCOMP_GET_METADATA).
+type SeccompFilter struct {
+	Flags   uint32
+	Program []unix.SockFilter
 }
 
 // State is what a shim records once the task runs.
@@ -101,6 +167,12 @@ type State struct {
 	PID       int       `json:"pid"`
 	PIDStart  uint64    `json:"pidStart"`
 	StartedAt time.Time `json:"startedAt"`
+	// HolderPID and HolderStart name the process whose namespaces the task
+	// entered, when the task ends with it (Spec.ContainerGone, recorded as
+	// GoneReason).
+	HolderPID   int    `json:"holderPid,omitempty"`
+	HolderStart uint64 `json:"holderStart,omitempty"`
+	GoneReason  string `json:"goneReason,omitempty"`
 }
 
 // Exit is how a task ended.
@@ -121,6 +193,7 @@ const (
 	ReasonTaskTimeout   = "TaskTimeout"
 	ReasonStartError    = "StartError"
 	ReasonStatusUnknown = "ContainerStatusUnknown"
+	ReasonOOMKilled     = "OOMKilled"
 )
 
 // report is a line a shim sends its launcher: once the task has started
@@ -168,25 +241,42 @@ func readJSON(dir, name string, v any) error {
 	return nil
 }
 
-// procStart returns the start time of a process in clock ticks since boot
-// (field 22 of /proc/<pid>/stat).
-func procStart(pid int) (uint64, error) {
+// procStat returns the fields of /proc/<pid>/stat after the command name
+// (field 3, the state, onwards).
+func procStat(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	// The command name (field 2) may hold spaces and parentheses; the fields
 	// after the last ')' are plain.
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
 	fields := strings.Fields(s[i+1:])
 	if len(fields) < 20 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
-	return strconv.ParseUint(fields[19], 10, 64)
+	return fields, nil
+}
+
+// procStart returns the start time of a process in clock ticks since boot
+// (field 22 of /proc/<pid>/stat).
+func procStart(pid int) (uint64, error) {
+	f, err := procStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// runningProcess reports whether pid is the process that started at start
+// and has not exited (a zombie has).
+func runningProcess(pid int, start uint64) bool {
+	f, err := procStat(pid)
+	return err == nil && f[0] != "Z" && f[0] != "X" && f[19] == strconv.FormatUint(start, 10)
 }
 
 // sameProcess reports whether pid is still the process that started at

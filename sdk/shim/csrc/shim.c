@@ -24,7 +24,15 @@
  * followed by: namespaces ("1" when a second descriptor came with the job:
  * a pidfd of the process whose mount, UTS, IPC, network and PID namespaces
  * the task is to run in, as in a sidecar entering the pod's main
- * container), and the output cap in bytes ("0": none).
+ * container), the output cap in bytes ("0": none), then optc and optc
+ * options "key=value" (see parse_option; an option the shim does not know
+ * fails the job: they carry the task's identity and confinement, which must
+ * never be dropped silently). An "oom" option comes with one more
+ * descriptor, after the pidfd.
+ *
+ * With identity options (uid, caps, seccomp, ...) the task is forked, and
+ * the child takes on that identity before it executes the command, in the
+ * order runc uses for `runc exec`; the shim itself keeps its own.
  *
  * Without a cap the task writes straight into its output files. With one,
  * it writes into pipes and the shim copies into the files: when a file
@@ -52,6 +60,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <limits.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -73,12 +84,71 @@
  * task on some file systems. Kept blocked from the shim's start, so that a
  * request is queued until read; the task starts with it unblocked. */
 #define STOP_SIGNAL 40
+/* How long a SIGKILLed task's end waits to be explained by the end of its
+ * container's main process (see supervise). */
+#define HOLDER_WAIT_MS 200
+
+/* The kernel's ABI for capset(2) and seccomp(2), spelt out here: musl's
+ * headers do not carry <linux/...>. */
+#define CAP_VERSION_3 0x20080522
+struct cap_header {
+	uint32_t version;
+	int pid;
+};
+struct cap_data {
+	uint32_t effective, permitted, inheritable;
+};
+struct bpf_insn {
+	uint16_t code;
+	uint8_t jt, jf;
+	uint32_t k;
+};
+struct bpf_prog {
+	unsigned short len;
+	struct bpf_insn *insns;
+};
+#define SECCOMP_MODE_FILTER_OP 1 /* SECCOMP_SET_MODE_FILTER */
+#define BPF_MAX_INSNS 4096
 
 static const char *state_dir, *out_path, *err_path, *work_dir;
 static int dir_fd = -1;  /* the state directory (and its lock) */
 static int proc_fd = -1; /* the executor's /proc */
 static int ns_fd = -1;   /* pidfd of the process whose namespaces to enter */
 static int stop_fd = -1; /* signalfd of STOP_SIGNAL */
+static int oom_fd = -1;  /* a cgroup file with an "oom_kill N" line */
+static long long oom_base = -1; /* its count when the task started */
+static long long ns_flags; /* CLONE_NEW* to enter; 0: the five above */
+/* The reason recorded for a task ended because the process behind ns_fd
+ * (its container's main process) exited; NULL: the task does not end then. */
+static const char *gone_reason;
+static pid_t holder_pid; /* the process behind ns_fd, for the records */
+static unsigned long long holder_start;
+static int holder_gone;
+
+/* A seccomp filter to install, as read from another process. */
+struct filter {
+	unsigned flags;
+	unsigned short len;
+	struct bpf_insn *prog;
+};
+
+/* cred is the identity a task takes on (options uid, gid, ...). */
+static struct {
+	int set; /* any identity option was given */
+	int ids; /* uid and gid were given */
+	uid_t uid[3];
+	gid_t gid[3];
+	int groups_set;
+	size_t ngroups;
+	gid_t *groups;
+	int caps; /* the five sets were given */
+	unsigned long long bnd, prm, eff, inh, amb;
+	int nnp;
+	int umask; /* -1: unchanged */
+	const char *apparmor, *selinux;
+	size_t nfilters;
+	struct filter *filters;
+} cred = {.umask = -1};
 static long long timeout_ns, grace_ns;
 static long long max_log; /* output cap per stream, 0: none */
 static char **task_argv, **task_env;
@@ -337,11 +407,148 @@ static int read_full(int fd, void *p, size_t n) {
 	return 0;
 }
 
+/* hexval decodes one hex digit, or returns -1. */
+static int hexval(char c) {
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* parse_ids reads n comma-separated decimal IDs. */
+static int parse_ids(const char *v, unsigned *out, size_t n) {
+	for (size_t i = 0; i < n; i++) {
+		char *end;
+		errno = 0;
+		unsigned long x = strtoul(v, &end, 10);
+		if (errno || end == v || x > 0xffffffffUL || (i + 1 < n ? *end != ',' : *end != 0))
+			return -1;
+		out[i] = (unsigned)x;
+		v = end + 1;
+	}
+	return 0;
+}
+
+/* parse_filter reads "FLAGS:HEX", a seccomp filter as the kernel gives it
+ * (PTRACE_SECCOMP_GET_FILTER): struct sock_filter in native byte order. */
+static int parse_filter(const char *v) {
+	char *end;
+	unsigned long flags = strtoul(v, &end, 10);
+	if (end == v || *end != ':')
+		return -1;
+	const char *hex = end + 1;
+	size_t n = strlen(hex);
+	if (n == 0 || n % (2 * sizeof(struct bpf_insn)) != 0 || n / (2 * sizeof(struct bpf_insn)) > BPF_MAX_INSNS)
+		return -1;
+	size_t bytes = n / 2;
+	unsigned char *b = malloc(bytes);
+	if (!b)
+		return -1;
+	for (size_t i = 0; i < bytes; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0) {
+			free(b);
+			return -1;
+		}
+		b[i] = (unsigned char)(hi << 4 | lo);
+	}
+	struct filter *fs = realloc(cred.filters, (cred.nfilters + 1) * sizeof *fs);
+	if (!fs) {
+		free(b);
+		return -1;
+	}
+	cred.filters = fs;
+	fs[cred.nfilters].flags = (unsigned)flags;
+	fs[cred.nfilters].len = (unsigned short)(bytes / sizeof(struct bpf_insn));
+	fs[cred.nfilters].prog = (struct bpf_insn *)b;
+	cred.nfilters++;
+	return 0;
+}
+
+/* parse_option applies one "key=value" option of the job; -1 for one it
+ * does not know or cannot read. */
+static int parse_option(char *opt) {
+	char *v = strchr(opt, '=');
+	if (!v)
+		return -1;
+	*v++ = 0;
+	if (strcmp(opt, "nsflags") == 0) {
+		ns_flags = atoll(v);
+		return ns_flags < 0 ? -1 : 0;
+	}
+	if (strcmp(opt, "gone") == 0) {
+		gone_reason = v;
+		return *v ? 0 : -1;
+	}
+	if (strcmp(opt, "oom") == 0)
+		return strcmp(v, "1") == 0 ? 0 : -1;
+	cred.set = 1;
+	if (strcmp(opt, "uid") == 0) {
+		cred.ids |= 1;
+		return parse_ids(v, cred.uid, 3);
+	}
+	if (strcmp(opt, "gid") == 0) {
+		cred.ids |= 2;
+		return parse_ids(v, cred.gid, 3);
+	}
+	if (strcmp(opt, "groups") == 0) {
+		cred.groups_set = 1;
+		size_t n = *v ? 1 : 0;
+		for (char *c = v; *c; c++)
+			n += *c == ',';
+		if (n > NGROUPS_MAX)
+			return -1;
+		cred.groups = calloc(n + 1, sizeof(gid_t));
+		cred.ngroups = n;
+		return !cred.groups || (n > 0 && parse_ids(v, cred.groups, n) < 0) ? -1 : 0;
+	}
+	if (strcmp(opt, "caps") == 0) {
+		/* bounding, permitted, effective, inheritable, ambient, in hex */
+		unsigned long long *sets[] = {&cred.bnd, &cred.prm, &cred.eff, &cred.inh, &cred.amb};
+		for (int i = 0; i < 5; i++) {
+			char *end;
+			errno = 0;
+			*sets[i] = strtoull(v, &end, 16);
+			if (errno || end == v || (i < 4 ? *end != ',' : *end != 0))
+				return -1;
+			v = end + 1;
+		}
+		cred.caps = 1;
+		return 0;
+	}
+	if (strcmp(opt, "nnp") == 0) {
+		cred.nnp = strcmp(v, "1") == 0;
+		return cred.nnp || strcmp(v, "0") == 0 ? 0 : -1;
+	}
+	if (strcmp(opt, "umask") == 0) {
+		char *end;
+		long m = strtol(v, &end, 8);
+		if (end == v || *end || m < 0 || m > 0777)
+			return -1;
+		cred.umask = (int)m;
+		return 0;
+	}
+	if (strcmp(opt, "apparmor") == 0) {
+		cred.apparmor = v;
+		return *v ? 0 : -1;
+	}
+	if (strcmp(opt, "selinux") == 0) {
+		cred.selinux = v;
+		return *v ? 0 : -1;
+	}
+	if (strcmp(opt, "seccomp") == 0)
+		return parse_filter(v);
+	return -1;
+}
+
 /* receive_job returns 1 with the job read, 0 on EOF (no job will come), -1
  * on error. */
 static int receive_job(void) {
 	char one;
-	char cbuf[CMSG_SPACE(2 * sizeof(int))];
+	char cbuf[CMSG_SPACE(3 * sizeof(int))];
 	struct iovec iov = {&one, 1};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
 	ssize_t n;
@@ -350,18 +557,18 @@ static int receive_job(void) {
 	} while (n < 0 && errno == EINTR);
 	if (n == 0)
 		return 0;
-	if (n < 0)
+	if (n < 0 || (msg.msg_flags & MSG_CTRUNC))
 		return -1;
 	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
 	if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 		return -1;
 	int nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-	int fds[2] = {-1, -1};
-	if (nfd < 1 || nfd > 2)
+	int fds[3] = {-1, -1, -1};
+	if (nfd < 1 || nfd > 3)
 		return -1;
 	memcpy(fds, CMSG_DATA(c), nfd * sizeof(int));
 	dir_fd = fds[0]; /* kept open, its flock held, until we exit */
-	ns_fd = fds[1];
+	int next_fd = 1;
 
 	unsigned char lenb[4];
 	if (read_full(JOB_FD, lenb, 4) < 0)
@@ -407,12 +614,37 @@ static int receive_job(void) {
 	for (long i = 0; i < envc; i++)
 		NEXT(task_env[i]);
 	NEXT(s);
-	if (strcmp(s, "1") == 0 && ns_fd < 0)
-		return -1; /* namespaces promised, no pidfd came */
+	if (strcmp(s, "1") == 0) {
+		if (next_fd >= nfd)
+			return -1; /* namespaces promised, no pidfd came */
+		ns_fd = fds[next_fd++];
+	}
 	NEXT(s); max_log = atoll(s);
 	if (max_log < 0)
 		return -1;
+	/* Options: absent in a job of an earlier launcher. */
+	if (q < end) {
+		NEXT(s);
+		long optc = atol(s);
+		if (optc < 0 || optc > (long)len)
+			return -1;
+		for (long i = 0; i < optc; i++) {
+			NEXT(s);
+			int is_oom = strncmp(s, "oom=", 4) == 0;
+			if (parse_option(s) < 0) {
+				fprintf(stderr, "task-executor-shim: bad job option %s\n", s);
+				return -1;
+			}
+			if (is_oom) {
+				if (next_fd >= nfd)
+					return -1;
+				oom_fd = fds[next_fd++];
+			}
+		}
+	}
 #undef NEXT
+	if (next_fd != nfd || (gone_reason && ns_fd < 0) || (cred.set && !cred.ids))
+		return -1;
 	return 1;
 }
 
@@ -501,20 +733,42 @@ static int exec_error_code(int err) {
 
 static const int handled_signals[] = {SIGHUP, SIGINT, SIGTERM, SIGPIPE};
 
+/* pidfd_pid returns the PID behind a pidfd, from its fdinfo. */
+static pid_t pidfd_pid(int fd) {
+	char p[64], b[1024];
+	snprintf(p, sizeof p, "self/fdinfo/%d", fd);
+	int f = openat(proc_fd, p, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return 0;
+	ssize_t n = read(f, b, sizeof b - 1);
+	close(f);
+	if (n <= 0)
+		return 0;
+	b[n] = 0;
+	char *l = strstr(b, "\nPid:");
+	return l ? (pid_t)atoi(l + 5) : 0;
+}
+
 /* enter_namespaces moves the shim into the mount, UTS, IPC and network
- * namespaces of the process behind ns_fd, and its future children into the
- * PID namespace: the task then runs as if started in that container. */
+ * namespaces of the process behind ns_fd (or those ns_flags names), and its
+ * future children into the PID namespace: the task then runs as if started
+ * in that container. */
 static int enter_namespaces(struct start_err *se) {
 	if (ns_fd < 0)
 		return 0;
-	if (setns(ns_fd, CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0) {
+	holder_pid = pidfd_pid(ns_fd);
+	holder_start = holder_pid > 0 ? proc_start(holder_pid) : 0;
+	int flags = ns_flags ? (int)ns_flags : CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID;
+	if (setns(ns_fd, flags) < 0) {
 		se->code = 128;
 		snprintf(se->msg, sizeof se->msg, "cannot enter the main container's namespaces: %s",
 		         errno == ESRCH ? "the main container's process has exited" : errstr(errno));
 		return -1;
 	}
-	close(ns_fd);
-	ns_fd = -1;
+	if (!gone_reason) {
+		close(ns_fd);
+		ns_fd = -1;
+	}
 	return 0;
 }
 
@@ -640,6 +894,171 @@ static void drain(void) {
 		}
 }
 
+/* ---- taking on an identity ---- */
+
+/* oom_kills returns the oom_kill count of oom_fd's cgroup file (v1
+ * memory.oom_control, v2 memory.events), or -1. */
+static long long oom_kills(void) {
+	char b[1024];
+	ssize_t n = pread(oom_fd, b, sizeof b - 1, 0);
+	if (n <= 0)
+		return -1;
+	b[n] = 0;
+	for (char *l = b; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+		if (strncmp(l, "oom_kill ", 9) == 0)
+			return atoll(l + 9);
+	return -1;
+}
+
+/* child_err is what a child that could not become the task says. */
+struct child_err {
+	int code;
+	char msg[1024];
+};
+
+static void child_fail(int fd, int code, const char *what, int err) {
+	struct child_err ce = {code, {0}};
+	snprintf(ce.msg, sizeof ce.msg, "%s: %s", what, errstr(err));
+	(void)!write(fd, &ce, sizeof ce);
+	_exit(127);
+}
+
+static int load_filters(void) {
+	for (size_t i = 0; i < cred.nfilters; i++) {
+		struct bpf_prog prog = {cred.filters[i].len, cred.filters[i].prog};
+		if (syscall(SYS_seccomp, SECCOMP_MODE_FILTER_OP, cred.filters[i].flags, &prog) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* write_attr writes an LSM attribute of the calling process (through the
+ * executor's /proc: the container's may be masked). */
+static int write_attr(const char *name, const char *fallback, const char *val) {
+	int fd = openat(proc_fd, name, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && fallback)
+		fd = openat(proc_fd, fallback, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = write_all(fd, val, strlen(val));
+	int e = errno;
+	close(fd);
+	errno = e;
+	return rc;
+}
+
+/* become turns the forked child into the task: cred's identity and
+ * confinement, in runc's order for `runc exec` (a seccomp filter needs
+ * CAP_SYS_ADMIN to load without no_new_privs, so it then comes first, and
+ * otherwise last, to confine as little of the set-up as possible), the
+ * working directory entered as the task's user, then the command. It
+ * returns only by exiting. */
+static void become(int efd, const char *path, const char *wd, int devnull, int out, int err) {
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	setpgid(0, 0);
+	if (dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+		child_fail(efd, 128, "while setting up the task's output", errno);
+	if (cred.nfilters && !cred.nnp && load_filters() < 0)
+		child_fail(efd, 128, "while installing the main container's seccomp filter", errno);
+	if (cred.caps) {
+		for (int c = 0; c < 64; c++) {
+			int in = prctl(PR_CAPBSET_READ, c, 0, 0, 0);
+			if (in < 0)
+				break; /* past the kernel's last capability */
+			if (in && !(cred.bnd >> c & 1) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0)
+				child_fail(efd, 128, "while dropping from the capability bounding set", errno);
+		}
+	}
+	if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+		child_fail(efd, 128, "while keeping capabilities across the change of user", errno);
+	if (cred.groups_set && setgroups(cred.ngroups, cred.groups) < 0)
+		child_fail(efd, 128, "while setting the task's supplementary groups", errno);
+	if (setresgid(cred.gid[0], cred.gid[1], cred.gid[2]) < 0)
+		child_fail(efd, 128, "while setting the task's group", errno);
+	if (setresuid(cred.uid[0], cred.uid[1], cred.uid[2]) < 0)
+		child_fail(efd, 128, "while setting the task's user", errno);
+	if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0)
+		child_fail(efd, 128, "while keeping capabilities across the change of user", errno);
+	if (cred.caps) {
+		struct cap_header h = {CAP_VERSION_3, 0};
+		struct cap_data d[2] = {
+		    {(uint32_t)cred.eff, (uint32_t)cred.prm, (uint32_t)cred.inh},
+		    {(uint32_t)(cred.eff >> 32), (uint32_t)(cred.prm >> 32), (uint32_t)(cred.inh >> 32)},
+		};
+		if (syscall(SYS_capset, &h, d) < 0)
+			child_fail(efd, 128, "while setting the task's capabilities", errno);
+		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+			child_fail(efd, 128, "while clearing the ambient capabilities", errno);
+		for (int c = 0; c < 64; c++)
+			if ((cred.amb >> c & 1) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0)
+				child_fail(efd, 128, "while raising an ambient capability", errno);
+	}
+	if (cred.umask >= 0)
+		umask((mode_t)cred.umask);
+	if (cred.nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		child_fail(efd, 128, "while setting no_new_privs", errno);
+	if (cred.apparmor) {
+		char v[4200];
+		snprintf(v, sizeof v, "exec %s", cred.apparmor);
+		if (write_attr("self/attr/apparmor/exec", "self/attr/exec", v) < 0)
+			child_fail(efd, 128, "while setting the task's AppArmor profile", errno);
+	}
+	if (cred.selinux && write_attr("self/attr/exec", NULL, cred.selinux) < 0)
+		child_fail(efd, 128, "while setting the task's SELinux label", errno);
+	if (chdir(wd) < 0) {
+		char what[4200];
+		snprintf(what, sizeof what, "working directory: chdir %s", wd);
+		child_fail(efd, 128, what, errno);
+	}
+	if (cred.nfilters && cred.nnp && load_filters() < 0)
+		child_fail(efd, 128, "while installing the main container's seccomp filter", errno);
+	execve(path, task_argv, task_env);
+	int e = errno;
+	char what[4200];
+	snprintf(what, sizeof what, "exec %s", path);
+	child_fail(efd, exec_error_code(e), what, e);
+}
+
+/* spawn_as starts the task as cred says. The child reports a failure on a
+ * close-on-exec pipe, which its exec closes: EOF means it runs. */
+static pid_t spawn_as(const char *path, const char *wd, int devnull, int out, int err, struct start_err *se) {
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		se->code = 128;
+		snprintf(se->msg, sizeof se->msg, "while starting the task: %s", errstr(errno));
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(p[0]);
+		become(p[1], path, wd, devnull, out, err);
+	}
+	close(p[1]);
+	if (pid < 0) {
+		close(p[0]);
+		se->code = 128;
+		snprintf(se->msg, sizeof se->msg, "while starting the task: fork: %s", errstr(errno));
+		return -1;
+	}
+	/* The group exists before anyone signals it, whoever runs first. */
+	setpgid(pid, pid);
+	struct child_err ce;
+	ssize_t n;
+	do {
+		n = read(p[0], &ce, sizeof ce);
+	} while (n < 0 && errno == EINTR);
+	close(p[0]);
+	if (n == 0)
+		return pid;
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	se->code = n == (ssize_t)sizeof ce ? ce.code : 128;
+	snprintf(se->msg, sizeof se->msg, "%s", n == (ssize_t)sizeof ce ? ce.msg : "the task's process ended while starting");
+	return -1;
+}
+
 static pid_t start_task(struct start_err *se) {
 	char path[4096];
 	if (!task_argv[0] || !task_argv[0][0]) {
@@ -698,6 +1117,16 @@ static pid_t start_task(struct start_err *se) {
 		close(out);
 		close(err);
 		return -1;
+	}
+
+	if (oom_fd >= 0)
+		oom_base = oom_kills();
+	if (cred.set) {
+		pid_t pid = spawn_as(path, wd, devnull, out, err, se);
+		close(devnull);
+		close(out);
+		close(err);
+		return pid;
 	}
 
 	posix_spawn_file_actions_t fa;
@@ -767,12 +1196,22 @@ static void terminate(long long grace, int kill_tfd) {
 	arm(kill_tfd, at);
 }
 
-static void record(void) {
-	struct buf b = {0};
+/* state_json describes the running task (package shim's State). */
+static void state_json(struct buf *b) {
 	char ts[64];
 	rfc3339(&started_at, ts, sizeof ts);
-	bprintf(&b, "{\"shimPid\":%d,\"shimStart\":%llu,\"pid\":%d,\"pidStart\":%llu,\"startedAt\":\"%s\"}",
+	bprintf(b, "{\"shimPid\":%d,\"shimStart\":%llu,\"pid\":%d,\"pidStart\":%llu,\"startedAt\":\"%s\"",
 	        getpid(), proc_start(getpid()), task_pid, proc_start(task_pid), ts);
+	if (gone_reason && holder_pid > 0) {
+		bprintf(b, ",\"holderPid\":%d,\"holderStart\":%llu,\"goneReason\":", holder_pid, holder_start);
+		bjson_str(b, gone_reason);
+	}
+	bput(b, "}", 1);
+}
+
+static void record(void) {
+	struct buf b = {0};
+	state_json(&b);
 	int rc = write_atomic("shim-state.json", b.p, b.n);
 	free(b.p);
 	if (rc < 0) {
@@ -867,12 +1306,13 @@ static void supervise(struct exit_info *e) {
 	if (timeout_ns > 0)
 		arm(to_tfd, t0 + timeout_ns);
 	for (;;) {
-		struct pollfd p[7] = {
+		struct pollfd p[8] = {
 		    {pidfd, POLLIN, 0},   {rec_tfd, POLLIN, 0},          {to_tfd, POLLIN, 0},           {kill_tfd, POLLIN, 0},
 		    {stop_fd, POLLIN, 0}, {streams[0].rd, POLLIN, 0}, {streams[1].rd, POLLIN, 0},
+		    {holder_gone ? -1 : ns_fd, POLLIN, 0},
 		};
 		/* Without a pidfd (an old kernel), look every 10 ms. */
-		int n = poll(p, 7, pidfd < 0 ? 10 : -1);
+		int n = poll(p, 8, pidfd < 0 ? 10 : -1);
 		pump_all(p + 5);
 		if (n < 0 && errno != EINTR)
 			logmsg("ERROR", "poll: %s", errstr(errno));
@@ -899,6 +1339,13 @@ static void supervise(struct exit_info *e) {
 		}
 		if (p[4].revents & POLLIN)
 			read_stops(kill_tfd);
+		if (p[7].revents & (POLLIN | POLLHUP)) {
+			/* The container the task runs in has ended: the task ends
+			 * with it, as the runtime would end a process exec'ed there. */
+			holder_gone = 1;
+			logmsg("INFO", "the process whose namespaces the task runs in (%d) has exited; killing the task", holder_pid);
+			signal_task(SIGKILL);
+		}
 	}
 
 	/* The task's main process has exited and is a zombie until reaped, so
@@ -913,6 +1360,15 @@ static void supervise(struct exit_info *e) {
 	/* Output is complete once the exit is known. */
 	drain();
 	clock_gettime(CLOCK_REALTIME, &e->finished);
+	if (gone_reason && !holder_gone && ns_fd >= 0) {
+		/* A task SIGKILLed at the moment its container ends was killed
+		 * with it (the runtime kills a container's processes in no set
+		 * order; a PID namespace kills its members with its init): wait
+		 * a moment for the container's process to end too. */
+		int unexplained = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && !timed_out && !stop_requested;
+		struct pollfd h = {ns_fd, POLLIN, 0};
+		holder_gone = poll(&h, 1, unexplained ? HOLDER_WAIT_MS : 0) > 0;
+	}
 	e->started = 1;
 	e->message[0] = 0;
 	if (WIFSIGNALED(status)) {
@@ -924,7 +1380,14 @@ static void supervise(struct exit_info *e) {
 		e->code = WEXITSTATUS(status);
 		e->reason = e->code == 0 ? "Succeeded" : "Failed";
 	}
-	if (timed_out) {
+	if (holder_gone) {
+		e->reason = gone_reason;
+		snprintf(e->message, sizeof e->message,
+		         "the container the task ran in has ended (its process %d exited), and the task with it", holder_pid);
+	} else if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && oom_fd >= 0 && oom_base >= 0 && oom_kills() > oom_base) {
+		e->reason = "OOMKilled";
+		snprintf(e->message, sizeof e->message, "killed by the kernel for lack of memory in the container's cgroup");
+	} else if (timed_out) {
 		char d[32];
 		duration(timeout_ns, d, sizeof d);
 		e->reason = "TaskTimeout";
@@ -996,10 +1459,9 @@ int main(void) {
 	}
 
 	struct buf b = {0};
-	char ts[64];
-	rfc3339(&started_at, ts, sizeof ts);
-	bprintf(&b, "{\"state\":{\"shimPid\":%d,\"shimStart\":%llu,\"pid\":%d,\"pidStart\":%llu,\"startedAt\":\"%s\"}}",
-	        getpid(), proc_start(getpid()), task_pid, proc_start(task_pid), ts);
+	bput(&b, "{\"state\":", 9);
+	state_json(&b);
+	bput(&b, "}", 1);
 	send_line(&b);
 	free(b.p);
 
