@@ -35,6 +35,9 @@ const (
 	// ReasonStartError: the runtime could not start the task (binary not
 	// found, not executable, bad working directory, ...).
 	ReasonStartError = "StartError"
+	// ReasonOOMKilled: the kernel killed the task for lack of memory in its
+	// cgroup (a container's, or the main container's in sidecar mode).
+	ReasonOOMKilled = "OOMKilled"
 	// ReasonStatusUnknown: the task's end could not be observed, for example
 	// because its shim was killed. Kubernetes uses the same reason.
 	ReasonStatusUnknown = "ContainerStatusUnknown"
@@ -133,6 +136,10 @@ type Info struct {
 	// every spec of its kinds that passes the host's own checks. It saves a
 	// round trip to the plugin on every create.
 	NoValidate bool
+	// Warnings say what the runtime found wrong in its environment when it
+	// started, for operators: the host logs them and GET /runtimes shows
+	// them. A runtime that can run no task at all should fail Init instead.
+	Warnings []string
 }
 
 // Config is what the host tells a plugin when it starts it.
@@ -150,6 +157,10 @@ const (
 	SettingGracePeriod = "gracePeriod"
 	// SettingMainContainerName is the sidecar mode's main container name.
 	SettingMainContainerName = "mainContainerName"
+	// SettingSidecarMorePrivileged, "true", lets the sidecar runtime run
+	// tasks it cannot confine as the main container is (they may then do
+	// more than main can); otherwise it refuses them.
+	SettingSidecarMorePrivileged = "sidecarMorePrivileged"
 	// SettingCRISocket is the path of the CRI runtime's socket.
 	SettingCRISocket = "criSocket"
 	// SettingMaxLogBytes caps, in bytes, what each output stream of a task

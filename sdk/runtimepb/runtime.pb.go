@@ -442,7 +442,10 @@ type InitResponse struct {
 	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	Kinds   []string               `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`
 	// When set, the host does not call Validate (see sdk.Info.NoValidate).
-	NoValidate    bool `protobuf:"varint,4,opt,name=no_validate,json=noValidate,proto3" json:"no_validate,omitempty"`
+	NoValidate bool `protobuf:"varint,4,opt,name=no_validate,json=noValidate,proto3" json:"no_validate,omitempty"`
+	// What the plugin found wrong in its environment at start (see
+	// sdk.Info.Warnings).
+	Warnings      []string `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -503,6 +506,13 @@ func (x *InitResponse) GetNoValidate() bool {
 		return x.NoValidate
 	}
 	return false
+}
+
+func (x *InitResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 type ValidateRequest struct {
@@ -1174,13 +1184,14 @@ const file_runtime_proto_rawDesc = "" +
 	"\bsettings\x18\x02 \x03(\v22.taskexecutor.runtime.v1.InitRequest.SettingsEntryR\bsettings\x1a;\n" +
 	"\rSettingsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
 	"\fInitResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05kinds\x18\x03 \x03(\tR\x05kinds\x12\x1f\n" +
 	"\vno_validate\x18\x04 \x01(\bR\n" +
-	"noValidate\".\n" +
+	"noValidate\x12\x1a\n" +
+	"\bwarnings\x18\x05 \x03(\tR\bwarnings\".\n" +
 	"\x0fValidateRequest\x12\x1b\n" +
 	"\tspec_json\x18\x01 \x01(\fR\bspecJson\"\x12\n" +
 	"\x10ValidateResponse\"A\n" +

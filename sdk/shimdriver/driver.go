@@ -97,7 +97,11 @@ func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 	d.log.Debug("initialised", "shim", path, "grace", d.grace.String())
 	// Validate refuses only what the host refuses too (see the HTTP API's
 	// checks), so the host need not ask.
-	return sdk.Info{Name: d.opts.Name, Version: d.opts.Version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}, nil
+	info := sdk.Info{Name: d.opts.Name, Version: d.opts.Version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}
+	if w, ok := d.opts.Placer.(Warner); ok {
+		info.Warnings = w.Warnings()
+	}
+	return info, nil
 }
 
 // FindShim locates the task-executor-shim executable: $TASK_EXECUTOR_SHIM,
@@ -188,12 +192,15 @@ func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 // previous plugin process started for it.
 func (d *Driver) launch(ctx context.Context, h *handle) (shim.Result, error) {
 	place, err := d.opts.Placer.Place(ctx, h.task)
+	var se *StartError
+	if errors.As(err, &se) {
+		now := time.Now()
+		return shim.Result{Exit: &shim.Exit{ExitCode: 128, Reason: shim.ReasonStartError, Message: se.Message, FinishedAt: now}}, nil
+	}
 	if err != nil {
 		return shim.Result{}, err
 	}
-	if place.Namespaces != nil {
-		defer place.Namespaces.Close()
-	}
+	defer place.Close()
 	spec := d.shimSpec(h.task, place)
 	res, err := d.shims.Launch(ctx, h.dir, spec)
 	if errors.Is(err, shim.ErrLaunched) {
@@ -275,7 +282,13 @@ func (d *Driver) shimSpec(task sdk.Task, place Place) shim.Spec {
 		Stderr:      filepath.Join(task.Dir, "stderr.log"),
 		Grace:       d.grace,
 		MaxLogBytes: d.maxLog,
-		Namespaces:  place.Namespaces,
+
+		Namespaces:     place.Namespaces,
+		NamespaceFlags: place.NamespaceFlags,
+		ContainerGone:  place.ContainerGone,
+		Credentials:    place.Credentials,
+		Cgroups:        place.Cgroups,
+		OOMCounter:     place.OOMCounter,
 	}
 	if p.WorkingDir == "" {
 		spec.Dir = place.Dir

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
 // Placer decides where a task's process runs. The process runtime places
@@ -16,8 +17,16 @@ type Placer interface {
 	Init(cfg sdk.Config) error
 	// Place returns where to run task now. An error wrapping a *NotReady
 	// means the task cannot start yet: it waits, showing the reason, and
-	// Place is asked again until it can.
+	// Place is asked again until it can. An error wrapping a *StartError
+	// means it never will: the task ends as a StartError with that
+	// message. Any other error fails the Start call (the host asks again).
 	Place(ctx context.Context, task sdk.Task) (Place, error)
+}
+
+// Warner is a Placer that found, at Init, something wrong with where it
+// places tasks; the driver's Init reports it in sdk.Info.Warnings.
+type Warner interface {
+	Warnings() []string
 }
 
 // Place is where a task's process runs.
@@ -27,9 +36,27 @@ type Place struct {
 	// Dir is the working directory of a task that names none.
 	Dir string
 	// Namespaces, when set, is a pidfd of the process whose mount, UTS,
-	// IPC, network and PID namespaces the task runs in (see shim.Spec). The
-	// driver closes it once the task has started.
+	// IPC, network and PID namespaces the task runs in (see shim.Spec).
 	Namespaces *os.File
+	// NamespaceFlags, ContainerGone, Credentials, Cgroups and OOMCounter
+	// are as in shim.Spec: which namespaces of Namespaces to enter, the
+	// reason a task ends with when that process exits, who the task runs
+	// as, the cgroups it runs in and the file that tells it was OOM-killed.
+	NamespaceFlags int
+	ContainerGone  string
+	Credentials    *shim.Credentials
+	Cgroups        []*os.File
+	OOMCounter     *os.File
+}
+
+// Close closes the place's files. The driver calls it once the task has
+// started or failed to.
+func (p Place) Close() {
+	for _, f := range append([]*os.File{p.Namespaces, p.OOMCounter}, p.Cgroups...) {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // NotReady says why a task cannot start yet, as Kubernetes says why a
@@ -39,3 +66,11 @@ type NotReady struct {
 }
 
 func (e *NotReady) Error() string { return fmt.Sprintf("%s: %s", e.Reason, e.Message) }
+
+// StartError says why a task can never start where its Placer would put
+// it; the task ends as sdk.ReasonStartError with exit code 128.
+type StartError struct {
+	Message string
+}
+
+func (e *StartError) Error() string { return e.Message }
