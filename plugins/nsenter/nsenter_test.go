@@ -1,4 +1,4 @@
-package main_test
+package main
 
 import (
 	"context"
@@ -23,6 +23,9 @@ var binDir string
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
+	if os.Getenv(wrapSeccompEnv) == "1" {
+		wrapSeccomp(os.Args[1:])
+	}
 	tmp, err := os.MkdirTemp("", "nsenter-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -67,8 +70,8 @@ func TestConformance(t *testing.T) {
 	runtimetest.Run(t, harness{container: name})
 }
 
-// runtime launches the plugin for the main container name.
-func runtime(t *testing.T, name string) sdk.Runtime {
+// launchRuntime launches the plugin for the main container name.
+func launchRuntime(t *testing.T, name string) sdk.Runtime {
 	t.Helper()
 	inst := runtimetest.LaunchPlugin(t, filepath.Join(binDir, "plugins", "nsenter"), nil)
 	rt := inst.Runtime()
@@ -119,7 +122,7 @@ func waitTerminated(t *testing.T, rt sdk.Runtime, name string) *corev1.Container
 func TestTaskRunsInTheMainContainer(t *testing.T) {
 	name := fmt.Sprintf("ns-%d", os.Getpid())
 	c := runtimetest.StartContainer(t, "main-box", "SANDBOX_MAIN_CONTAINER="+name, "FROM_MAIN=main", "OVERRIDDEN=main")
-	rt := runtime(t, name)
+	rt := launchRuntime(t, name)
 	task := newTask(t, "inside", `for ns in pid mnt net uts ipc; do echo "$ns $(readlink /proc/self/ns/$ns)"; done
 echo "hostname $(hostname)"
 echo "pid1 $(cat /proc/1/comm)"
@@ -163,7 +166,7 @@ exit 0`, corev1.EnvVar{Name: "OVERRIDDEN", Value: "task"})
 // while waiting never runs.
 func TestWaitsForTheMainContainer(t *testing.T) {
 	name := fmt.Sprintf("late-%d", os.Getpid())
-	rt := runtime(t, name)
+	rt := launchRuntime(t, name)
 	early := newTask(t, "early", "exit 3")
 	never := newTask(t, "never", "echo ran > \"$MARK\"")
 	mark := filepath.Join(t.TempDir(), "ran")
@@ -198,7 +201,7 @@ func TestWaitsForTheMainContainer(t *testing.T) {
 func TestStopLeavesNothingInTheContainer(t *testing.T) {
 	name := fmt.Sprintf("stop-%d", os.Getpid())
 	c := runtimetest.StartContainer(t, "stop-box", "SANDBOX_MAIN_CONTAINER="+name)
-	rt := runtime(t, name)
+	rt := launchRuntime(t, name)
 	task := newTask(t, "busy", "sleep 300 & sleep 300 & trap '' TERM; while :; do sleep 0.1; done")
 	if _, err := rt.Start(context.Background(), task); err != nil {
 		t.Fatal(err)
@@ -226,7 +229,7 @@ func TestStopLeavesNothingInTheContainer(t *testing.T) {
 // replaced (a new process, new namespaces), new tasks go to the new one.
 func TestFollowsARestartedMainContainer(t *testing.T) {
 	name := fmt.Sprintf("restart-%d", os.Getpid())
-	rt := runtime(t, name)
+	rt := launchRuntime(t, name)
 	hostnameOf := func(task sdk.Task) string {
 		if _, err := rt.Start(context.Background(), task); err != nil {
 			t.Fatal(err)

@@ -30,16 +30,30 @@ type Container struct {
 // inside. It is ended when t ends.
 func StartContainer(t testing.TB, hostname string, env ...string) *Container {
 	t.Helper()
+	return StartContainerAs(t, hostname, nil, env...)
+}
+
+// StartContainerAs is StartContainer with the main process started
+// through wrap, a command that runs its arguments under another identity
+// and must end by executing them (for example setpriv(1) with a user,
+// capabilities and no_new_privs), as a container runtime starts a
+// container's process as its securityContext says.
+func StartContainerAs(t testing.TB, hostname string, wrap []string, env ...string) *Container {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("StartContainer needs root (it creates namespaces)")
 	}
-	for _, kv := range env {
+	for _, kv := range append(append([]string(nil), env...), wrap...) {
 		if strings.ContainsAny(kv, "'\n") {
-			t.Fatalf("environment entry %q cannot be passed", kv)
+			t.Fatalf("argument %q cannot be passed", kv)
 		}
 	}
-	script := fmt.Sprintf("mount -t tmpfs tmpfs /tmp && mkdir /tmp/wd && cd /tmp/wd && hostname %s && exec env '%s' sleep 3600",
-		hostname, strings.Join(env, "' '"))
+	prefix := ""
+	if len(wrap) > 0 {
+		prefix = "'" + strings.Join(wrap, "' '") + "' "
+	}
+	script := fmt.Sprintf("mount -t tmpfs tmpfs /tmp && mkdir -m 0777 /tmp/wd && cd /tmp/wd && hostname %s && exec env '%s' %ssleep 3600",
+		hostname, strings.Join(env, "' '"), prefix)
 	cmd := exec.Command("unshare", "--pid", "--mount", "--uts", "--ipc", "--net", "--fork", "--mount-proc", "sh", "-c", script)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("cannot start a container: %v", err)

@@ -221,10 +221,30 @@ func (e *env) stopAll(t *testing.T, rt sdk.Runtime) {
 		if err := rt.Remove(ctx, task.Name); err != nil {
 			t.Errorf("cleanup: Remove(%s): %v", task.Name, err)
 		}
+		removeDir(t, task.Dir)
 	}
 	e.mu.Lock()
 	e.cleaned = true
 	e.mu.Unlock()
+}
+
+// removeDir removes a terminated task's directory, as the host does once
+// a deletion is done. A runtime's supervisor may still be writing its last
+// record there just after the exit was reported (a removal then finds the
+// directory not empty): it is tried again for a while.
+func removeDir(t *testing.T, dir string) {
+	deadline := time.Now().Add(settleTimeout)
+	for {
+		err := os.RemoveAll(dir)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("cleanup: removing %s: %v", dir, err)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // task creates a task that runs script, with its directory, as the host

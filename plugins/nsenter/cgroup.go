@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// hierarchy is one line of /proc/<pid>/cgroup: a cgroup hierarchy (its
+// controllers, or "name=..." for a named v1 one; none for v2) and the
+// process's cgroup in it.
+type hierarchy struct {
+	controllers []string
+	v2          bool
+	path        string
+}
+
+// key names the hierarchy for the mount cache.
+func (h hierarchy) key() string {
+	if h.v2 {
+		return ""
+	}
+	return strings.Join(h.controllers, ",")
+}
+
+// parseCgroups reads /proc/<pid>/cgroup.
+func parseCgroups(b []byte) ([]hierarchy, error) {
+	var hs []hierarchy
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 {
+			return nil, fmt.Errorf("malformed cgroup line %q", sc.Text())
+		}
+		h := hierarchy{path: parts[2], v2: parts[0] == "0" && parts[1] == ""}
+		if !h.v2 {
+			if parts[1] == "" {
+				return nil, fmt.Errorf("cgroup line %q names no controller", sc.Text())
+			}
+			h.controllers = strings.Split(parts[1], ",")
+		}
+		hs = append(hs, h)
+	}
+	if len(hs) == 0 {
+		return nil, errors.New("no cgroup hierarchy")
+	}
+	return hs, nil
+}
+
+// cgroupMounts reaches every cgroup hierarchy through mounts of its own:
+// detached mounts (fsmount(2)), never attached anywhere, so nothing shows
+// in any mount table and nothing is left behind. A container's own
+// /sys/fs/cgroup shows only that container's cgroups, read-only; these show
+// the whole hierarchy, which is what moving a process into another
+// container's cgroup needs (with CAP_SYS_ADMIN, and on cgroup v2 a cgroup
+// namespace that holds both containers).
+type cgroupMounts struct {
+	mu     sync.Mutex
+	mounts map[string]int // hierarchy key -> mount fd
+}
+
+// mount returns the fd of a detached mount of h's hierarchy.
+func (m *cgroupMounts) mount(h hierarchy) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fd, ok := m.mounts[h.key()]; ok {
+		return fd, nil
+	}
+	fsType := "cgroup"
+	if h.v2 {
+		fsType = "cgroup2"
+	}
+	fsfd, err := unix.Fsopen(fsType, unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("while opening a %s file system: %w", fsType, err)
+	}
+	defer unix.Close(fsfd)
+	for _, c := range h.controllers {
+		if name, ok := strings.CutPrefix(c, "name="); ok {
+			err = unix.FsconfigSetString(fsfd, "name", name)
+			if err == nil {
+				err = unix.FsconfigSetFlag(fsfd, "none")
+			}
+		} else {
+			err = unix.FsconfigSetFlag(fsfd, c)
+		}
+		if err != nil {
+			return -1, fmt.Errorf("while configuring a cgroup mount of %s: %w", h.key(), err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return -1, fmt.Errorf("while mounting the cgroup hierarchy %q: %w", h.key(), err)
+	}
+	fd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("while mounting the cgroup hierarchy %q: %w", h.key(), err)
+	}
+	if m.mounts == nil {
+		m.mounts = map[string]int{}
+	}
+	m.mounts[h.key()] = fd
+	return fd, nil
+}
+
+// open returns, for every hierarchy process pid is in, its cgroup's
+// cgroup.procs opened for writing, and the file that counts OOM kills in
+// its memory cgroup (nil without a memory controller).
+func (m *cgroupMounts) open(pid int) (procs []*os.File, oom *os.File, err error) {
+	defer func() {
+		if err != nil {
+			for _, f := range append(procs, oom) {
+				if f != nil {
+					f.Close()
+				}
+			}
+			procs, oom = nil, nil
+		}
+	}()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
+	}
+	hs, err := parseCgroups(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
+	}
+	v1Memory := slices.ContainsFunc(hs, func(h hierarchy) bool { return slices.Contains(h.controllers, "memory") })
+	for _, h := range hs {
+		if strings.HasPrefix(h.path, "/..") {
+			return nil, nil, fmt.Errorf("the main container's cgroup %s is outside the executor's cgroup namespace (cgroup v2 gives each unprivileged container one of its own)", h.path)
+		}
+		fd, err := m.mount(h)
+		if err != nil {
+			return nil, nil, err
+		}
+		dir := strings.TrimPrefix(h.path, "/")
+		if dir == "" {
+			dir = "."
+		}
+		f, err := openAt(fd, dir+"/cgroup.procs", unix.O_WRONLY)
+		if err != nil {
+			return nil, nil, fmt.Errorf("while opening the main container's cgroup %s in %q: %w", h.path, h.key(), err)
+		}
+		procs = append(procs, f)
+		counter := ""
+		switch {
+		case slices.Contains(h.controllers, "memory"):
+			counter = "memory.oom_control"
+		case h.v2 && !v1Memory:
+			counter = "memory.events"
+		}
+		if counter != "" && oom == nil {
+			// A cgroup without the file (the root cgroup) counts no OOM
+			// kills of its own: the task's end is then told by its signal.
+			if f, err := openAt(fd, dir+"/"+counter, unix.O_RDONLY); err == nil {
+				oom = f
+			}
+		}
+	}
+	return procs, oom, nil
+}
+
+func openAt(dirfd int, path string, flags int) (*os.File, error) {
+	fd, err := unix.Openat(dirfd, path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
