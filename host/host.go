@@ -32,12 +32,15 @@ type Config struct {
 	PluginDir         string
 	SidecarMode       bool
 	MainContainerName string
-	ContainerMode     bool
-	CRISocket         string
-	ReconcileInterval time.Duration
-	MaxConcurrent     int
-	GracePeriod       time.Duration
-	LogLevel          string
+	// SidecarMorePrivileged lets sidecar tasks run where they cannot be
+	// confined as the main container is.
+	SidecarMorePrivileged bool
+	ContainerMode         bool
+	CRISocket             string
+	ReconcileInterval     time.Duration
+	MaxConcurrent         int
+	GracePeriod           time.Duration
+	LogLevel              string
 	// MaxTasks caps the tasks kept at once; 0 means no cap.
 	MaxTasks int
 	// MaxTaskLogBytes caps what each output stream of a task keeps on disk;
@@ -103,11 +106,12 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		Checksums: cfg.PluginChecksums,
 		Disabled:  disabledPlugins(cfg),
 		Settings: map[string]string{
-			sdk.SettingGracePeriod:       cfg.GracePeriod.String(),
-			sdk.SettingMainContainerName: cfg.MainContainerName,
-			sdk.SettingCRISocket:         cfg.CRISocket,
-			sdk.SettingVolumes:           string(volumes),
-			sdk.SettingMaxLogBytes:       strconv.FormatInt(cfg.MaxTaskLogBytes, 10),
+			sdk.SettingGracePeriod:           cfg.GracePeriod.String(),
+			sdk.SettingMainContainerName:     cfg.MainContainerName,
+			sdk.SettingSidecarMorePrivileged: strconv.FormatBool(cfg.SidecarMorePrivileged),
+			sdk.SettingCRISocket:             cfg.CRISocket,
+			sdk.SettingVolumes:               string(volumes),
+			sdk.SettingMaxLogBytes:           strconv.FormatInt(cfg.MaxTaskLogBytes, 10),
 		},
 	}, log.Named("dispatch"))
 	reapCtx, stopReaping := context.WithCancel(context.Background())
@@ -192,8 +196,14 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 
 // disabledPlugins are the built-in plugins the configuration turns off.
 func disabledPlugins(cfg Config) map[string]string {
-	if cfg.ContainerMode {
-		return nil
+	off := map[string]string{}
+	if !cfg.ContainerMode {
+		off["cri"] = "container mode is off (--enable-container-mode)"
 	}
-	return map[string]string{"cri": "container mode is off (--enable-container-mode)"}
+	if cfg.SidecarMode {
+		// Any caller of the API, a task in the main container included,
+		// could otherwise run a process with the executor's privileges.
+		off["process"] = "sidecar mode runs process tasks in the main container; the process runtime would run them in the executor's own container, with its privileges"
+	}
+	return off
 }

@@ -53,26 +53,27 @@ func main() {
 
 // envOf maps each flag to its environment variable.
 var envOf = map[string]string{
-	"data-dir":              "DATA_DIR",
-	"listen-addr":           "LISTEN_ADDR",
-	"enable-sidecar-mode":   "ENABLE_SIDECAR_MODE",
-	"main-container-name":   "MAIN_CONTAINER_NAME",
-	"enable-container-mode": "ENABLE_CONTAINER_MODE",
-	"cri-socket":            "CRI_SOCKET",
-	"reconcile-interval":    "RECONCILE_INTERVAL",
-	"plugin-dir":            "PLUGIN_DIR",
-	"log-level":             "LOG_LEVEL",
-	"log-format":            "LOG_FORMAT",
-	"max-concurrent-tasks":  "MAX_CONCURRENT_TASKS",
-	"grace-period":          "GRACE_PERIOD",
-	"max-tasks":             "MAX_TASKS",
-	"auth-token-file":       "AUTH_TOKEN_FILE",
-	"tls-cert-file":         "TLS_CERT_FILE",
-	"tls-key-file":          "TLS_KEY_FILE",
-	"tls-client-ca-file":    "TLS_CLIENT_CA_FILE",
-	"plugin-checksums":      "PLUGIN_CHECKSUMS",
-	"volume":                "VOLUMES",
-	"max-task-log-bytes":    "MAX_TASK_LOG_BYTES",
+	"data-dir":            "DATA_DIR",
+	"listen-addr":         "LISTEN_ADDR",
+	"enable-sidecar-mode": "ENABLE_SIDECAR_MODE",
+	"main-container-name": "MAIN_CONTAINER_NAME",
+	"allow-sidecar-tasks-more-privileged-than-main": "ALLOW_SIDECAR_TASKS_MORE_PRIVILEGED_THAN_MAIN",
+	"enable-container-mode":                         "ENABLE_CONTAINER_MODE",
+	"cri-socket":                                    "CRI_SOCKET",
+	"reconcile-interval":                            "RECONCILE_INTERVAL",
+	"plugin-dir":                                    "PLUGIN_DIR",
+	"log-level":                                     "LOG_LEVEL",
+	"log-format":                                    "LOG_FORMAT",
+	"max-concurrent-tasks":                          "MAX_CONCURRENT_TASKS",
+	"grace-period":                                  "GRACE_PERIOD",
+	"max-tasks":                                     "MAX_TASKS",
+	"auth-token-file":                               "AUTH_TOKEN_FILE",
+	"tls-cert-file":                                 "TLS_CERT_FILE",
+	"tls-key-file":                                  "TLS_KEY_FILE",
+	"tls-client-ca-file":                            "TLS_CLIENT_CA_FILE",
+	"plugin-checksums":                              "PLUGIN_CHECKSUMS",
+	"volume":                                        "VOLUMES",
+	"max-task-log-bytes":                            "MAX_TASK_LOG_BYTES",
 }
 
 func parseFlags(args []string) (host.Config, string, error) {
@@ -85,6 +86,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.StringVar(&cfg.ListenAddr, "listen-addr", "0.0.0.0:5758", "address of the HTTP API")
 	fs.BoolVar(&cfg.SidecarMode, "enable-sidecar-mode", false, "run process tasks inside the main container (nsenter runtime)")
 	fs.StringVar(&cfg.MainContainerName, "main-container-name", "main", "sidecar mode: the main container, found by SANDBOX_MAIN_CONTAINER=<name> in a process's environment")
+	fs.BoolVar(&cfg.SidecarMorePrivileged, "allow-sidecar-tasks-more-privileged-than-main", false, "sidecar mode: run tasks even where the executor cannot confine them as the main container is (its cgroup, seccomp filter, user namespace); they may then do what main cannot")
 	fs.BoolVar(&cfg.ContainerMode, "enable-container-mode", false, "accept container tasks (cri runtime)")
 	fs.StringVar(&cfg.CRISocket, "cri-socket", "/var/run/containerd/containerd.sock", "CRI runtime socket for container tasks")
 	cfg.Volumes = map[string]string{}

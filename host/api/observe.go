@@ -68,6 +68,8 @@ type Runtime struct {
 	Healthy   bool   `json:"healthy"`
 	Restarts  int    `json:"restarts"`
 	LastError string `json:"lastError,omitempty"`
+	// Warnings: what the plugin found wrong in its environment at start.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func (s *server) listRuntimes(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
@@ -81,7 +83,7 @@ func (s *server) listRuntimes(w http.ResponseWriter, _ *http.Request, _ httprout
 		out = append(out, Runtime{
 			Name: st.Name, PluginPath: st.Path, ProtocolVersion: st.ProtocolVersion,
 			PluginVersion: st.Version, Kinds: kinds, Healthy: st.Healthy,
-			Restarts: st.Restarts, LastError: st.LastError,
+			Restarts: st.Restarts, LastError: st.LastError, Warnings: st.Warnings,
 		})
 	}
 	sort.SliceStable(out, func(i, j int) bool {

@@ -360,6 +360,9 @@ func (s *supervisor) serve(ready func()) error {
 	s.lastErr = nil
 	s.mu.Unlock()
 	s.log.Info("runtime plugin up", "runtime", info.Name, "version", info.Version, "pid", p.Pid())
+	for _, w := range info.Warnings {
+		s.log.Warn("runtime plugin warns", "runtime", info.Name, "warning", w)
+	}
 	ready()
 	// Recovery runs beside the event stream: events that arrive meanwhile
 	// are applied as they come.

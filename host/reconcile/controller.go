@@ -299,6 +299,9 @@ func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 		return "", fmt.Errorf("container tasks need container mode: start the executor with --enable-container-mode (or ENABLE_CONTAINER_MODE=true): %w", ErrInvalid)
 	}
 	name := spec.Runtime
+	if name == "process" && c.cfg.SidecarMode {
+		return "", fmt.Errorf("runtime %q is off in sidecar mode: it would run the task in the executor's own container, with the executor's privileges, not in the main container: %w", name, ErrInvalid)
+	}
 	if name == "" {
 		switch kind {
 		case sdk.KindProcess:

@@ -595,6 +595,21 @@ func TestRefusedRuntimeSaysWhy(t *testing.T) {
 	}
 }
 
+// TestSidecarModeRefusesTheProcessRuntime: in sidecar mode no caller (a
+// task in the main container, say) may ask for a task in the executor's
+// own container, with its privileges.
+func TestSidecarModeRefusesTheProcessRuntime(t *testing.T) {
+	e := newEnv(t, t.TempDir(), newFake(), Config{SidecarMode: true})
+	_, err := e.c.Create(context.Background(), NewTask{Name: "escape", Spec: sdk.TaskSpec{
+		Runtime: "process", Process: &sdk.ProcessSpec{Command: []string{"true"}}}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "off in sidecar mode") {
+		t.Fatalf("got %v, want ErrInvalid saying the process runtime is off in sidecar mode", err)
+	}
+	if _, ok := e.c.Get("escape"); ok {
+		t.Fatal("the refused task was kept")
+	}
+}
+
 // TestAwaitRecovered: the wait the host makes before it serves ends when
 // every runtime named has recovered its tasks, and not before; a runtime
 // that never comes up keeps it waiting until the context ends.
