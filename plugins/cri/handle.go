@@ -19,7 +19,6 @@ const (
 	reasonErrImagePull     = "ErrImagePull"
 	reasonImagePullBackOff = "ImagePullBackOff"
 	reasonErrImageNever    = "ErrImageNeverPull"
-	reasonOOMKilled        = "OOMKilled"
 )
 
 // Back-off between attempts to get an image or a sandbox, as the kubelet's
@@ -335,8 +334,8 @@ func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
 	code := cs.ExitCode
 	reason := ""
 	switch {
-	case cs.Reason == reasonOOMKilled:
-		reason = reasonOOMKilled
+	case cs.Reason == sdk.ReasonOOMKilled:
+		reason = sdk.ReasonOOMKilled
 	case timedOut(h.task.Dir):
 		reason = sdk.ReasonTaskTimeout
 	}
@@ -421,9 +420,26 @@ func (h *handle) refresh(ctx context.Context) error {
 			"the container was removed from the container runtime", time.Time{}, time.Now())})
 		return nil
 	}
+	if cs.State == cri.ContainerState_CONTAINER_EXITED && cs.ExitCode == 137 && cs.Reason != sdk.ReasonOOMKilled {
+		// containerd learns of an OOM kill from an event of its own, which
+		// can come just after the exit (seen under load): a final status
+		// never changes, so look once more a moment later.
+		select {
+		case <-time.After(oomSettle):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if again, err := h.d.cri.containerStatus(ctx, id); err == nil && again != nil {
+			cs = again
+		}
+	}
 	h.observe(cs)
 	return nil
 }
+
+// oomSettle is how long a container killed by SIGKILL is given for
+// containerd to mark it OOM-killed.
+const oomSettle = 200 * time.Millisecond
 
 // stopContainer stops the container: SIGTERM, SIGKILL after grace (CRI
 // counts it in whole seconds, so it is rounded up).
