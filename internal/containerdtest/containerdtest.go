@@ -74,7 +74,7 @@ func Up() (*Env, error) {
 	if uid := os.Geteuid(); uid != 0 {
 		return nil, fmt.Errorf("containerd needs root, and this runs as uid %d", uid)
 	}
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return nil, fmt.Errorf("finding the repository's hack/ scripts: %w", err)
 	}
@@ -200,7 +200,7 @@ func (e *Env) Down() error {
 			// An Env not made by Up: run the script directly.
 			script := e.downScript
 			if script == "" {
-				root, err := repoRoot()
+				root, err := RepoRoot()
 				if err != nil {
 					e.downErr = fmt.Errorf("finding hack/containerd-down.sh: %w", err)
 					return
@@ -221,10 +221,11 @@ func (e *Env) Down() error {
 	return e.downErr
 }
 
-// repoRoot finds the directory holding go.mod and hack/containerd-up.sh:
-// from this file's compile-time path, else (with -trimpath) from the
-// working directory, which for a test is its package's directory.
-func repoRoot() (string, error) {
+// RepoRoot finds the repository, the directory holding go.mod and
+// hack/containerd-up.sh: from this file's compile-time path, else (with
+// -trimpath) from the working directory, which for a test is its
+// package's directory.
+func RepoRoot() (string, error) {
 	var starts []string
 	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
 		starts = append(starts, filepath.Dir(file))

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/opensandbox/task-executor/internal/seccomp"
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/shim"
 	"github.com/opensandbox/task-executor/sdk/shimdriver"
@@ -254,7 +255,7 @@ func (m *mainContainer) filters(mp *mainProcess, count int) ([]shim.SeccompFilte
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
 	if mp.filtersCount != count || mp.filtersErr != nil {
-		mp.filters, mp.filtersErr = readSeccomp(mp.pid)
+		mp.filters, mp.filtersErr = seccomp.ReadFilters(mp.pid)
 		mp.filtersCount = count
 		if mp.filtersErr == nil && len(mp.filters) != count {
 			mp.filtersErr = fmt.Errorf("read %d seccomp filters where the kernel counts %d", len(mp.filters), count)

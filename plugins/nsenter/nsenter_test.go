@@ -23,9 +23,6 @@ var binDir string
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
-	if os.Getenv(wrapSeccompEnv) == "1" {
-		wrapSeccomp(os.Args[1:])
-	}
 	tmp, err := os.MkdirTemp("", "nsenter-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

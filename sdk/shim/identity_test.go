@@ -259,28 +259,36 @@ func TestCgroupsAndOOMKilled(t *testing.T) {
 	cases := []struct {
 		name       string
 		script     string
+		stop       bool // stopped (grace 0: SIGKILL) once it runs
 		wantReason string
 		wantCode   int32
 	}{
-		{"allocating past the limit", "exec dd if=/dev/zero of=/dev/null bs=100M count=1", ReasonOOMKilled, 137},
-		{"killed otherwise", "kill -9 $$", ReasonFailed, 137},
-		{"within the limit", "exec dd if=/dev/zero of=/dev/null bs=1M count=1", ReasonSucceeded, 0},
+		{"allocating past the limit", "exec dd if=/dev/zero of=/dev/null bs=100M count=1", false, ReasonOOMKilled, 137},
+		{"killed otherwise", "kill -9 $$", false, ReasonFailed, 137},
+		{"stopped", "sleep 60", true, ReasonFailed, 137},
+		{"within the limit", "exec dd if=/dev/zero of=/dev/null bs=1M count=1", false, ReasonSucceeded, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			procs, oom, dir := testCgroup(t, 32<<20)
 			k := newTask(t)
-			spec := k.sh(c.script)
+			spec := k.sh("cat /proc/self/cgroup; " + c.script)
 			spec.Cgroups, spec.OOMCounter = []*os.File{procs}, oom
 			st := k.started(spec)
-			// The shim moved in before it started the task.
-			if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err != nil || !strings.Contains(string(b), strconv.Itoa(st.ShimPID)+"\n") {
-				t.Errorf("the shim %d is not in the cgroup: %q (%v)", st.ShimPID, b, err)
+			if c.stop {
+				// The shim moved in before it started the task.
+				if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err != nil || !strings.Contains(string(b), strconv.Itoa(st.ShimPID)+"\n") {
+					t.Errorf("the shim %d is not in the cgroup: %q (%v)", st.ShimPID, b, err)
+				}
+				k.stop(0)
 			}
 			exit := k.wait(st)
 			if exit.Reason != c.wantReason || exit.ExitCode != c.wantCode {
 				t.Fatalf("exit %+v, want %s %d", exit, c.wantReason, c.wantCode)
+			}
+			if out, _ := os.ReadFile(k.stdout); !strings.Contains(string(out), filepath.Base(dir)+"\n") {
+				t.Errorf("the task did not run in the cgroup %s: %s", dir, out)
 			}
 		})
 	}

@@ -270,19 +270,25 @@ static void bjson_time(struct buf *b, const char *key, const struct timespec *t)
 	bprintf(b, "\"%s\":\"%s\"", key, ts);
 }
 
+/* read_proc reads a small file of the executor's /proc into b (NUL
+ * terminated) and returns its length, or -1. */
+static ssize_t read_proc(const char *path, char *b, size_t size) {
+	int fd = openat(proc_fd, path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, b, size - 1);
+	close(fd);
+	b[n > 0 ? n : 0] = 0;
+	return n;
+}
+
 /* proc_start returns a process's start time in clock ticks since boot (field
  * 22 of /proc/<pid>/stat), which with the PID names it unambiguously. */
 static unsigned long long proc_start(pid_t pid) {
 	char p[64], s[1024];
 	snprintf(p, sizeof p, "%d/stat", pid);
-	int fd = openat(proc_fd, p, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_proc(p, s, sizeof s) <= 0)
 		return 0;
-	ssize_t n = read(fd, s, sizeof s - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	s[n] = 0;
 	char *q = strrchr(s, ')');
 	if (!q)
 		return 0;
@@ -737,14 +743,8 @@ static const int handled_signals[] = {SIGHUP, SIGINT, SIGTERM, SIGPIPE};
 static pid_t pidfd_pid(int fd) {
 	char p[64], b[1024];
 	snprintf(p, sizeof p, "self/fdinfo/%d", fd);
-	int f = openat(proc_fd, p, O_RDONLY | O_CLOEXEC);
-	if (f < 0)
+	if (read_proc(p, b, sizeof b) <= 0)
 		return 0;
-	ssize_t n = read(f, b, sizeof b - 1);
-	close(f);
-	if (n <= 0)
-		return 0;
-	b[n] = 0;
 	char *l = strstr(b, "\nPid:");
 	return l ? (pid_t)atoi(l + 5) : 0;
 }
@@ -1360,12 +1360,14 @@ static void supervise(struct exit_info *e) {
 	/* Output is complete once the exit is known. */
 	drain();
 	clock_gettime(CLOCK_REALTIME, &e->finished);
+	int sigkilled = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+	int oom = sigkilled && oom_fd >= 0 && oom_base >= 0 && oom_kills() > oom_base;
 	if (gone_reason && !holder_gone && ns_fd >= 0) {
 		/* A task SIGKILLed at the moment its container ends was killed
 		 * with it (the runtime kills a container's processes in no set
 		 * order; a PID namespace kills its members with its init): wait
 		 * a moment for the container's process to end too. */
-		int unexplained = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && !timed_out && !stop_requested;
+		int unexplained = sigkilled && !oom && !timed_out && !stop_requested;
 		struct pollfd h = {ns_fd, POLLIN, 0};
 		holder_gone = poll(&h, 1, unexplained ? HOLDER_WAIT_MS : 0) > 0;
 	}
@@ -1384,7 +1386,7 @@ static void supervise(struct exit_info *e) {
 		e->reason = gone_reason;
 		snprintf(e->message, sizeof e->message,
 		         "the container the task ran in has ended (its process %d exited), and the task with it", holder_pid);
-	} else if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && oom_fd >= 0 && oom_base >= 0 && oom_kills() > oom_base) {
+	} else if (oom) {
 		e->reason = "OOMKilled";
 		snprintf(e->message, sizeof e->message, "killed by the kernel for lack of memory in the container's cgroup");
 	} else if (timed_out) {

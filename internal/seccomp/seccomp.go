@@ -1,4 +1,7 @@
-package main
+// Package seccomp reads another process's seccomp filters, as the sidecar
+// runtime needs to give a task the main container's and as tests compare
+// them.
+package seccomp
 
 import (
 	"errors"
@@ -23,12 +26,12 @@ const (
 // stop (one in uninterruptible sleep stops only when it wakes).
 const stopTimeout = 2 * time.Second
 
-// readSeccomp returns the seccomp filters of process pid, oldest first,
+// ReadFilters returns the seccomp filters of process pid, oldest first,
 // with the flags each was installed with. The kernel gives them only to a
 // tracer that holds CAP_SYS_ADMIN and has no filter of its own, and only
 // while the process is stopped: the process is stopped for the moment of
 // reading (as a debugger stops it) and resumes at once.
-func readSeccomp(pid int) ([]shim.SeccompFilter, error) {
+func ReadFilters(pid int) ([]shim.SeccompFilter, error) {
 	type result struct {
 		filters []shim.SeccompFilter
 		err     error

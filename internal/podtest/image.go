@@ -1,0 +1,194 @@
+package podtest
+
+import (
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/sdk/shim"
+)
+
+// ExecutorImage is the executor's image in the runtime: the binaries of
+// this tree, laid out as the Dockerfile lays them out, over busybox.
+const ExecutorImage = "localhost/task-executor:test"
+
+// The image's name without its tag, given to `ctr images import
+// --base-name`; the tag comes from the OCI layout hack/executor-image.sh
+// writes.
+const executorImageBase = "localhost/task-executor"
+
+// The packages built into the image, with where they go in `make build`'s
+// layout (the plugins under plugins/).
+var imagePackages = []struct{ pkg, out string }{
+	{"./cmd/task-executor", "task-executor"},
+	{"./plugins/process", "plugins/process"},
+	{"./plugins/nsenter", "plugins/nsenter"},
+	{"./plugins/cri", "plugins/cri"},
+}
+
+const (
+	// A cold Go build cache makes the first build of a machine slow.
+	imageBuildTimeout = 10 * time.Minute
+	// The CRI plugin learns of an imported image from an event.
+	imageVisibleTimeout = 30 * time.Second
+)
+
+// builtImages records, per containerd socket, whether the executor's image
+// was built and imported: once per containerd, and so once per test binary,
+// whose tests share one. The binaries are built afresh each run (Go's build
+// cache makes that quick), so the image holds the tree under test.
+var builtImages = struct {
+	sync.Mutex
+	err map[string]error
+}{err: map[string]error{}}
+
+// ensureExecutorImage builds the executor's image and imports it into env's
+// containerd, unless that was done before. The work happens in a temporary
+// directory of t, which is done with it once the image is imported.
+func ensureExecutorImage(ctx context.Context, t testing.TB, env *containerdtest.Env, images runtimeapi.ImageServiceClient) error {
+	builtImages.Lock()
+	defer builtImages.Unlock()
+	if err, done := builtImages.err[env.Socket]; done {
+		return err
+	}
+	start := time.Now()
+	ctx, cancel := withDefaultTimeout(ctx, imageBuildTimeout)
+	defer cancel()
+	err := buildExecutorImage(ctx, t.TempDir(), env, images)
+	builtImages.err[env.Socket] = err
+	if err == nil {
+		t.Logf("podtest: built and imported %s in %s", ExecutorImage, time.Since(start).Round(time.Millisecond))
+	}
+	return err
+}
+
+func buildExecutorImage(ctx context.Context, work string, env *containerdtest.Env, images runtimeapi.ImageServiceClient) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	bin := filepath.Join(work, "bin")
+	if err := os.MkdirAll(filepath.Join(bin, "plugins"), 0o755); err != nil {
+		return fmt.Errorf("while making the image's bin directory: %w", err)
+	}
+	// The tools' own temporary files go here too, not in /tmp.
+	tmp := filepath.Join(work, "tmp")
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return fmt.Errorf("while making a temporary directory for the build: %w", err)
+	}
+	// One go build for all: it builds the packages in parallel. Static,
+	// since the image has no C library.
+	args := []string{"build", "-buildvcs=false", "-o", bin + "/"}
+	for _, p := range imagePackages {
+		args = append(args, p.pkg)
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTMPDIR="+tmp)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("while building the executor's binaries (go %s): %w\n%s", strings.Join(args, " "), err, out)
+	}
+	for _, p := range imagePackages {
+		if built := filepath.Join(bin, filepath.Base(p.pkg)); built != filepath.Join(bin, p.out) {
+			if err := os.Rename(built, filepath.Join(bin, p.out)); err != nil {
+				return fmt.Errorf("while laying out %s: %w", p.out, err)
+			}
+		}
+	}
+	if err := shim.Build(ctx, filepath.Join(bin, "task-executor-shim")); err != nil {
+		return fmt.Errorf("while building the shim for the image: %w", err)
+	}
+	outs := []string{"task-executor-shim"}
+	for _, p := range imagePackages {
+		outs = append(outs, p.out)
+	}
+	for _, o := range outs {
+		path := filepath.Join(bin, o)
+		// The host refuses plugins others may write to.
+		if err := os.Chmod(path, 0o755); err != nil {
+			return fmt.Errorf("while setting the mode of %s: %w", o, err)
+		}
+		if err := checkStatic(path); err != nil {
+			return err
+		}
+	}
+
+	tar := filepath.Join(work, "executor-image.tar")
+	script := filepath.Join(root, "hack", "executor-image.sh")
+	layer := exec.CommandContext(ctx, "bash", script, bin, tar)
+	layer.Env = append(os.Environ(), "TMPDIR="+tmp)
+	if out, err := layer.CombinedOutput(); err != nil {
+		return fmt.Errorf("while layering the image (hack/executor-image.sh): %w\n%s", err, out)
+	}
+	// --base-name, not --index-name: see hack/executor-image.sh.
+	imp := exec.CommandContext(ctx, "ctr", "-a", env.Socket, "-n", "k8s.io", "images", "import", "--base-name", executorImageBase, tar)
+	imp.Env = append(os.Environ(), "TMPDIR="+tmp)
+	if out, err := imp.CombinedOutput(); err != nil {
+		return fmt.Errorf("while importing the image (%s): %w\n%s", strings.Join(imp.Args, " "), err, out)
+	}
+	vctx, cancel := context.WithTimeout(ctx, imageVisibleTimeout)
+	defer cancel()
+	err = poll(vctx, func() (bool, error) {
+		st, err := images.ImageStatus(vctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ExecutorImage}})
+		if err != nil {
+			return false, err
+		}
+		return st.GetImage() != nil, errors.New("not listed yet")
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for the CRI plugin to see %s: %w", ExecutorImage, err)
+	}
+	return nil
+}
+
+// checkStatic refuses a dynamically linked binary: in a busybox image it
+// would fail with a puzzling "no such file or directory".
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("while checking %s is static: %w", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked; the image needs static binaries", filepath.Base(path))
+		}
+	}
+	return nil
+}
+
+// moduleRoot is the repository's root: above this file when it was built
+// with its full path, else above the working directory (a test's is its
+// package's).
+func moduleRoot() (string, error) {
+	var starts []string
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		starts = append(starts, filepath.Dir(file))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	for _, start := range starts {
+		for d := start; ; d = filepath.Dir(d) {
+			if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && strings.Contains(string(b), "module github.com/opensandbox/task-executor\n") {
+				return d, nil
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	return "", fmt.Errorf("no go.mod of github.com/opensandbox/task-executor above %v", starts)
+}
