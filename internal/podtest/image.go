@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -75,7 +74,7 @@ func ensureExecutorImage(ctx context.Context, t testing.TB, env *containerdtest.
 }
 
 func buildExecutorImage(ctx context.Context, work string, env *containerdtest.Env, images runtimeapi.ImageServiceClient) error {
-	root, err := moduleRoot()
+	root, err := containerdtest.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -167,28 +166,4 @@ func checkStatic(path string) error {
 		}
 	}
 	return nil
-}
-
-// moduleRoot is the repository's root: above this file when it was built
-// with its full path, else above the working directory (a test's is its
-// package's).
-func moduleRoot() (string, error) {
-	var starts []string
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		starts = append(starts, filepath.Dir(file))
-	}
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	for _, start := range starts {
-		for d := start; ; d = filepath.Dir(d) {
-			if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && strings.Contains(string(b), "module github.com/opensandbox/task-executor\n") {
-				return d, nil
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	return "", fmt.Errorf("no go.mod of github.com/opensandbox/task-executor above %v", starts)
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opensandbox/task-executor/internal/containerdtest"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -36,7 +37,7 @@ const volumeDir = "/node/pods/0000-uid/volumes/kubernetes.io~empty-dir/tasks"
 
 func readManifest(t *testing.T) *corev1.Pod {
 	t.Helper()
-	root, err := moduleRoot()
+	root, err := containerdtest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

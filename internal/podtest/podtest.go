@@ -185,7 +185,7 @@ func Start(ctx context.Context, t testing.TB, env *containerdtest.Env, opts ...O
 	for _, opt := range opts {
 		opt(&o)
 	}
-	root, err := moduleRoot()
+	root, err := containerdtest.RepoRoot()
 	if err != nil {
 		t.Fatalf("podtest: %v", err)
 	}
