@@ -177,4 +177,19 @@ func checkSidecar(t *testing.T, pod *corev1.Pod) {
 	if mainName == "" || !found {
 		t.Errorf("no container carries SANDBOX_MAIN_CONTAINER=%q to match --main-container-name", mainName)
 	}
+	// What a task needs the executor to have to get main's confinement
+	// (README, Sidecar mode; host/e2e's sidecar pod tests run this pod).
+	sc := executor(t, pod).SecurityContext
+	if sc != nil && sc.Privileged != nil && *sc.Privileged {
+		return
+	}
+	if sc == nil || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Add, "SYS_ADMIN") || !slices.Contains(sc.Capabilities.Add, "SYS_PTRACE") || len(sc.Capabilities.Drop) > 0 {
+		t.Error("the sidecar needs SYS_ADMIN and SYS_PTRACE on top of the default capabilities")
+	}
+	if sc == nil || sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeUnconfined {
+		t.Error("the sidecar needs seccompProfile Unconfined: under a filter it cannot read main's")
+	}
+	if sc == nil || sc.AppArmorProfile == nil || sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined {
+		t.Error("the sidecar needs appArmorProfile Unconfined where AppArmor is on")
+	}
 }
