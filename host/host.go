@@ -37,10 +37,12 @@ type Config struct {
 	SidecarMorePrivileged bool
 	ContainerMode         bool
 	CRISocket             string
-	ReconcileInterval     time.Duration
-	MaxConcurrent         int
-	GracePeriod           time.Duration
-	LogLevel              string
+	// PodUID is the executor's own pod's, when it runs in one.
+	PodUID            string
+	ReconcileInterval time.Duration
+	MaxConcurrent     int
+	GracePeriod       time.Duration
+	LogLevel          string
 	// MaxTasks caps the tasks kept at once; 0 means no cap.
 	MaxTasks int
 	// MaxTaskLogBytes caps what each output stream of a task keeps on disk;
@@ -54,6 +56,9 @@ type Config struct {
 	// PluginChecksums, when not nil, pins each plugin's SHA-256 by file
 	// name (see dispatch.LoadChecksums).
 	PluginChecksums map[string][]byte
+	// AllowedHostPaths are the node directories under which a container
+	// task may mount a hostPath volume.
+	AllowedHostPaths []string
 	// Volumes are host directories offered to every container task by
 	// name (--volume NAME=HOSTPATH).
 	Volumes map[string]string
@@ -87,6 +92,10 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	defer ln.Close()
 	warnIfExposed(cfg, log)
 
+	allowed, err := json.Marshal(append([]string{}, cfg.AllowedHostPaths...))
+	if err != nil {
+		return fmt.Errorf("while encoding the allowed host paths: %w", err)
+	}
 	volumes, err := json.Marshal(cfg.Volumes)
 	if err != nil {
 		return fmt.Errorf("while encoding the volumes: %w", err)
@@ -109,8 +118,10 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 			sdk.SettingGracePeriod:           cfg.GracePeriod.String(),
 			sdk.SettingMainContainerName:     cfg.MainContainerName,
 			sdk.SettingSidecarMorePrivileged: strconv.FormatBool(cfg.SidecarMorePrivileged),
+			sdk.SettingPodUID:                cfg.PodUID,
 			sdk.SettingCRISocket:             cfg.CRISocket,
 			sdk.SettingVolumes:               string(volumes),
+			sdk.SettingAllowedHostPaths:      string(allowed),
 			sdk.SettingMaxLogBytes:           strconv.FormatInt(cfg.MaxTaskLogBytes, 10),
 		},
 	}, log.Named("dispatch"))
@@ -199,6 +210,9 @@ func disabledPlugins(cfg Config) map[string]string {
 	off := map[string]string{}
 	if !cfg.ContainerMode {
 		off["cri"] = "container mode is off (--enable-container-mode)"
+	}
+	if !cfg.SidecarMode {
+		off["nsenter"] = "sidecar mode is off (--enable-sidecar-mode)"
 	}
 	if cfg.SidecarMode {
 		// Any caller of the API, a task in the main container included,

@@ -364,7 +364,7 @@ func TestSecurityRefusedPlugins(t *testing.T) {
 	}{
 		{"process", process, 0o755, process, ""},
 		{"loose", process, 0o775, process, "group- or world-writable"},
-		{"nsenter", nsenter, 0o755, append(nsenter, 0), "differs from the plugin checksum file"},
+		{"altered", nsenter, 0o755, append(nsenter, 0), "differs from the plugin checksum file"},
 		{"stowaway", process, 0o755, nil, "not listed in the plugin checksum file"},
 	}
 	var sums strings.Builder
