@@ -161,11 +161,18 @@ const (
 	// tasks it cannot confine as the main container is (they may then do
 	// more than main can); otherwise it refuses them.
 	SettingSidecarMorePrivileged = "sidecarMorePrivileged"
+	// SettingPodUID is the UID of the executor's own pod, when it runs in
+	// one: the cri runtime then makes container tasks in that pod's
+	// sandbox, beside the kubelet that runs the pod.
+	SettingPodUID = "podUID"
 	// SettingCRISocket is the path of the CRI runtime's socket.
 	SettingCRISocket = "criSocket"
 	// SettingMaxLogBytes caps, in bytes, what each output stream of a task
 	// keeps on disk ("0": no cap); older output is dropped first.
 	SettingMaxLogBytes = "maxLogBytes"
+	// SettingAllowedHostPaths are the node directories under which a
+	// container task may mount a hostPath volume, as a JSON array.
+	SettingAllowedHostPaths = "allowedHostPaths"
 	// SettingVolumes are the volumes the operator offers to every container
 	// task, as a JSON object from volume name to host path.
 	SettingVolumes = "volumes"

@@ -60,6 +60,8 @@ var envOf = map[string]string{
 	"allow-sidecar-tasks-more-privileged-than-main": "ALLOW_SIDECAR_TASKS_MORE_PRIVILEGED_THAN_MAIN",
 	"enable-container-mode":                         "ENABLE_CONTAINER_MODE",
 	"cri-socket":                                    "CRI_SOCKET",
+	"pod-uid":                                       "POD_UID",
+	"allowed-host-path":                             "ALLOWED_HOST_PATHS",
 	"reconcile-interval":                            "RECONCILE_INTERVAL",
 	"plugin-dir":                                    "PLUGIN_DIR",
 	"log-level":                                     "LOG_LEVEL",
@@ -89,8 +91,10 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.BoolVar(&cfg.SidecarMorePrivileged, "allow-sidecar-tasks-more-privileged-than-main", false, "sidecar mode: run tasks even where the executor cannot confine them as the main container is (its cgroup, seccomp filter, user namespace); they may then do what main cannot")
 	fs.BoolVar(&cfg.ContainerMode, "enable-container-mode", false, "accept container tasks (cri runtime)")
 	fs.StringVar(&cfg.CRISocket, "cri-socket", "/var/run/containerd/containerd.sock", "CRI runtime socket for container tasks")
+	fs.StringVar(&cfg.PodUID, "pod-uid", "", "container mode: the UID of the executor's own pod (downward API metadata.uid); container tasks then run in its sandbox, beside the node's kubelet, instead of in sandboxes of their own")
 	cfg.Volumes = map[string]string{}
 	fs.Var(volumeFlag(cfg.Volumes), "volume", "NAME=HOSTPATH: a host directory every container task may mount by NAME (repeatable; the variable takes NAME=PATH,NAME=PATH)")
+	fs.Var((*pathsFlag)(&cfg.AllowedHostPaths), "allowed-host-path", "PREFIX: a container task's hostPath volume must be this directory or below it (repeatable; the variable takes PREFIX,PREFIX); none by default, so no hostPath volume is allowed")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", reconcile.DefaultReconcileInterval, "how often to compare the task table with what the runtimes list (a safety net: status changes are pushed)")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", defaultPluginDir(), "directory of runtime plugin executables")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
@@ -216,6 +220,23 @@ func defaultPluginDir() string {
 		return "plugins"
 	}
 	return filepath.Join(filepath.Dir(exe), "plugins")
+}
+
+// pathsFlag collects absolute paths; one value may also hold several,
+// comma-separated, as the environment variable does.
+type pathsFlag []string
+
+func (p *pathsFlag) String() string { return strings.Join(*p, ",") }
+
+func (p *pathsFlag) Set(s string) error {
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if !filepath.IsAbs(item) {
+			return fmt.Errorf("%q is not an absolute path", item)
+		}
+		*p = append(*p, filepath.Clean(item))
+	}
+	return nil
 }
 
 // volumeFlag collects --volume NAME=HOSTPATH; one value may also hold

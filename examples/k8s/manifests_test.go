@@ -97,9 +97,10 @@ func flagValues(args []string, name string) []string {
 }
 
 // checkContainerMode checks what container mode needs of a pod: the
-// node's containerd socket, and every path the executor hands containerd
-// (the data directory, the offered volumes) being the same on the node as
-// in the executor, since containerd resolves them on the node.
+// node's containerd socket, the pod's UID (tasks run in its sandbox), the
+// data directory on a volume of the pod, and every --volume path the same
+// on the node as in the executor, since containerd resolves them on the
+// node.
 func checkContainerMode(t *testing.T, pod *corev1.Pod, exec *corev1.Container) {
 	hostPaths := map[string]string{} // volume name -> path on the node
 	for _, v := range pod.Spec.Volumes {
@@ -119,6 +120,15 @@ func checkContainerMode(t *testing.T, pod *corev1.Pod, exec *corev1.Container) {
 		}
 		return false
 	}
+	// onVolume reports whether a volume of the pod is mounted at p.
+	onVolume := func(p string) bool {
+		for _, m := range exec.VolumeMounts {
+			if m.MountPath == p {
+				return true
+			}
+		}
+		return false
+	}
 
 	socket := "/var/run/containerd/containerd.sock" // the host's default --cri-socket
 	if v := flagValues(exec.Args, "cri-socket"); len(v) > 0 {
@@ -127,14 +137,16 @@ func checkContainerMode(t *testing.T, pod *corev1.Pod, exec *corev1.Container) {
 	if !nodePath(socket) {
 		t.Errorf("the CRI socket %s is not the node's: mount it from a hostPath at the same path", socket)
 	}
-	dataDirs := flagValues(exec.Args, "data-dir")
-	if len(dataDirs) == 0 {
-		t.Error("container mode needs --data-dir on a hostPath (containerd writes the tasks' logs there)")
+	uid := false
+	for _, e := range exec.Env {
+		uid = uid || e.Name == "POD_UID" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.uid"
 	}
-	for _, d := range dataDirs {
-		if !nodePath(d) {
-			t.Errorf("--data-dir=%s is not on a hostPath mounted at the same path", d)
-		}
+	if !uid && len(flagValues(exec.Args, "pod-uid")) == 0 {
+		t.Error("container mode beside a kubelet needs the pod's UID (POD_UID from the downward API's metadata.uid)")
+	}
+	dataDirs := flagValues(exec.Args, "data-dir")
+	if len(dataDirs) == 0 || !onVolume(dataDirs[len(dataDirs)-1]) {
+		t.Errorf("--data-dir=%v must be the mount path of a volume of the pod (the executor finds it on the node from its mounts)", dataDirs)
 	}
 	volumes := flagValues(exec.Args, "volume")
 	if len(volumes) == 0 {

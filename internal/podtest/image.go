@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/opensandbox/task-executor/internal/containerdtest"
@@ -52,6 +54,18 @@ var builtImages = struct {
 	sync.Mutex
 	err map[string]error
 }{err: map[string]error{}}
+
+// EnsureExecutorImage makes sure env's containerd has ExecutorImage, built
+// from this tree (once per test binary), for tests that run the executor's
+// image some other way than Start does (under a kubelet, say).
+func EnsureExecutorImage(ctx context.Context, t testing.TB, env *containerdtest.Env) error {
+	conn, err := grpc.NewClient("unix://"+env.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("while dialing the CRI socket %s: %w", env.Socket, err)
+	}
+	defer conn.Close()
+	return ensureExecutorImage(ctx, t, env, runtimeapi.NewImageServiceClient(conn))
+}
 
 // ensureExecutorImage builds the executor's image and imports it into env's
 // containerd, unless that was done before. The work happens in a temporary

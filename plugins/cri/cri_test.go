@@ -300,8 +300,11 @@ func TestVolumes(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(offered, "input"), []byte("from-the-operator"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rt := launch(t, env, map[string]string{sdk.SettingVolumes: fmt.Sprintf(`{"data-volume":%q}`, offered)})
 	hostDir := t.TempDir()
+	rt := launch(t, env, map[string]string{
+		sdk.SettingVolumes:          fmt.Sprintf(`{"data-volume":%q}`, offered),
+		sdk.SettingAllowedHostPaths: fmt.Sprintf(`[%q]`, filepath.Dir(hostDir)),
+	})
 	if err := os.WriteFile(filepath.Join(hostDir, "input"), []byte("from-the-host"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -344,23 +347,44 @@ if (echo no > /ro/denied) 2>/dev/null; then exit 9; fi`)
 
 func TestValidate(t *testing.T) {
 	env := containerdtest.Require(t)
-	rt := launch(t, env, map[string]string{sdk.SettingVolumes: `{"data-volume":"/tmp"}`})
+	rt := launch(t, env, map[string]string{sdk.SettingVolumes: `{"data-volume":"/tmp"}`, sdk.SettingAllowedHostPaths: `["/srv/tasks"]`})
 	nfs := corev1.VolumeSource{NFS: &corev1.NFSVolumeSource{Server: "x", Path: "/"}}
+	hostPath := func(p string) []corev1.Volume {
+		return []corev1.Volume{{Name: "h", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: p}}}}
+	}
+	yes, no, root, uid := true, false, int64(0), int64(1000)
 	tests := []struct {
 		name    string
 		mounts  []corev1.VolumeMount
 		volumes []corev1.Volume
+		sc      *corev1.SecurityContext
 		wantErr string
 	}{
-		{"unknown-volume", []corev1.VolumeMount{{Name: "nope", MountPath: "/x"}}, nil, `volumeMount "nope" names no volume`},
-		{"unsupported-type", []corev1.VolumeMount{{Name: "n", MountPath: "/x"}}, []corev1.Volume{{Name: "n", VolumeSource: nfs}}, "only hostPath and emptyDir"},
-		{"memory-emptydir", nil, []corev1.Volume{{Name: "m", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}}, "emptyDir.medium"},
-		{"operator-volume", []corev1.VolumeMount{{Name: "data-volume", MountPath: "/x"}}, nil, ""},
+		{"hostpath-allowed", nil, hostPath("/srv/tasks/a"), nil, ""},
+		{"hostpath-the-prefix-itself", nil, hostPath("/srv/tasks"), nil, ""},
+		{"hostpath-root", nil, hostPath("/"), nil, "not below a directory the executor allows"},
+		{"hostpath-sibling-prefix", nil, hostPath("/srv/tasks-other"), nil, "not below a directory the executor allows"},
+		{"hostpath-dotdot", nil, hostPath("/srv/tasks/../etc"), nil, "not below a directory the executor allows"},
+		{"securitycontext-mapped", nil, nil, &corev1.SecurityContext{RunAsUser: &uid, RunAsNonRoot: &yes, AllowPrivilegeEscalation: &no,
+			ReadOnlyRootFilesystem: &yes, Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_BIND_SERVICE"}},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}, ""},
+		{"windows-options", nil, nil, &corev1.SecurityContext{WindowsOptions: &corev1.WindowsSecurityContextOptions{}}, "securityContext.windowsOptions"},
+		{"proc-mount-unmasked", nil, nil, &corev1.SecurityContext{ProcMount: ptrTo(corev1.UnmaskedProcMount)}, "securityContext.procMount"},
+		{"seccomp-localhost", nil, nil, &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo("p.json")}}, "securityContext.seccompProfile.type"},
+		{"nonroot-as-root", nil, nil, &corev1.SecurityContext{RunAsUser: &root, RunAsNonRoot: &yes}, "securityContext.runAsNonRoot"},
+		{"group-without-user", nil, nil, &corev1.SecurityContext{RunAsGroup: &uid}, "securityContext.runAsGroup"},
+		{"privileged-no-escalation", nil, nil, &corev1.SecurityContext{Privileged: &yes, AllowPrivilegeEscalation: &no}, "securityContext.allowPrivilegeEscalation"},
+		{"bad-capability", nil, nil, &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"net admin"}}}, "securityContext.capabilities.add"},
+		{"unknown-volume", []corev1.VolumeMount{{Name: "nope", MountPath: "/x"}}, nil, nil, `volumeMount "nope" names no volume`},
+		{"unsupported-type", []corev1.VolumeMount{{Name: "n", MountPath: "/x"}}, []corev1.Volume{{Name: "n", VolumeSource: nfs}}, nil, "only hostPath and emptyDir"},
+		{"memory-emptydir", nil, []corev1.Volume{{Name: "m", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}}, nil, "emptyDir.medium"},
+		{"operator-volume", []corev1.VolumeMount{{Name: "data-volume", MountPath: "/x"}}, nil, nil, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := busybox(env, "true")
 			c.VolumeMounts = tc.mounts
+			c.SecurityContext = tc.sc
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			err := rt.Validate(ctx, sdk.TaskSpec{Container: c, Volumes: tc.volumes})
@@ -462,6 +486,51 @@ func TestRemoveRunning(t *testing.T) {
 	checkNoLeftovers(t, env)
 }
 
+// TestStoppedFromOutside: a container the executor did not stop says so:
+// killed with its sandbox (as a kubelet kills sandboxes it does not know),
+// or stopped by another client of the runtime.
+func TestStoppedFromOutside(t *testing.T) {
+	env := containerdtest.Require(t)
+	rt := launch(t, env, nil)
+	c := criClient(t, env)
+	cases := []struct {
+		name, wantReason, wantMsg string
+		stop                      func(ctx context.Context, ctr *cri.Container) error
+	}{
+		{"sandbox", "PodSandboxStopped", "stopped the task's pod sandbox", func(ctx context.Context, ctr *cri.Container) error {
+			_, err := c.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: ctr.PodSandboxId})
+			return err
+		}},
+		{"container", sdk.ReasonFailed, "not stopped by the executor", func(ctx context.Context, ctr *cri.Container) error {
+			_, err := c.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: ctr.Id})
+			return err
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			task := newTask(t, "outside-"+tc.name, sdk.TaskSpec{Container: busybox(env, "sleep", "300")})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			t.Cleanup(func() { remove(t, rt, task.Name) })
+			if st, err := rt.Start(ctx, task); err != nil || st.State.Running == nil {
+				t.Fatalf("Start: %+v, %v; want running", st.State, err)
+			}
+			resp, err := c.ListContainers(ctx, &cri.ListContainersRequest{Filter: &cri.ContainerFilter{
+				LabelSelector: map[string]string{"task-executor.opensandbox.io/task": task.Name}}})
+			if err != nil || len(resp.Containers) != 1 {
+				t.Fatalf("the task's container: %v, %v", resp, err)
+			}
+			if err := tc.stop(ctx, resp.Containers[0]); err != nil {
+				t.Fatal(err)
+			}
+			term := waitState(t, rt, task.Name, "terminated", func(s corev1.ContainerState) bool { return s.Terminated != nil }).Terminated
+			if term.Reason != tc.wantReason || term.ExitCode != 137 || !strings.Contains(term.Message, tc.wantMsg) {
+				t.Fatalf("terminated %+v, want %s 137 saying %q", term, tc.wantReason, tc.wantMsg)
+			}
+		})
+	}
+}
+
 func resourceMustParse(t *testing.T, s string) resource.Quantity {
 	t.Helper()
 	q, err := resource.ParseQuantity(s)
@@ -554,3 +623,5 @@ func TestJanitor(t *testing.T) {
 	remove(t, b, "janitor-kept")
 	checkNoLeftovers(t, env)
 }
+
+func ptrTo[T any](v T) *T { return &v }

@@ -47,9 +47,14 @@ type Driver struct {
 	owner   string
 	grace   time.Duration
 	volumes map[string]string
+	// allowedHostPaths are the node directories a hostPath volume may be in.
+	allowedHostPaths []string
 	// maxLog caps container.log as the shim caps a process's output: the
 	// file is rotated to container.log.1 at half of it.
 	maxLog int64
+
+	// place is where tasks' containers are made.
+	place placement
 
 	mu      sync.Mutex
 	handles map[string]*handle
@@ -90,6 +95,12 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: %w", sdk.SettingVolumes, v, err)
 		}
 	}
+	d.allowedHostPaths = nil
+	if v := cfg.Settings[sdk.SettingAllowedHostPaths]; v != "" {
+		if err := json.Unmarshal([]byte(v), &d.allowedHostPaths); err != nil {
+			return sdk.Info{}, fmt.Errorf("while reading setting %s=%q: %w", sdk.SettingAllowedHostPaths, v, err)
+		}
+	}
 	if v := cfg.Settings[sdk.SettingMaxLogBytes]; v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
@@ -112,6 +123,16 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 	}
 	d.cri = c
 	d.log.Info("connected to the CRI runtime", "socket", socket, "runtime", v.RuntimeName, "version", v.RuntimeVersion, "api", v.RuntimeApiVersion, "owner", owner)
+	d.place = taskSandboxes{d}
+	if uid := cfg.Settings[sdk.SettingPodUID]; uid != "" {
+		pod, err := findOwnPod(ctx, d, uid, cfg.DataDir)
+		if err != nil {
+			c.conn.Close()
+			return sdk.Info{}, err
+		}
+		d.place = pod
+		d.log.Info("container tasks run in the executor's pod", "sandbox", pod.id, "pod", pod.cfg.Metadata.Namespace+"/"+pod.cfg.Metadata.Name, "dataDirOnNode", pod.nodeDataDir)
+	}
 	go d.monitor()
 	go d.janitor()
 	return sdk.Info{Name: "cri", Version: version, Kinds: []sdk.Kind{sdk.KindContainer}}, nil
@@ -210,12 +231,12 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	// Every attempt of the name, including ones a previous plugin process
 	// knew and this one never saw.
 	defer d.removalLock(name)()
-	boxes, err := d.cri.sandboxes(ctx, map[string]string{labelOwner: d.owner, labelTask: name})
+	objs, err := d.place.objects(ctx, map[string]string{labelOwner: d.owner, labelTask: name})
 	if err != nil {
 		return err
 	}
-	for _, b := range boxes {
-		if err := d.cri.removeSandbox(ctx, b.Id); err != nil {
+	for _, o := range objs {
+		if err := d.place.remove(ctx, o); err != nil {
 			return err
 		}
 	}
@@ -393,12 +414,12 @@ func (d *Driver) janitor() {
 }
 
 func (d *Driver) sweep(ctx context.Context) error {
-	boxes, err := d.cri.sandboxes(ctx, map[string]string{labelOwner: d.owner})
+	objs, err := d.place.objects(ctx, map[string]string{labelOwner: d.owner})
 	if err != nil {
 		return err
 	}
-	for _, b := range boxes {
-		name, attempt, dir := b.Labels[labelTask], b.Labels[labelAttempt], b.Labels[labelDir]
+	for _, o := range objs {
+		name, attempt, dir := o.labels[labelTask], o.labels[labelAttempt], o.labels[labelDir]
 		if h := d.handle(name); h != nil && h.attempt == attempt {
 			if _, final, _ := h.snapshot(); !final {
 				continue
@@ -407,9 +428,9 @@ func (d *Driver) sweep(ctx context.Context) error {
 			// Its task may yet be recovered.
 			continue
 		}
-		d.log.Debug("removing a sandbox no task needs", "sandbox", b.Id, "task", name, "attempt", attempt)
+		d.log.Debug("removing what no task needs", "id", o.id, "task", name, "attempt", attempt)
 		unlock := d.removalLock(name)
-		err := d.cri.removeSandbox(ctx, b.Id)
+		err := d.place.remove(ctx, o)
 		unlock()
 		if err != nil {
 			return err
@@ -427,10 +448,10 @@ func (d *Driver) cleanup(name, attempt string) {
 		defer d.removalLock(name)()
 		ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 		defer cancel()
-		boxes, err := d.cri.sandboxes(ctx, d.selector(name, attempt))
+		objs, err := d.place.objects(ctx, d.selector(name, attempt))
 		if err == nil {
-			for _, b := range boxes {
-				if err = d.cri.removeSandbox(ctx, b.Id); err != nil {
+			for _, o := range objs {
+				if err = d.place.remove(ctx, o); err != nil {
 					break
 				}
 			}

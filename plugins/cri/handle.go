@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"io/fs"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/opensandbox/task-executor/sdk"
 )
+
+// reasonSandboxStopped ends a task whose container the runtime stopped with
+// its pod sandbox, not at the executor's request.
+const reasonSandboxStopped = "PodSandboxStopped"
 
 // Reasons of the waiting state, as the kubelet reports them.
 const (
@@ -53,6 +58,11 @@ type handle struct {
 	// exited is nudged by the driver's monitor when the container is no
 	// longer running.
 	exited chan struct{}
+	// stopRequested: this plugin process asked for the container's stop.
+	stopRequested atomic.Bool
+	// sandboxStopped: the container's sandbox was found stopped when it
+	// ended (not by this executor).
+	sandboxStopped atomic.Bool
 }
 
 func newHandle(d *Driver, task sdk.Task, attempt string) *handle {
@@ -228,7 +238,7 @@ func (h *handle) create(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sandboxID, err := h.sandbox(ctx)
+	sandboxID, sandboxCfg, err := d.place.sandbox(ctx, h)
 	if err != nil {
 		return err
 	}
@@ -237,10 +247,22 @@ func (h *handle) create(ctx context.Context) error {
 		h.startError(err)
 		return nil
 	}
+	if err := d.checkNonRoot(ctx, h.task.Spec.Container, ref); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		h.startError(err)
+		return nil
+	}
+	cfg, err := d.containerConfig(h.task, h.attempt, ref, mounts)
+	if err != nil {
+		h.startError(err)
+		return nil
+	}
 	resp, err := d.cri.rt.CreateContainer(ctx, &cri.CreateContainerRequest{
 		PodSandboxId:  sandboxID,
-		Config:        d.containerConfig(h.task, h.attempt, ref, mounts),
-		SandboxConfig: d.sandboxConfig(h.task, h.attempt),
+		Config:        cfg,
+		SandboxConfig: sandboxCfg,
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -250,35 +272,6 @@ func (h *handle) create(ctx context.Context) error {
 		return nil
 	}
 	return h.adopt(ctx, resp.ContainerId)
-}
-
-// sandbox returns the task's ready sandbox, creating it if needed.
-func (h *handle) sandbox(ctx context.Context) (string, error) {
-	d := h.d
-	sel := d.selector(h.task.Name, h.attempt)
-	boxes, err := d.cri.sandboxes(ctx, sel)
-	if err != nil {
-		return "", err
-	}
-	for _, b := range boxes {
-		if b.State == cri.PodSandboxState_SANDBOX_READY {
-			return b.Id, nil
-		}
-		// A sandbox that is not ready (its pause process died, the node
-		// rebooted) cannot hold a new container; its metadata would also
-		// clash with a new one's.
-		unlock := d.removalLock(h.task.Name)
-		err := d.cri.removeSandbox(ctx, b.Id)
-		unlock()
-		if err != nil {
-			return "", err
-		}
-	}
-	resp, err := d.cri.rt.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: d.sandboxConfig(h.task, h.attempt)})
-	if err != nil {
-		return "", fmt.Errorf("cannot create the pod sandbox: %w", err)
-	}
-	return resp.PodSandboxId, nil
 }
 
 // adopt takes the container as the task's and brings it to running, or
@@ -365,7 +358,17 @@ func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
 	if finished.Before(started) {
 		finished = started
 	}
-	return sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(code, signal, reason, cs.Message, started, finished)}
+	msg := cs.Message
+	if reason == "" && signal != 0 && !h.stopRequested.Load() && !timedOut(h.task.Dir) {
+		// CRI does not say who killed a container: say who did not.
+		if h.sandboxStopped.Load() {
+			reason = reasonSandboxStopped
+			msg = "the container runtime stopped the task's pod sandbox, and the container with it: a kubelet sharing the runtime does so to sandboxes of pods it does not know (run the executor in its pod with --pod-uid)"
+		} else if msg == "" {
+			msg = fmt.Sprintf("killed by signal %d, not stopped by the executor: by the task itself, the kernel, or another client of the container runtime", signal)
+		}
+	}
+	return sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(code, signal, reason, msg, started, finished)}
 }
 
 // watch waits for the running container to exit, and stops it when its
@@ -419,6 +422,9 @@ func (h *handle) refresh(ctx context.Context) error {
 		h.finish(sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(137, 0, sdk.ReasonStatusUnknown,
 			"the container was removed from the container runtime", time.Time{}, time.Now())})
 		return nil
+	}
+	if cs.State == cri.ContainerState_CONTAINER_EXITED && cs.ExitCode > 128 && !h.stopRequested.Load() {
+		h.sandboxStopped.Store(!h.d.place.sandboxReady(ctx, h))
 	}
 	if cs.State == cri.ContainerState_CONTAINER_EXITED && cs.ExitCode == 137 && cs.Reason != sdk.ReasonOOMKilled {
 		// containerd learns of an OOM kill from an event of its own, which
@@ -486,6 +492,7 @@ func (h *handle) stop(ctx context.Context, grace time.Duration) error {
 	h.mu.Lock()
 	h.containerID = ctrs[0].Id
 	h.mu.Unlock()
+	h.stopRequested.Store(true)
 	if err := h.stopContainer(ctx, grace); err != nil {
 		return err
 	}

@@ -19,6 +19,9 @@ func (d *Driver) validate(spec sdk.TaskSpec) error {
 	if spec.Container == nil {
 		return fmt.Errorf("the cri runtime runs only container tasks: %w", sdk.ErrInvalidSpec)
 	}
+	if _, err := securityContext(spec.Container.SecurityContext, d.place.privileged()); err != nil {
+		return err
+	}
 	declared := map[string]*corev1.Volume{}
 	for i := range spec.Volumes {
 		v := &spec.Volumes[i]
@@ -26,6 +29,10 @@ func (d *Driver) validate(spec sdk.TaskSpec) error {
 		case v.HostPath != nil:
 			if !filepath.IsAbs(v.HostPath.Path) {
 				return fmt.Errorf("volume %q: hostPath.path %q must be absolute: %w", v.Name, v.HostPath.Path, sdk.ErrInvalidSpec)
+			}
+			if !d.hostPathAllowed(v.HostPath.Path) {
+				return fmt.Errorf("volume %q: hostPath %s is not below a directory the executor allows (--allowed-host-path: %s): %w",
+					v.Name, v.HostPath.Path, d.allowedList(), sdk.ErrInvalidSpec)
 			}
 			if t := v.HostPath.Type; t != nil && *t != corev1.HostPathUnset && *t != corev1.HostPathDirectory && *t != corev1.HostPathDirectoryOrCreate {
 				return fmt.Errorf("volume %q: hostPath.type %q is not supported (use \"\", Directory or DirectoryOrCreate): %w", v.Name, *t, sdk.ErrInvalidSpec)
@@ -46,6 +53,28 @@ func (d *Driver) validate(spec sdk.TaskSpec) error {
 		}
 	}
 	return nil
+}
+
+// hostPathAllowed reports whether a hostPath volume's path is one of the
+// allowed directories or below one. The check is on the path as written
+// (a ".." that leaves a prefix is caught by cleaning it): a symbolic link
+// below an allowed directory is followed by the runtime, so an operator
+// allows only directories that no task or caller can put links in.
+func (d *Driver) hostPathAllowed(path string) bool {
+	path = filepath.Clean(path)
+	for _, p := range d.allowedHostPaths {
+		if path == p || strings.HasPrefix(path, strings.TrimSuffix(p, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Driver) allowedList() string {
+	if len(d.allowedHostPaths) == 0 {
+		return "none"
+	}
+	return strings.Join(d.allowedHostPaths, ", ")
 }
 
 // offered lists the operator's volumes, for error messages.
@@ -89,14 +118,15 @@ func (d *Driver) mounts(task sdk.Task) ([]*cri.Mount, error) {
 			case v.EmptyDir != nil:
 				// Under the task's directory: it lives as long as the task,
 				// and goes when the task is deleted.
-				host = filepath.Join(task.Dir, "volumes", v.Name)
-				if err := os.MkdirAll(host, 0o777); err != nil {
+				dir := filepath.Join(task.Dir, "volumes", v.Name)
+				if err := os.MkdirAll(dir, 0o777); err != nil {
 					return nil, fmt.Errorf("while creating emptyDir volume %q: %w", m.Name, err)
 				}
 				// Any user in the container may write to it, as in Kubernetes.
-				if err := os.Chmod(host, 0o777); err != nil {
+				if err := os.Chmod(dir, 0o777); err != nil {
 					return nil, fmt.Errorf("while creating emptyDir volume %q: %w", m.Name, err)
 				}
+				host = d.place.nodePath(dir)
 			}
 		} else {
 			host = d.volumes[m.Name]
@@ -140,14 +170,19 @@ func (d *Driver) sandboxConfig(task sdk.Task, attempt string) *cri.PodSandboxCon
 		Linux: &cri.LinuxPodSandboxConfig{
 			SecurityContext: &cri.LinuxSandboxSecurityContext{
 				NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE},
+				Privileged:       privileged(task.Spec.Container),
 			},
 		},
 	}
 }
 
 // containerConfig turns the task's corev1.Container into CRI's.
-func (d *Driver) containerConfig(task sdk.Task, attempt, imageRef string, mounts []*cri.Mount) *cri.ContainerConfig {
+func (d *Driver) containerConfig(task sdk.Task, attempt, imageRef string, mounts []*cri.Mount) (*cri.ContainerConfig, error) {
 	c := task.Spec.Container
+	sc, err := securityContext(c.SecurityContext, d.place.privileged())
+	if err != nil {
+		return nil, err
+	}
 	// A name given twice keeps its first place and its last value, as the
 	// kubelet does: the OCI runtime would hand both to the process, and
 	// which one getenv sees is up to its libc.
@@ -162,7 +197,7 @@ func (d *Driver) containerConfig(task sdk.Task, attempt, imageRef string, mounts
 		envs = append(envs, &cri.KeyValue{Key: e.Name, Value: []byte(e.Value)})
 	}
 	return &cri.ContainerConfig{
-		Metadata:   &cri.ContainerMetadata{Name: task.Name},
+		Metadata:   &cri.ContainerMetadata{Name: d.place.name(task.Name, attempt)},
 		Image:      &cri.ImageSpec{Image: imageRef, UserSpecifiedImage: c.Image},
 		Command:    c.Command,
 		Args:       c.Args,
@@ -174,13 +209,20 @@ func (d *Driver) containerConfig(task sdk.Task, attempt, imageRef string, mounts
 		Stdin:      c.Stdin,
 		StdinOnce:  c.StdinOnce,
 		Tty:        c.TTY,
-		Linux:      &cri.LinuxContainerConfig{Resources: resources(c.Resources)},
-	}
+		Linux:      &cri.LinuxContainerConfig{Resources: resources(c.Resources), SecurityContext: sc},
+	}, nil
+}
+
+func privileged(c *corev1.Container) bool {
+	return c != nil && c.SecurityContext != nil && c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged
 }
 
 func (d *Driver) labels(task sdk.Task, attempt string) map[string]string {
 	l := d.selector(task.Name, attempt)
 	l[labelDir] = task.Dir
+	for k, v := range d.place.labels(d.place.name(task.Name, attempt)) {
+		l[k] = v
+	}
 	return l
 }
 
