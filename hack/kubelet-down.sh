@@ -18,28 +18,10 @@ DIR="$(cd "$1" && pwd -P)"
 if rmdir "$DIR" 2>/dev/null; then exit 0; fi
 [ -e "$DIR/.kubelet-test-env" ] || die "$DIR was not made by kubelet-up.sh (no .kubelet-test-env); refusing to remove it"
 
-# A zombie counts as gone: it runs nothing.
-alive() {
-	local stat
-	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-	stat="${stat##*) }"
-	[ "${stat%% *}" != Z ]
-}
-wait_gone() {
-	local deadline=$((SECONDS + WAIT_S)) p left
-	while :; do
-		left=0
-		for p in "$@"; do
-			if alive "$p"; then left=1; fi
-		done
-		[ "$left" -eq 1 ] || return 0
-		[ "$SECONDS" -lt "$deadline" ] || return 1
-		sleep 0.05
-	done
-}
+# alive, cmdline, read_pid, wait_gone.
+. "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 
-if pid="$(cat "$DIR/kubelet.pid" 2>/dev/null)" && [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" &&
-	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--root-dir=$DIR/root"; then
+if pid="$(read_pid "$DIR/kubelet.pid")" && alive "$pid" && [[ "$(cmdline "$pid")" == *"--root-dir=$DIR/root"* ]]; then
 	kill -TERM "$pid" 2>/dev/null || true
 	if ! wait_gone "$pid"; then
 		kill -KILL "$pid" 2>/dev/null || true
