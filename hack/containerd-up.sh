@@ -225,7 +225,16 @@ EOF
 
 # setsid: a Ctrl-C to the test's process group must not kill containerd
 # half-way; containerd-down.sh ends it by its PID.
-setsid containerd --config "$DIR/config.toml" </dev/null >>"$DIR/containerd.log" 2>&1 &
+# CONTAINERD_BIN_DIR, when set, holds another containerd and its runc shim
+# (containerd-build.sh's); first on PATH, so containerd starts its shim.
+containerd_bin=containerd
+if [ -n "${CONTAINERD_BIN_DIR:-}" ]; then
+	[ -x "$CONTAINERD_BIN_DIR/containerd" ] && [ -x "$CONTAINERD_BIN_DIR/containerd-shim-runc-v2" ] ||
+		die "CONTAINERD_BIN_DIR=$CONTAINERD_BIN_DIR holds no containerd and containerd-shim-runc-v2"
+	containerd_bin="$CONTAINERD_BIN_DIR/containerd"
+	export PATH="$CONTAINERD_BIN_DIR:$PATH"
+fi
+setsid "$containerd_bin" --config "$DIR/config.toml" </dev/null >>"$DIR/containerd.log" 2>&1 &
 echo $! >"$DIR/containerd.pid"
 
 deadline=$((SECONDS + READY_TIMEOUT_S))

@@ -69,6 +69,7 @@ func main() {
 			args: []string{"-data-root", root}},
 		{pkgs: []string{"./host/e2e"}, bench: "RunningTasks|ManyTasks", benchtime: "1x",
 			args: []string{"-data-root", root, "-bench-scale", scale}},
+		{pkgs: []string{"./host/e2e"}, bench: "ContainerExit", benchtime: n("40x", "2x"), args: []string{"-data-root", root}},
 		{pkgs: []string{"./host/store", "./host/reconcile", "./host/api", "./sdk/shim"}, bench: ".", benchtime: n("1s", "10x")},
 	}
 	m := metrics{}
@@ -138,6 +139,8 @@ var rows = []row{
 	{figure: "process exits -> GET shows terminated, p50 (long poll)", target: "<= 2 ms", bench: "e2e.ExitToVisible", metric: "exit-visible-p50-ms", ok: atMost(2)},
 	{figure: "process exits -> GET shows terminated, p99 (long poll)", target: "<= 10 ms", bench: "e2e.ExitToVisible", metric: "exit-visible-p99-ms", ok: atMost(10)},
 	{figure: "  the same, client polling every 250 us, p50", target: "", bench: "e2e.ExitToVisiblePolled", metric: "exit-visible-p50-ms"},
+	{figure: "container exits -> GET shows terminated, p50 (containerd 2.x, CRI events)", target: "<= 10 ms", bench: "e2e.ContainerExit/events", metric: "exit-visible-p50-ms", ok: atMost(10)},
+	{figure: "  the same, containerd 1.6 (listing every 100 ms), p50", target: "", bench: "e2e.ContainerExit/listing", metric: "exit-visible-p50-ms"},
 	{figure: "/bin/true task: POST -> terminated visible, p50", target: "<= 3x floor", bench: "e2e.TrueTask", metric: "visible-p50-ms",
 		baseline: "floor-p50-ms", ok: func(v float64, m metrics) bool { return v <= 3*m["e2e.TrueTask"]["floor-p50-ms"] }},
 	{figure: "  floor: bare fork+exec+wait of /bin/true, p50", target: "(baseline)", bench: "e2e.TrueTask", metric: "floor-p50-ms"},

@@ -18,6 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/opensandbox/task-executor/host/api"
+
+	"github.com/opensandbox/task-executor/internal/containerdtest"
 )
 
 // These benchmarks are the load driver of `make bench`: each starts the
@@ -387,4 +389,57 @@ func statusKiB(path, key string) int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkContainerExit: a container task's exit until GET (long poll)
+// shows it terminated: with a containerd that pushes container events to
+// the cri plugin (2.x), and with Debian's 1.6, where the plugin lists its
+// containers every 100 ms. The container waits on a FIFO in a hostPath
+// volume; the clock starts when the benchmark writes to it.
+func BenchmarkContainerExit(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		env  func(testing.TB) *containerdtest.Env
+	}{{"events", containerdtest.RequireEvented}, {"listing", containerdtest.Require}} {
+		b.Run(tc.name, func(b *testing.B) {
+			env := tc.env(b)
+			dir := b.TempDir()
+			h := startHost(b, "--log-level", "info", "--enable-container-mode", "--cri-socket", env.Socket, "--allowed-host-path", dir)
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				name := fmt.Sprintf("cexit-%d", i)
+				if err := unix.Mkfifo(filepath.Join(dir, name), 0o666); err != nil {
+					b.Fatal(err)
+				}
+				h.mustDo(201, "POST", "/tasks", map[string]any{"name": name, "spec": map[string]any{
+					"container": map[string]any{"name": "c", "image": env.BusyboxImage, "imagePullPolicy": "IfNotPresent",
+						"command":      []string{"head", "-c1", "/fifo/" + name},
+						"volumeMounts": []map[string]any{{"name": "fifo", "mountPath": "/fifo"}}},
+					"volumes": []map[string]any{{"name": "fifo", "hostPath": map[string]any{"path": dir}}},
+				}})
+				// Opening for writing waits for the container to open it for
+				// reading.
+				f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				_, err = f.Write([]byte{'x'})
+				began := time.Now()
+				f.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				h.awaitTerminated(name, true)
+				lat = append(lat, time.Since(began))
+				b.StopTimer()
+				h.mustDo(204, "DELETE", "/tasks/"+name, nil)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			reportPercentiles(b, "exit-visible", lat)
+		})
+	}
 }

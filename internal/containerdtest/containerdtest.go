@@ -70,7 +70,32 @@ type Env struct {
 
 // Up runs hack/containerd-up.sh in a fresh short directory under /tmp and
 // returns the environment once its CRI API answers and has both images.
-func Up() (*Env, error) {
+func Up() (*Env, error) { return upWith("") }
+
+// UpEvented is Up with a containerd that has CRI container events
+// (GetContainerEvents), built from the Go module proxy by
+// hack/containerd-build.sh (minutes the first time, then cached): Debian's
+// containerd 1.6 has none.
+func UpEvented() (*Env, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, fmt.Errorf("finding the repository's hack/ scripts: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "bash", filepath.Join(root, "hack", "containerd-build.sh")).Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		return nil, fmt.Errorf("running hack/containerd-build.sh: %w\n%s", err, bytes.TrimSpace(stderr))
+	}
+	return upWith(strings.TrimSpace(string(out)))
+}
+
+// upWith is Up with the containerd binaries of binDir ("": the machine's).
+func upWith(binDir string) (*Env, error) {
 	if uid := os.Geteuid(); uid != 0 {
 		return nil, fmt.Errorf("containerd needs root, and this runs as uid %d", uid)
 	}
@@ -88,7 +113,7 @@ func Up() (*Env, error) {
 		_ = os.Remove(dir)
 		return nil, fmt.Errorf("starting the clean-up watchdog: %w", err)
 	}
-	if err := e.up(filepath.Join(root, "hack", "containerd-up.sh")); err != nil {
+	if err := e.up(filepath.Join(root, "hack", "containerd-up.sh"), binDir); err != nil {
 		if derr := e.Down(); derr != nil {
 			err = errors.Join(err, derr)
 		}
@@ -97,10 +122,13 @@ func Up() (*Env, error) {
 	return e, nil
 }
 
-func (e *Env) up(script string) error {
+func (e *Env) up(script, binDir string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", script, e.Dir)
+	if binDir != "" {
+		cmd.Env = append(os.Environ(), "CONTAINERD_BIN_DIR="+binDir)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// If the script is killed, its children must not keep Wait blocked on
@@ -253,40 +281,50 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// The package's environment: brought up by the first Require, brought down
-// by Main once the tests are done. Lazily, so that a run of benchmarks or of
-// tests that need no containerd neither waits for it nor shares the CPU and
-// the disk with it.
+// The package's environments: each brought up by the first Require (or
+// RequireEvented), brought down by Main once the tests are done. Lazily, so
+// that a run of benchmarks or of tests that need no containerd neither
+// waits for it nor shares the CPU and the disk with it.
 var (
-	mainCalled  bool
-	upOnce      sync.Once
-	shared      *Env
-	unavailable string
+	mainCalled bool
+	plain      = &lazyEnv{what: "containerd", up: Up}
+	evented    = &lazyEnv{what: "containerd with CRI events", up: UpEvented}
 )
+
+// lazyEnv is an environment brought up at most once.
+type lazyEnv struct {
+	what        string
+	up          func() (*Env, error)
+	once        sync.Once
+	env         *Env
+	unavailable string
+}
 
 func required() bool { return os.Getenv(RequireEnvVar) == "1" }
 
-// Main is for a package's TestMain: it runs the tests and, if one of them
-// brought containerd up (Require), brings it down, and returns the exit
-// code.
+// Main is for a package's TestMain: it runs the tests and brings down the
+// environments they brought up (Require, RequireEvented), and returns the
+// exit code.
 func Main(m *testing.M) (code int) {
 	mainCalled = true
-	// Deferred, so that a panic out of m.Run still brings it down; a test
+	// Deferred, so that a panic out of m.Run still brings them down; a test
 	// binary that dies outright is covered by the watchdog.
 	defer func() {
-		env := shared
-		if env == nil {
-			return
-		}
-		if code != 0 {
-			// Down removes the log, and a failing CRI call often says no more
-			// than containerd's log does.
-			fmt.Fprint(os.Stderr, env.logProblems())
-		}
-		if err := env.Down(); err != nil {
-			fmt.Fprintf(os.Stderr, "FAIL: bringing containerd down: %v\n", err)
-			if code == 0 {
-				code = 1
+		for _, l := range []*lazyEnv{plain, evented} {
+			env := l.env
+			if env == nil {
+				continue
+			}
+			if code != 0 {
+				// Down removes the log, and a failing CRI call often says
+				// no more than containerd's log does.
+				fmt.Fprint(os.Stderr, env.logProblems())
+			}
+			if err := env.Down(); err != nil {
+				fmt.Fprintf(os.Stderr, "FAIL: bringing %s down: %v\n", l.what, err)
+				if code == 0 {
+					code = 1
+				}
 			}
 		}
 	}()
@@ -299,31 +337,43 @@ func Main(m *testing.M) (code int) {
 // otherwise skips it, loudly.
 func Require(t testing.TB) *Env {
 	t.Helper()
+	return plain.require(t)
+}
+
+// RequireEvented is Require for an environment of its own whose containerd
+// has CRI container events (see UpEvented).
+func RequireEvented(t testing.TB) *Env {
+	t.Helper()
+	return evented.require(t)
+}
+
+func (l *lazyEnv) require(t testing.TB) *Env {
+	t.Helper()
 	if !mainCalled {
 		why := "containerdtest.Main was not called from this package's TestMain"
 		if required() {
-			t.Fatalf("%s=1 but containerd is not available: %s", RequireEnvVar, why)
+			t.Fatalf("%s=1 but %s is not available: %s", RequireEnvVar, l.what, why)
 		}
 		t.Skip("\n" + banner(why))
 	}
-	upOnce.Do(func() {
+	l.once.Do(func() {
 		start := time.Now()
-		env, err := Up()
+		env, err := l.up()
 		if err != nil {
-			unavailable = err.Error()
-			fmt.Fprint(os.Stderr, banner(unavailable))
+			l.unavailable = err.Error()
+			fmt.Fprint(os.Stderr, banner(l.unavailable))
 			return
 		}
-		fmt.Fprintf(os.Stderr, "containerdtest: containerd up in %s at %s\n", time.Since(start).Round(time.Millisecond), env.Socket)
-		shared = env
+		fmt.Fprintf(os.Stderr, "containerdtest: %s up in %s at %s\n", l.what, time.Since(start).Round(time.Millisecond), env.Socket)
+		l.env = env
 	})
-	if shared != nil {
-		return shared
+	if l.env != nil {
+		return l.env
 	}
 	if required() {
-		t.Fatalf("%s=1 but containerd could not be brought up:\n%s", RequireEnvVar, unavailable)
+		t.Fatalf("%s=1 but %s could not be brought up:\n%s", RequireEnvVar, l.what, l.unavailable)
 	}
-	t.Skip("\n" + banner(unavailable))
+	t.Skip("\n" + banner(l.unavailable))
 	return nil
 }
 

@@ -123,6 +123,15 @@ func TestConformance(t *testing.T) {
 	t.Cleanup(func() { checkNoLeftovers(t, env) })
 }
 
+// TestConformanceEvented runs the kit on a containerd with CRI container
+// events (2.x, built from the Go module proxy), where exits are pushed to
+// the plugin rather than found by listing.
+func TestConformanceEvented(t *testing.T) {
+	env := containerdtest.RequireEvented(t)
+	runtimetest.Run(t, criHarness{env: env})
+	t.Cleanup(func() { checkNoLeftovers(t, env) })
+}
+
 // criClient connects to the test containerd, as an operator's crictl would.
 func criClient(t *testing.T, env *containerdtest.Env) cri.RuntimeServiceClient {
 	t.Helper()

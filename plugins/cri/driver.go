@@ -11,9 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -55,6 +58,8 @@ type Driver struct {
 
 	// place is where tasks' containers are made.
 	place placement
+	// following: the runtime's container events are being followed.
+	following atomic.Bool
 
 	mu      sync.Mutex
 	handles map[string]*handle
@@ -134,6 +139,7 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 		d.log.Info("container tasks run in the executor's pod", "sandbox", pod.id, "pod", pod.cfg.Metadata.Namespace+"/"+pod.cfg.Metadata.Name, "dataDirOnNode", pod.nodeDataDir)
 	}
 	go d.monitor()
+	go d.follow()
 	go d.janitor()
 	return sdk.Info{Name: "cri", Version: version, Kinds: []sdk.Kind{sdk.KindContainer}}, nil
 }
@@ -324,7 +330,8 @@ func (d *Driver) handle(name string) *handle {
 }
 
 // monitor lists the plugin's running containers and nudges the handles
-// whose container is no longer running.
+// whose container is no longer running. With the runtime's events
+// followed (follow), the list is only a safety net, made less often.
 func (d *Driver) monitor() {
 	ticker := time.NewTicker(monitorInterval)
 	defer ticker.Stop()
@@ -332,6 +339,9 @@ func (d *Driver) monitor() {
 		<-ticker.C
 		if d.maxLog > 0 && tick%logCheckTicks == 0 {
 			d.rotateLogs()
+		}
+		if d.following.Load() && tick%eventedListTicks != 0 {
+			continue
 		}
 		d.mu.Lock()
 		watched := map[string]*handle{}
@@ -366,6 +376,67 @@ func (d *Driver) monitor() {
 // logCheckTicks is how many monitor ticks pass between looks at the
 // containers' log sizes.
 const logCheckTicks = 5
+
+// eventedListTicks is how many monitor ticks pass between lists while the
+// runtime's events are followed.
+const eventedListTicks = 20
+
+// follow follows the runtime's container events (CRI GetContainerEvents:
+// containerd 1.7 and later) and nudges a task's handle as soon as its
+// container stops, instead of at the monitor's next list. A runtime without
+// them (containerd 1.6) answers Unimplemented: the list then does it all.
+func (d *Driver) follow() {
+	backoff := 100 * time.Millisecond
+	for {
+		err := d.followOnce()
+		d.following.Store(false)
+		if status.Code(err) == codes.Unimplemented {
+			d.log.Info("the runtime has no container events: exits are found by listing", "every", monitorInterval.String())
+			return
+		}
+		if d.ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("lost the runtime's container events; following them again", "error", err, "in", backoff.String())
+		time.Sleep(backoff)
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (d *Driver) followOnce() error {
+	stream, err := d.cri.rt.GetContainerEvents(d.ctx, &cri.GetEventsRequest{})
+	if err != nil {
+		return err
+	}
+	for first := true; ; first = false {
+		ev, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if first {
+			d.following.Store(true)
+			d.log.Debug("following the runtime's container events")
+		}
+		if ev.ContainerEventType != cri.ContainerEventType_CONTAINER_STOPPED_EVENT {
+			continue
+		}
+		if h := d.handleOfContainer(ev.ContainerId); h != nil {
+			h.nudge()
+		}
+	}
+}
+
+// handleOfContainer returns the handle whose container is id, if any.
+func (d *Driver) handleOfContainer(id string) *handle {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, h := range d.handles {
+		if cid, ok := h.running(); ok && cid == id {
+			return h
+		}
+	}
+	return nil
+}
 
 // rotateLogs caps the running containers' logs the way the kubelet does:
 // the log is renamed aside and the runtime asked to reopen it.
