@@ -47,7 +47,8 @@ test:
 bench: build
 	$(GO) run ./cmd/task-executor-bench
 
-# Regenerates the gRPC code from sdk/runtimepb/runtime.proto. Needs protoc
+# Regenerates the gRPC code from sdk/runtimepb/runtime.proto (and the cri
+# plugin's client of containerd's event service). Needs protoc
 # (Debian: protobuf-compiler) and the Go plugins, installed on demand.
 proto:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
@@ -55,6 +56,9 @@ proto:
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --proto_path=sdk/runtimepb \
 		--go_out=paths=source_relative:sdk/runtimepb \
 		--go-grpc_out=paths=source_relative:sdk/runtimepb sdk/runtimepb/runtime.proto
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --proto_path=plugins/cri/ctdevents \
+		--go_out=paths=source_relative:plugins/cri/ctdevents \
+		--go-grpc_out=paths=source_relative:plugins/cri/ctdevents plugins/cri/ctdevents/events.proto
 
 clean:
 	rm -rf $(BIN) .data

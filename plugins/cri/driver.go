@@ -140,6 +140,7 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 	}
 	go d.monitor()
 	go d.follow()
+	go d.followContainerd()
 	go d.janitor()
 	return sdk.Info{Name: "cri", Version: version, Kinds: []sdk.Kind{sdk.KindContainer}}, nil
 }
@@ -431,7 +432,10 @@ func (d *Driver) handleOfContainer(id string) *handle {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, h := range d.handles {
-		if cid, ok := h.running(); ok && cid == id {
+		h.mu.Lock()
+		ours := h.containerID == id
+		h.mu.Unlock()
+		if ours {
 			return h
 		}
 	}
@@ -492,7 +496,14 @@ func (d *Driver) sweep(ctx context.Context) error {
 	for _, o := range objs {
 		name, attempt, dir := o.labels[labelTask], o.labels[labelAttempt], o.labels[labelDir]
 		if h := d.handle(name); h != nil && h.attempt == attempt {
-			if _, final, _ := h.snapshot(); !final {
+			st, final, _ := h.snapshot()
+			if !final {
+				continue
+			}
+			// The exit record goes before the objects that also hold the
+			// exit code (see cleanup).
+			if err := writeExit(dir, recordOf(st)); err != nil && !errors.Is(err, fs.ErrExist) {
+				d.log.Warn("cannot record a task's exit; keeping its container", "task", name, "error", err)
 				continue
 			}
 		} else if current, err := readAttempt(dir); err == nil && current == attempt && !exists(dir, exitFile) {
@@ -510,12 +521,21 @@ func (d *Driver) sweep(ctx context.Context) error {
 	return nil
 }
 
-// cleanup removes a finished task's sandboxes (and with them its
-// container) in the background; the janitor retries what fails.
-func (d *Driver) cleanup(name, attempt string) {
+// cleanup writes a finished task's exit record (when record is set) and
+// then removes its container (and its own sandbox) in the background; the
+// janitor retries what fails. Without the record the objects stay: the
+// runtime keeps the exit code, and a later look records it again.
+func (d *Driver) cleanup(task sdk.Task, attempt string, record *exitRecord) {
+	name := task.Name
 	d.cleanups.Add(1)
 	go func() {
 		defer d.cleanups.Done()
+		if record != nil {
+			if err := writeExit(task.Dir, *record); err != nil && !errors.Is(err, fs.ErrExist) {
+				d.log.Error("cannot record a task's exit; its container stays until it is", "task", name, "error", err)
+				return
+			}
+		}
 		defer d.removalLock(name)()
 		ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 		defer cancel()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,21 +114,18 @@ func (h *handle) finish(st sdk.TaskStatus) {
 		h.mu.Unlock()
 		return
 	}
-	err := writeExit(h.task.Dir, recordOf(st))
-	if errors.Is(err, fs.ErrExist) {
-		// Recorded before (by a plugin process that died before removing
-		// the container): the first record is the task's end.
-		var rec *exitRecord
-		if rec, err = readExit(h.task.Dir); rec != nil {
-			st = rec.status(h.task.Name)
-		}
-	}
+	// Recorded before (by a plugin process that died before removing the
+	// container): the first record is the task's end.
+	rec, err := readExit(h.task.Dir)
 	if err != nil {
 		// The container stays in containerd, which keeps its exit code: a
-		// later look (the monitor, a restart) records it again.
+		// later look (the monitor, a restart) tries again.
 		h.mu.Unlock()
-		h.d.log.Error("cannot record a task's exit; will retry", "task", h.task.Name, "error", err)
+		h.d.log.Error("cannot read a task's exit record; will retry", "task", h.task.Name, "error", err)
 		return
+	}
+	if rec != nil {
+		st = rec.status(h.task.Name)
 	}
 	h.st = st
 	h.final = true
@@ -138,7 +134,15 @@ func (h *handle) finish(st sdk.TaskStatus) {
 	h.mu.Unlock()
 	h.d.events.Publish(st)
 	h.d.log.Debug("task terminated", "task", h.task.Name, "exitCode", st.State.Terminated.ExitCode, "reason", st.State.Terminated.Reason)
-	h.d.cleanup(h.task.Name, h.attempt)
+	// The record is written after the status is out (the host keeps its
+	// own, durably) and before the container, which holds the exit code
+	// too, leaves containerd.
+	var record *exitRecord
+	if rec == nil {
+		r := recordOf(st)
+		record = &r
+	}
+	h.d.cleanup(h.task, h.attempt, record)
 }
 
 // start runs the handle's goroutine.
@@ -324,22 +328,6 @@ func (h *handle) observe(cs *cri.ContainerStatus) {
 
 // terminated builds a final status from an exited container.
 func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
-	code := cs.ExitCode
-	reason := ""
-	switch {
-	case cs.Reason == sdk.ReasonOOMKilled:
-		reason = sdk.ReasonOOMKilled
-	case timedOut(h.task.Dir):
-		reason = sdk.ReasonTaskTimeout
-	}
-	// CRI reports a container killed by a signal only as exit code
-	// 128+signal, the shell's convention, so the signal is read back from
-	// it: a task that exits with such a code of its own accord is reported
-	// as killed by that signal.
-	var signal int32
-	if code > 128 && code <= 128+64 {
-		signal = code - 128
-	}
 	var started time.Time
 	if cs.StartedAt > 0 {
 		started = time.Unix(0, cs.StartedAt)
@@ -352,13 +340,62 @@ func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
 		// It never ran: its start failed inside the runtime.
 		return sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(128, 0, sdk.ReasonStartError, cs.Message, time.Time{}, finished)}
 	}
+	return h.ended(cs.ExitCode, cs.Reason == sdk.ReasonOOMKilled, cs.Message, started, finished)
+}
+
+// exitReported ends the task from containerd's own report of its
+// container's exit (see followContainerd), which comes well before the
+// container's CRI status shows it. A container killed by SIGKILL is left to
+// its CRI status, which tells an OOM kill.
+func (h *handle) exitReported(ctx context.Context, code int32, finished time.Time) {
+	defer h.nudge()
+	st, final, _ := h.snapshot()
+	if final || code == 137 {
+		return
+	}
+	var started time.Time
+	if r := st.State.Running; r != nil {
+		started = r.StartedAt.Time
+	} else {
+		// It exited before this handle saw it run (its start is being
+		// recorded): the runtime, which still shows it running, knows when
+		// it started.
+		h.mu.Lock()
+		id := h.containerID
+		h.mu.Unlock()
+		cs, err := h.d.cri.containerStatus(ctx, id)
+		if err != nil || cs == nil || cs.StartedAt == 0 {
+			return
+		}
+		started = time.Unix(0, cs.StartedAt)
+	}
+	h.finish(h.ended(code, false, "", started, finished))
+}
+
+// ended builds a final status from an exit code (and a message from the
+// runtime), between the start and the end.
+func (h *handle) ended(code int32, oomKilled bool, msg string, started, finished time.Time) sdk.TaskStatus {
+	reason := ""
+	switch {
+	case oomKilled:
+		reason = sdk.ReasonOOMKilled
+	case timedOut(h.task.Dir):
+		reason = sdk.ReasonTaskTimeout
+	}
+	// CRI reports a container killed by a signal only as exit code
+	// 128+signal, the shell's convention, so the signal is read back from
+	// it: a task that exits with such a code of its own accord is reported
+	// as killed by that signal.
+	var signal int32
+	if code > 128 && code <= 128+64 {
+		signal = code - 128
+	}
 	// Containerd takes the start time once its start call returns, and the
 	// exit time from the process: a task that exits at once can seem to
 	// finish before it started.
 	if finished.Before(started) {
 		finished = started
 	}
-	msg := cs.Message
 	if reason == "" && signal != 0 && !h.stopRequested.Load() && !timedOut(h.task.Dir) {
 		// CRI does not say who killed a container: say who did not.
 		if h.sandboxStopped.Load() {
@@ -423,13 +460,11 @@ func (h *handle) refresh(ctx context.Context) error {
 			"the container was removed from the container runtime", time.Time{}, time.Now())})
 		return nil
 	}
-	if cs.State == cri.ContainerState_CONTAINER_EXITED && cs.ExitCode > 128 && !h.stopRequested.Load() {
-		h.sandboxStopped.Store(!h.d.place.sandboxReady(ctx, h))
-	}
 	if cs.State == cri.ContainerState_CONTAINER_EXITED && cs.ExitCode == 137 && cs.Reason != sdk.ReasonOOMKilled {
 		// containerd learns of an OOM kill from an event of its own, which
-		// can come just after the exit (seen under load): a final status
-		// never changes, so look once more a moment later.
+		// can come just after the exit (seen under load), and a sandbox
+		// being stopped shows as such only once its containers are: a
+		// final status never changes, so look once more a moment later.
 		select {
 		case <-time.After(oomSettle):
 		case <-ctx.Done():
@@ -439,6 +474,10 @@ func (h *handle) refresh(ctx context.Context) error {
 			cs = again
 		}
 	}
+	if cs.State == cri.ContainerState_CONTAINER_EXITED && cs.ExitCode > 128 && cs.Reason != sdk.ReasonOOMKilled &&
+		!h.stopRequested.Load() && !timedOut(h.task.Dir) {
+		h.sandboxStopped.Store(h.sandboxStopping(ctx))
+	}
 	h.observe(cs)
 	return nil
 }
@@ -446,6 +485,23 @@ func (h *handle) refresh(ctx context.Context) error {
 // oomSettle is how long a container killed by SIGKILL is given for
 // containerd to mark it OOM-killed.
 const oomSettle = 200 * time.Millisecond
+
+// sandboxSettle bounds how long a container killed by a signal no one here
+// sent waits to be explained by its sandbox's stop: the runtime stops a
+// sandbox's containers first and the sandbox after.
+const sandboxSettle = time.Second
+
+// sandboxStopping reports whether the container's sandbox is, or within
+// sandboxSettle becomes, not ready.
+func (h *handle) sandboxStopping(ctx context.Context) bool {
+	deadline := time.Now().Add(sandboxSettle)
+	for h.d.place.sandboxReady(ctx, h) {
+		if time.Now().After(deadline) || !sleep(ctx, 100*time.Millisecond) {
+			return false
+		}
+	}
+	return true
+}
 
 // stopContainer stops the container: SIGTERM, SIGKILL after grace (CRI
 // counts it in whole seconds, so it is rounded up).
