@@ -392,7 +392,7 @@ func (d *Driver) follow() {
 		err := d.followOnce()
 		d.following.Store(false)
 		if status.Code(err) == codes.Unimplemented {
-			d.log.Info("the runtime has no container events: exits are found by listing", "every", monitorInterval.String())
+			d.log.Info("the runtime has no CRI container events: containerd's own events and a list of the running containers tell exits", "listEvery", monitorInterval.String())
 			return
 		}
 		if d.ctx.Err() != nil {
