@@ -155,18 +155,7 @@ func benchExitToVisible(b *testing.B, longPoll bool) {
 			t, _ := h.get(name)
 			return t.Status.State.Running != nil
 		}, func() string { return "the task never ran" })
-		// Opening for writing waits for the task to open for reading.
-		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		_, err = f.Write([]byte{'x'})
-		began := time.Now()
-		f.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
+		began := releaseFIFO(b, fifo)
 		h.awaitTerminated(name, longPoll)
 		lat = append(lat, time.Since(began))
 	}
@@ -422,19 +411,7 @@ func BenchmarkContainerExit(b *testing.B) {
 						"volumeMounts": []map[string]any{{"name": "fifo", "mountPath": "/fifo"}}},
 					"volumes": []map[string]any{{"name": "fifo", "hostPath": map[string]any{"path": dir}}},
 				}})
-				// Opening for writing waits for the container to open it for
-				// reading.
-				f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY, 0)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				_, err = f.Write([]byte{'x'})
-				began := time.Now()
-				f.Close()
-				if err != nil {
-					b.Fatal(err)
-				}
+				began := releaseFIFO(b, filepath.Join(dir, name))
 				h.awaitTerminated(name, true)
 				visible := time.Now()
 				b.StopTimer()
@@ -448,6 +425,24 @@ func BenchmarkContainerExit(b *testing.B) {
 			reportPercentiles(b, "write-visible", fromWrite)
 		})
 	}
+}
+
+// releaseFIFO lets a task waiting on a FIFO (head -c1) go: it opens the
+// FIFO for writing, which waits for the task to open it for reading, starts
+// the timer and writes, and returns when it wrote.
+func releaseFIFO(b *testing.B, path string) time.Time {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
+	_, err = f.Write([]byte{'x'})
+	began := time.Now()
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return began
 }
 
 // exitRecorded reads when a container task exited, as the runtime said,
