@@ -56,6 +56,9 @@ type Config struct {
 	// PluginChecksums, when not nil, pins each plugin's SHA-256 by file
 	// name (see dispatch.LoadChecksums).
 	PluginChecksums map[string][]byte
+	// Downward are the fields of the executor's own pod a task's env may
+	// name with valueFrom.fieldRef, by field path.
+	Downward map[string]string
 	// AllowedHostPaths are the node directories under which a container
 	// task may mount a hostPath volume.
 	AllowedHostPaths []string
@@ -137,6 +140,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		ReconcileInterval: cfg.ReconcileInterval,
 		Metrics:           met,
 		MaxTasks:          cfg.MaxTasks,
+		Downward:          cfg.Downward,
 	}, st, mgr, log.Named("reconcile"))
 	if err != nil {
 		return err

@@ -139,6 +139,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 		return cfg, "", envErr
 	}
 	cfg.MaxTaskLogBytes = int64(logCap)
+	cfg.Downward = downward(cfg.PodUID)
 	if err := check(cfg, logFormat); err != nil {
 		return cfg, "", err
 	}
@@ -220,6 +221,33 @@ func defaultPluginDir() string {
 		return "plugins"
 	}
 	return filepath.Join(filepath.Dir(exe), "plugins")
+}
+
+// downwardEnv maps the environment variables a pod's manifest sets from
+// the downward API to the field paths a task's valueFrom.fieldRef names.
+var downwardEnv = map[string]string{
+	"POD_NAME":            "metadata.name",
+	"POD_NAMESPACE":       "metadata.namespace",
+	"POD_UID":             "metadata.uid",
+	"POD_IP":              "status.podIP",
+	"HOST_IP":             "status.hostIP",
+	"NODE_NAME":           "spec.nodeName",
+	"POD_SERVICE_ACCOUNT": "spec.serviceAccountName",
+}
+
+// downward returns the fields of the executor's pod its environment gives
+// (and --pod-uid).
+func downward(podUID string) map[string]string {
+	d := map[string]string{}
+	for env, path := range downwardEnv {
+		if v, ok := os.LookupEnv(env); ok {
+			d[path] = v
+		}
+	}
+	if podUID != "" {
+		d["metadata.uid"] = podUID
+	}
+	return d
 }
 
 // pathsFlag collects absolute paths; one value may also hold several,

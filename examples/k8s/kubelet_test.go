@@ -220,6 +220,23 @@ func (n *node) securityContext(c *client.Client) {
 		t.Errorf("runAsUser 1000 and all capabilities dropped gave %q", out)
 	}
 
+	// The downward API, through the executor's own pod.
+	node := containerTask("node", "sh", "-c", `echo "$NODE"`)
+	node.Spec.Container.Env = []corev1.EnvVar{{Name: "NODE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}}
+	if _, err := c.Create(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+	if task, err := c.GetWait(t.Context(), "node", time.Minute); err != nil || task.Status.State.Terminated == nil || task.Status.State.Terminated.ExitCode != 0 {
+		t.Fatalf("node: %+v %v", task.Status.State, err)
+	}
+	if r, err := c.Logs(t.Context(), "node", client.LogOptions{}); err == nil {
+		out, _ := io.ReadAll(r)
+		r.Close()
+		if string(out) != "kubelet-test\n" {
+			t.Errorf("valueFrom spec.nodeName gave %q, want the kubelet's node name", out)
+		}
+	}
+
 	ctrs, boxes := n.count()
 	windows := containerTask("windows", "true")
 	windows.Spec.Container.SecurityContext = &corev1.SecurityContext{WindowsOptions: &corev1.WindowsSecurityContextOptions{}}

@@ -17,7 +17,7 @@ func RequireToken(token string, next http.Handler, log hclog.Logger) http.Handle
 	// token's length.
 	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method == http.MethodGet && req.URL.Path == "/health" {
+		if req.Method == http.MethodGet && (req.URL.Path == "/health" || req.URL.Path == "/readyz") {
 			next.ServeHTTP(w, req)
 			return
 		}

@@ -2,8 +2,11 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/julienschmidt/httprouter"
 
@@ -23,6 +26,8 @@ type TaskDirs interface {
 // Runtimes describes the installed runtimes (package dispatch).
 type Runtimes interface {
 	Status() []dispatch.RuntimeStatus
+	// Refused maps the runtimes whose plugins were refused to why.
+	Refused() map[string]string
 }
 
 // WithLogs serves GET /tasks/{name}/logs from the tasks' directories.
@@ -54,6 +59,7 @@ func (s *server) routeObservability(r *router) {
 	}
 	if s.runtimes != nil {
 		r.GET("/runtimes", s.listRuntimes)
+		r.GET("/readyz", s.ready)
 	}
 }
 
@@ -70,6 +76,36 @@ type Runtime struct {
 	LastError string `json:"lastError,omitempty"`
 	// Warnings: what the plugin found wrong in its environment at start.
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// ready answers 200 once every runtime the executor found is up, and 503
+// saying which is not and why otherwise: a readiness probe, where /health
+// says only that the executor answers.
+func (s *server) ready(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
+	var down []string
+	for _, st := range s.runtimes.Status() {
+		if st.Healthy {
+			continue
+		}
+		name := st.Name
+		if name == "" {
+			name = filepath.Base(st.Path)
+		}
+		why := st.LastError
+		if why == "" {
+			why = "its plugin is starting"
+		}
+		down = append(down, fmt.Sprintf("runtime %s is down: %s", name, why))
+	}
+	for name, why := range s.runtimes.Refused() {
+		down = append(down, fmt.Sprintf("runtime %s was refused: %s", name, why))
+	}
+	if len(down) > 0 {
+		sort.Strings(down)
+		writeError(w, http.StatusServiceUnavailable, "not ready: "+strings.Join(down, "; "))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 func (s *server) listRuntimes(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {

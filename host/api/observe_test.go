@@ -17,6 +17,7 @@ import (
 type fixedRuntimes []dispatch.RuntimeStatus
 
 func (f fixedRuntimes) Status() []dispatch.RuntimeStatus { return f }
+func (f fixedRuntimes) Refused() map[string]string       { return nil }
 
 func TestRuntimesEndpoint(t *testing.T) {
 	rts := fixedRuntimes{

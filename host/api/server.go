@@ -170,7 +170,11 @@ func (s *server) setTasks(w http.ResponseWriter, req *http.Request, _ httprouter
 		writeError(w, status, err.Error())
 		return
 	}
-	if b := bytes.TrimSpace(raw); len(b) == 0 || b[0] != '[' {
+	b := bytes.TrimSpace(raw)
+	if bytes.Equal(b, []byte("null")) {
+		// What Go's encoding/json makes of a nil slice: the empty set.
+		raw = json.RawMessage("[]")
+	} else if len(b) == 0 || b[0] != '[' {
 		writeError(w, http.StatusBadRequest, "the body must be a JSON array of tasks")
 		return
 	}

@@ -60,7 +60,7 @@ type Error struct {
 }
 
 func toAPI(t reconcile.Task) Task {
-	out := Task{Name: t.Name, Spec: t.Spec, Status: TaskStatus{State: t.State}}
+	out := Task{Name: t.Name, Spec: t.Spec, Status: TaskStatus{State: t.State, Message: t.Message}}
 	if t.Spec.Kind() == sdk.KindProcess {
 		state := t.State
 		out.Process, out.ProcessStatus = t.Spec.Process, &state

@@ -51,8 +51,8 @@ func validateContainer(name string, spec *sdk.TaskSpec) error {
 	if c.WorkingDir != "" && !filepath.IsAbs(c.WorkingDir) {
 		return fmt.Errorf("task %q: spec.container.workingDir %q must be an absolute path", name, c.WorkingDir)
 	}
-	if spec.TimeoutSeconds != nil && *spec.TimeoutSeconds <= 0 {
-		return fmt.Errorf("task %q: spec.timeoutSeconds must be positive", name)
+	if spec.TimeoutSeconds != nil && *spec.TimeoutSeconds < 0 {
+		return fmt.Errorf("task %q: spec.timeoutSeconds must not be negative (0: no timeout)", name)
 	}
 	volumes := map[string]bool{}
 	for i, v := range spec.Volumes {
@@ -92,8 +92,22 @@ func validateEnv(name, field string, env []corev1.EnvVar) error {
 		if errs := validation.IsEnvVarName(e.Name); len(errs) > 0 {
 			return fmt.Errorf("task %q: %s.env[%d].name %q: %s", name, field, i, e.Name, strings.Join(errs, "; "))
 		}
-		if e.ValueFrom != nil {
-			return fmt.Errorf("task %q: %s.env[%d]: valueFrom is not supported (there is no API server to read it from)", name, field, i)
+		if v := e.ValueFrom; v != nil {
+			// Resolved when the task starts (see reconcile's downward
+			// values); one that cannot be is the task's own StartError, not
+			// the request's.
+			sources := 0
+			for _, set := range []bool{v.FieldRef != nil, v.ResourceFieldRef != nil, v.ConfigMapKeyRef != nil, v.SecretKeyRef != nil} {
+				if set {
+					sources++
+				}
+			}
+			if sources != 1 {
+				return fmt.Errorf("task %q: %s.env[%d].valueFrom must name exactly one source", name, field, i)
+			}
+			if e.Value != "" {
+				return fmt.Errorf("task %q: %s.env[%d]: value and valueFrom cannot both be set", name, field, i)
+			}
 		}
 	}
 	return nil
@@ -109,8 +123,8 @@ func validateProcess(name string, p *sdk.ProcessSpec) error {
 	if p.WorkingDir != "" && !filepath.IsAbs(p.WorkingDir) {
 		return fmt.Errorf("task %q: spec.process.workingDir %q must be an absolute path", name, p.WorkingDir)
 	}
-	if p.TimeoutSeconds != nil && *p.TimeoutSeconds <= 0 {
-		return fmt.Errorf("task %q: spec.process.timeoutSeconds must be positive", name)
+	if p.TimeoutSeconds != nil && *p.TimeoutSeconds < 0 {
+		return fmt.Errorf("task %q: spec.process.timeoutSeconds must not be negative (0: no timeout)", name)
 	}
 	return nil
 }

@@ -178,6 +178,31 @@ func (m *Manager) Installed() []sdk.Info {
 	return out
 }
 
+// Failing maps each runtime whose plugin is not up to why: by the runtime's
+// name once its plugin came up, by its file name before.
+func (m *Manager) Failing() map[string]string {
+	m.mu.Lock()
+	sups := append([]*supervisor(nil), m.sups...)
+	m.mu.Unlock()
+	out := map[string]string{}
+	for _, s := range sups {
+		s.mu.Lock()
+		if s.plugin == nil {
+			name := s.info.Name
+			if name == "" {
+				name = filepath.Base(s.path)
+			}
+			why := "its plugin is starting"
+			if s.lastErr != nil {
+				why = s.lastErr.Error()
+			}
+			out[name] = why
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
 // Status describes every plugin found.
 func (m *Manager) Status() []RuntimeStatus {
 	m.mu.Lock()

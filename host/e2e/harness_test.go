@@ -95,10 +95,12 @@ type hostProc struct {
 	dataDir   string
 	pluginDir string
 	args      []string
-	cmd       *exec.Cmd
-	url       string
-	logs      *syncBuffer
-	exited    chan struct{}
+	// env is added to the host's environment (a later entry wins).
+	env    []string
+	cmd    *exec.Cmd
+	url    string
+	logs   *syncBuffer
+	exited chan struct{}
 }
 
 type syncBuffer struct {
@@ -166,7 +168,7 @@ func (h *hostProc) start() {
 	}, h.args...)
 	cmd := exec.Command(filepath.Join(binDir, "task-executor"), args...)
 	// Plugins copied elsewhere (privatePlugins) still find the shim.
-	cmd.Env = append(os.Environ(), "TASK_EXECUTOR_SHIM="+filepath.Join(binDir, "task-executor-shim"))
+	cmd.Env = append(append(os.Environ(), "TASK_EXECUTOR_SHIM="+filepath.Join(binDir, "task-executor-shim")), h.env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

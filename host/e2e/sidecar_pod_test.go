@@ -458,3 +458,25 @@ func getJSON[T any](ctx context.Context, url string) (T, error) {
 	defer resp.Body.Close()
 	return v, json.NewDecoder(resp.Body).Decode(&v)
 }
+
+// TestSidecarTaskDownwardAPI: a task's env may name fields of the pod
+// (valueFrom.fieldRef), as the controller's templates do; one the executor
+// cannot resolve ends that task, saying so, and no other.
+func TestSidecarTaskDownwardAPI(t *testing.T) {
+	p := startSidecarPod(t)
+	fieldEnv := func(path string) []corev1.EnvVar {
+		return []corev1.EnvVar{{Name: "V", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}}
+	}
+	for name, path := range map[string]string{"pod-name": "metadata.name", "labels": "metadata.labels['app']"} {
+		task := client.Task{Name: name, Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"sh", "-c", `echo "$V"`}, Env: fieldEnv(path)}}}
+		if _, err := p.c.Create(t.Context(), task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if term := p.wait("pod-name").Status.State.Terminated; term.Reason != sdk.ReasonSucceeded || p.output("pod-name") != "sandbox\n" {
+		t.Errorf("pod-name: %+v, printed %q; want the pod's name", term, p.output("pod-name"))
+	}
+	if term := p.wait("labels").Status.State.Terminated; term.Reason != sdk.ReasonStartError || !strings.Contains(term.Message, "metadata.labels['app']") {
+		t.Errorf("labels: %+v, want a StartError naming the field", term)
+	}
+}

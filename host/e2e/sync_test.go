@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/host/api"
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 func TestSetTasks(t *testing.T) {
@@ -31,22 +33,28 @@ func TestSetTasks(t *testing.T) {
 	}, func() string { return "the tasks never ran" })
 	before := h.shimState("keep")
 
-	// A different spec for an existing name fails the whole request and
-	// changes nothing: "gone" must survive too.
+	// A different spec for an existing name, as a controller resends its
+	// whole list after its template changed: the task keeps running as it
+	// was and says so; the rest of the list is applied (here: nothing
+	// else), and sending it again changes nothing.
 	changed := processTask("keep", "sleep", "31")
-	code, body := h.do("POST", "/setTasks", []any{changed, processTask("new", "true")})
-	if code != 409 {
-		t.Fatalf("a changed spec got %d %s, want 409", code, body)
+	first := h.mustDo(200, "POST", "/setTasks", []any{changed, gone})
+	again := h.mustDo(200, "POST", "/setTasks", []any{changed, gone})
+	k, _ := h.get("keep")
+	if k.Spec.Process.Args != nil || k.Spec.Process.Command[1] != "30" || !strings.Contains(k.Status.Message, "another spec") ||
+		k.Status.State.Running == nil || h.shimState("keep").PID != before.PID {
+		t.Fatalf("the task listed with a changed spec: %+v %+v", k.Spec.Process, k.Status)
 	}
-	if _, ok := h.get("new"); ok {
-		t.Fatal("a rejected setTasks created a task")
-	}
-	if g, _ := h.get("gone"); g.DeletionTimestamp != nil {
-		t.Fatal("a rejected setTasks deleted a task")
+	if !bytes.Equal(first, again) {
+		t.Fatalf("sending the same list again changed the answer:\n%s\n%s", first, again)
 	}
 
-	// The same spec leaves the task alone; a missing name is deleted.
+	// The same spec leaves the task alone, and clears the note; a missing
+	// name is deleted.
 	h.mustDo(200, "POST", "/setTasks", []any{keep, processTask("new", "true")})
+	if k, _ := h.get("keep"); k.Status.Message != "" {
+		t.Fatalf("the note stayed once the spec agreed: %q", k.Status.Message)
+	}
 	after := h.shimState("keep")
 	if after.PID != before.PID {
 		t.Fatalf("an unchanged task was restarted: pid %d → %d", before.PID, after.PID)
@@ -155,4 +163,66 @@ func TestMaxConcurrentTasks(t *testing.T) {
 			t.Fatalf("tasks started in order %v, not in creation order", started)
 		}
 	}
+}
+
+// TestSetTasksNeverWedged: what a controller's template may carry never
+// fails the whole list it resends on every reconcile: each odd task says
+// what is wrong with it, on the task, and the others run.
+func TestSetTasksNeverWedged(t *testing.T) {
+	t.Setenv("POD_NAME", "sandbox-7")
+	h := startHost(t)
+	env := func(name string, src map[string]any) map[string]any {
+		return map[string]any{"name": name, "valueFrom": src}
+	}
+	withEnv := func(name string, e map[string]any) map[string]any {
+		return map[string]any{"name": name, "spec": map[string]any{"process": map[string]any{
+			"command": []string{"sh", "-c", `echo "$V"`}, "env": []any{e}}}}
+	}
+	first := []any{
+		processTask("valid", "true"),
+		withEnv("pod-name", env("V", map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.name"}})),
+		withEnv("label", env("V", map[string]any{"fieldRef": map[string]any{"fieldPath": "metadata.labels['app']"}})),
+		withEnv("secret", env("V", map[string]any{"secretKeyRef": map[string]any{"name": "s", "key": "k"}})),
+		map[string]any{"name": "no-timeout", "process": map[string]any{"command": []string{"sh", "-c", "sleep 1.5; echo done"}, "timeoutSeconds": 0}},
+		processTask("kept", "sleep", "30"),
+	}
+	h.mustDo(200, "POST", "/setTasks", first)
+	eventually(t, 10*time.Second, func() bool { k, _ := h.get("kept"); return k.Status.State.Running != nil },
+		func() string { return "kept never ran" })
+	// The template changed for "kept": resent with another command.
+	second := append(append([]any{}, first[:5]...), processTask("kept", "sleep", "31"))
+	h.mustDo(200, "POST", "/setTasks", second)
+
+	for name, want := range map[string]struct {
+		reason, output, message string
+	}{
+		"valid":      {sdk.ReasonSucceeded, "", ""},
+		"pod-name":   {sdk.ReasonSucceeded, "sandbox-7\n", ""},
+		"label":      {sdk.ReasonStartError, "", "metadata.labels['app']"},
+		"secret":     {sdk.ReasonStartError, "", "secretKeyRef s/k"},
+		"no-timeout": {sdk.ReasonSucceeded, "done\n", ""},
+	} {
+		term := h.waitTerminated(name, 15*time.Second).Status.State.Terminated
+		if term.Reason != want.reason || !strings.Contains(term.Message, want.message) {
+			t.Errorf("%s: %+v, want %s saying %q", name, term, want.reason, want.message)
+		}
+		if want.output != "" {
+			if out := string(h.mustDo(200, "GET", "/tasks/"+name+"/logs?stream=stdout", nil)); out != want.output {
+				t.Errorf("%s printed %q, want %q", name, out, want.output)
+			}
+		}
+	}
+	if k, _ := h.get("kept"); k.Status.State.Running == nil || !strings.Contains(k.Status.Message, "another spec") {
+		t.Errorf("kept: %+v, want running with a note of the other spec", k.Status)
+	}
+	// Once everything has settled, sending the list again changes nothing.
+	a := h.mustDo(200, "POST", "/setTasks", second)
+	b := h.mustDo(200, "POST", "/setTasks", second)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("the same list sent twice answered differently:\n%s\n%s", a, b)
+	}
+	// A body of null (a nil slice, marshalled by Go) is the empty list.
+	h.mustDo(200, "POST", "/setTasks", "null")
+	eventually(t, 20*time.Second, func() bool { return len(h.list()) == 0 },
+		func() string { return fmt.Sprintf("%d tasks left after setTasks null", len(h.list())) })
 }

@@ -31,6 +31,8 @@ type Runtimes interface {
 	Installed() []sdk.Info
 	// Refused maps the runtimes whose plugins were refused to the reason.
 	Refused() map[string]string
+	// Failing maps the runtimes whose plugins are not up to why.
+	Failing() map[string]string
 }
 
 // Config tunes the controller.
@@ -52,6 +54,9 @@ type Config struct {
 	// MaxTasks caps the tasks known at once (and so the tasks one setTasks
 	// may list); 0 means no cap.
 	MaxTasks int
+	// Downward are the fields of the executor's pod a task's env may name
+	// (valueFrom.fieldRef).
+	Downward Downward
 }
 
 // DefaultReconcileInterval is the ReconcileInterval of a zero Config.
@@ -66,6 +71,9 @@ type Task struct {
 	DeletionTimestamp   *time.Time
 	DeletionGracePeriod time.Duration
 	State               corev1.ContainerState
+	// Message says what the state does not (a setTasks that listed the
+	// task with another spec).
+	Message string
 }
 
 // NewTask is a task a client asks for.
@@ -121,6 +129,9 @@ type entry struct {
 	// committed, for a task created by Create, is closed once its record
 	// is durable or its creation was taken back.
 	committed chan struct{}
+	// specMismatch, when set, says that the last setTasks listed the task
+	// with another spec than it has (it keeps its own).
+	specMismatch string
 }
 
 // end closes e.ended, once.
@@ -137,6 +148,7 @@ func (e *entry) view() Task {
 	return Task{
 		Name: r.Name, Spec: r.Spec, Runtime: r.Runtime, CreatedAt: r.CreatedAt,
 		DeletionTimestamp: r.DeletionTimestamp, DeletionGracePeriod: r.DeletionGracePeriod, State: r.State,
+		Message: e.specMismatch,
 	}
 }
 
@@ -330,6 +342,11 @@ func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 	if reason, ok := c.runtimes.Refused()[name]; ok {
 		return "", fmt.Errorf("runtime %q is unavailable: its plugin was refused: %s: %w", name, reason, ErrInvalid)
 	}
+	// A runtime the executor has but cannot start is the node's problem,
+	// not the client's: retry, and see why.
+	if reason, ok := c.runtimes.Failing()[name]; ok {
+		return "", fmt.Errorf("runtime %q cannot start: %s: %w", name, reason, ErrUnavailable)
+	}
 	sort.Strings(names)
 	return "", fmt.Errorf("runtime %q is not installed (installed: %v): %w", name, names, ErrInvalid)
 }
@@ -343,9 +360,16 @@ func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store
 	info, rt, up := c.runtimes.Runtime(name)
 	if !info.NoValidate {
 		if !up {
-			return store.Record{}, fmt.Errorf("task %q: runtime %q is not running right now; retry shortly: %w", t.Name, name, ErrUnavailable)
+			why := "it is restarting"
+			if reason, ok := c.runtimes.Failing()[name]; ok {
+				why = reason
+			}
+			return store.Record{}, fmt.Errorf("task %q: runtime %q is not running right now (%s); retry shortly: %w", t.Name, name, why, ErrUnavailable)
 		}
-		if err := rt.Validate(ctx, t.Spec); err != nil {
+		// A reference that cannot be resolved is the task's StartError, not
+		// the request's: the runtime checks the rest.
+		spec, _ := resolveEnv(t.Spec, c.cfg.Downward)
+		if err := rt.Validate(ctx, spec); err != nil {
 			if errors.Is(err, sdk.ErrInvalidSpec) {
 				return store.Record{}, fmt.Errorf("task %q: %v: %w", t.Name, err, ErrInvalid)
 			}
@@ -526,8 +550,11 @@ func (c *Controller) applyMarkLocked(e *entry, d store.Deletion) {
 
 // Sync makes the set of tasks equal to desired: names not in it are
 // deleted, new names are created, names with an identical spec are left
-// alone. It changes nothing if any desired task conflicts with an existing
-// one or cannot be admitted.
+// alone. A name listed with another spec than its task has keeps its task
+// as it is, and the task says so (Task.Message), as a controller that
+// resends its whole list on every reconcile must not be blocked by one
+// changed template. It changes nothing if a desired task is being deleted
+// or cannot be admitted.
 func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
 	// The set asked for is what the executor keeps afterwards, besides the
 	// tasks on their way out.
@@ -539,6 +566,7 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 
 	want := make(map[string]bool, len(desired))
 	var creates []NewTask
+	var mismatched, agreed []*entry
 	c.mu.Lock()
 	for _, t := range desired {
 		want[t.Name] = true
@@ -548,9 +576,10 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 			continue
 		}
 		if !specEqual(e.rec.Spec, t.Spec) {
-			c.mu.Unlock()
-			return nil, fmt.Errorf("task %q exists with a different spec; delete it first: %w", t.Name, ErrConflict)
+			mismatched = append(mismatched, e)
+			continue
 		}
+		agreed = append(agreed, e)
 		if e.rec.DeletionTimestamp != nil {
 			c.mu.Unlock()
 			return nil, fmt.Errorf("task %q is being deleted; send it again once it is gone: %w", t.Name, ErrConflict)
@@ -623,6 +652,16 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 	for _, r := range recs {
 		c.insertLocked(r)
 	}
+	for _, e := range mismatched {
+		if e.specMismatch != "" {
+			continue // said at the first such call; repeating it changes nothing
+		}
+		e.specMismatch = "setTasks listed this task with another spec than it was created with (" + now.UTC().Format(time.RFC3339) +
+			"); it keeps running as created: delete it (or leave it out of setTasks) to replace it"
+	}
+	for _, e := range agreed {
+		e.specMismatch = ""
+	}
 	c.pumpLocked()
 	c.mu.Unlock()
 	return c.List(), nil
@@ -683,9 +722,18 @@ func (c *Controller) start(e *entry, rt sdk.Runtime, epoch uint64) {
 	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
 	defer cancel()
 	c.mu.Lock()
-	task := sdk.Task{Name: e.rec.Name, Spec: e.rec.Spec, Dir: c.store.Dir(e.rec.Name)}
+	// The record keeps the spec as sent (valueFrom and all), so that the
+	// same spec sent again compares equal; the runtime gets it resolved.
+	spec, unresolved := resolveEnv(e.rec.Spec, c.cfg.Downward)
+	task := sdk.Task{Name: e.rec.Name, Spec: spec, Dir: c.store.Dir(e.rec.Name)}
 	c.mu.Unlock()
-	st, err := rt.Start(ctx, task)
+	var st sdk.TaskStatus
+	var err error
+	if unresolved != nil {
+		err = fmt.Errorf("%v: %w", unresolved, sdk.ErrInvalidSpec)
+	} else {
+		st, err = rt.Start(ctx, task)
+	}
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -877,7 +925,8 @@ func (c *Controller) recover(name string) {
 		if e.rec.Runtime != name || e.phase == phaseDone || e.phase == phasePending {
 			continue
 		}
-		tasks = append(tasks, sdk.Task{Name: e.rec.Name, Spec: e.rec.Spec, Dir: c.store.Dir(e.rec.Name)})
+		spec, _ := resolveEnv(e.rec.Spec, c.cfg.Downward)
+		tasks = append(tasks, sdk.Task{Name: e.rec.Name, Spec: spec, Dir: c.store.Dir(e.rec.Name)})
 		asked = append(asked, e)
 	}
 	c.mu.Unlock()

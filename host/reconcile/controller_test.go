@@ -183,6 +183,15 @@ func (r *fakeRuntimes) Refused() map[string]string {
 	return map[string]string{"tampered": "its SHA-256 differs"}
 }
 
+func (r *fakeRuntimes) Failing() map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.up {
+		return map[string]string{"process": "the fake is down"}
+	}
+	return map[string]string{"broken": "exec: no shim"}
+}
+
 // env is a controller on a fake runtime, with the event pump a dispatcher
 // would run.
 type env struct {
@@ -496,30 +505,32 @@ func TestMaxConcurrent(t *testing.T) {
 	}
 }
 
-func TestSyncConflictChangesNothing(t *testing.T) {
+// TestSyncKeepsATaskWhoseSpecChanged: a setTasks that lists a task with
+// another spec keeps the task as it is and notes it on the task, and
+// applies the rest; the same spec again clears the note.
+func TestSyncKeepsATaskWhoseSpecChanged(t *testing.T) {
 	rt := newFake()
 	e := newEnv(t, t.TempDir(), rt, Config{})
 	e.create("keep", "sleep")
 	e.create("other")
 	spec := func(cmd string) sdk.TaskSpec { return sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{cmd}}} }
-	_, err := e.c.Sync(context.Background(), []NewTask{{Name: "keep", Spec: spec("different")}, {Name: "new", Spec: spec("sleep")}})
-	if !errors.Is(err, ErrConflict) {
-		t.Fatalf("got %v, want a conflict", err)
-	}
-	if _, ok := e.c.Get("new"); ok {
-		t.Fatal("a conflicting sync created a task")
-	}
-	if tk, _ := e.c.Get("other"); tk.DeletionTimestamp != nil {
-		t.Fatal("a conflicting sync deleted a task")
-	}
-	ts, err := e.c.Sync(context.Background(), []NewTask{{Name: "keep", Spec: spec("sleep")}, {Name: "new", Spec: spec("sleep")}})
-	if err != nil {
+	if _, err := e.c.Sync(context.Background(), []NewTask{{Name: "keep", Spec: spec("different")}, {Name: "new", Spec: spec("sleep")}}); err != nil {
 		t.Fatal(err)
 	}
-	if len(ts) != 3 {
-		t.Fatalf("sync returned %d tasks, want keep, new and other (being deleted)", len(ts))
+	keep, _ := e.c.Get("keep")
+	if keep.Spec.Process.Command[0] != "sleep" || !strings.Contains(keep.Message, "another spec") {
+		t.Fatalf("keep: %+v, message %q", keep.Spec.Process, keep.Message)
+	}
+	if _, ok := e.c.Get("new"); !ok {
+		t.Fatal("the rest of the list was not applied: no task new")
 	}
 	e.waitFor("other deleted", func() bool { return e.state("other") == "gone" })
+	if _, err := e.c.Sync(context.Background(), []NewTask{{Name: "keep", Spec: spec("sleep")}, {Name: "new", Spec: spec("sleep")}}); err != nil {
+		t.Fatal(err)
+	}
+	if keep, _ := e.c.Get("keep"); keep.Message != "" {
+		t.Fatalf("the note stayed once the spec agreed: %q", keep.Message)
+	}
 }
 
 // BenchmarkObserveToVisible: a status event applied until Get shows it,

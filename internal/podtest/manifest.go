@@ -322,6 +322,17 @@ func translate(pod *corev1.Pod, n node, o options) (*plan, error) {
 // podMeta is the pod's identity as the kubelet labels things with it.
 type podMeta struct{ name, namespace, uid string }
 
+// field resolves a downward-API field reference of the pod's metadata, as
+// the kubelet does; false for any other source.
+func (m podMeta) field(src *corev1.EnvVarSource) (string, bool) {
+	if src.FieldRef == nil || src.ResourceFieldRef != nil || src.ConfigMapKeyRef != nil || src.SecretKeyRef != nil ||
+		(src.FieldRef.APIVersion != "" && src.FieldRef.APIVersion != "v1") {
+		return "", false
+	}
+	v, ok := map[string]string{"metadata.name": m.name, "metadata.namespace": m.namespace, "metadata.uid": m.uid}[src.FieldRef.FieldPath]
+	return v, ok
+}
+
 func (m podMeta) labels() map[string]string {
 	return map[string]string{
 		"io.kubernetes.pod.name":      m.name,
@@ -420,10 +431,22 @@ func translateContainer(c *corev1.Container, e containerEnv) (*containerPlan, er
 	env := map[string]int{}
 	for i := range c.Env {
 		v := &c.Env[i]
+		var val string
 		if v.ValueFrom != nil {
-			continue // a leftover: only plain values are supported
+			from, ok := e.pod.field(v.ValueFrom)
+			if !ok {
+				continue // a leftover: a source the fixture cannot give
+			}
+			val = from
+			take(&v.ValueFrom.FieldRef.FieldPath)
+			take(&v.ValueFrom.FieldRef.APIVersion)
+			v.ValueFrom.FieldRef = nil
+			v.ValueFrom = nil
 		}
-		k, val := take(&v.Name), take(&v.Value)
+		k := take(&v.Name)
+		if v := take(&v.Value); v != "" {
+			val = v
+		}
 		if hasExpansion(val) {
 			return nil, fmt.Errorf("env %s=%q: $(VAR) expansion is not supported", k, val)
 		}

@@ -192,6 +192,11 @@ func TestTranslateManifest(t *testing.T) {
 			"--enable-sidecar-mode", "--main-container-name=main",
 			"--listen-addr=127.0.0.1:12345", "--data-dir=/var/lib/sandbox/tasks",
 		},
+		// The downward API's fields, resolved as the kubelet resolves them.
+		Envs: []*runtimeapi.KeyValue{
+			{Key: "POD_NAME", Value: []byte("sandbox")}, {Key: "POD_NAMESPACE", Value: []byte("default")},
+			{Key: "POD_UID", Value: []byte("0000-uid")},
+		},
 		Mounts:      []*runtimeapi.Mount{{ContainerPath: "/var/lib/sandbox/tasks", HostPath: volumeDir}},
 		Labels:      labels(ExecutorContainer),
 		Annotations: annotations,
@@ -210,8 +215,8 @@ func TestTranslateManifest(t *testing.T) {
 			},
 		},
 	})
-	if p.containers[0].readyPath != "" || p.containers[1].readyPath != "/health" {
-		t.Errorf("readiness paths %q, %q; want none for main, the manifest's /health for the executor", p.containers[0].readyPath, p.containers[1].readyPath)
+	if p.containers[0].readyPath != "" || p.containers[1].readyPath != "/readyz" {
+		t.Errorf("readiness paths %q, %q; want none for main, the manifest's /readyz for the executor", p.containers[0].readyPath, p.containers[1].readyPath)
 	}
 }
 
@@ -467,7 +472,12 @@ func TestTranslateMounts(t *testing.T) {
 		p := mustTranslate(t, testNode(), nil, WithExecutorArgs("--log-level=debug"), WithExecutorEnv("A", "1"), WithExecutorEnv("A", "2"))
 		cfg := configOf(t, p, ExecutorContainer)
 		equal(t, "last arg", cfg.Args[len(cfg.Args)-1], "--log-level=debug")
-		equal(t, "env", cfg.Envs, []*runtimeapi.KeyValue{{Key: "A", Value: []byte("2")}})
+		equal(t, "env", cfg.Envs[len(cfg.Envs)-1:], []*runtimeapi.KeyValue{{Key: "A", Value: []byte("2")}})
+		for _, kv := range cfg.Envs[:len(cfg.Envs)-1] {
+			if kv.Key == "A" {
+				t.Errorf("A is set twice: %v", cfg.Envs)
+			}
+		}
 	})
 }
 

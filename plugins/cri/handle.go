@@ -412,7 +412,7 @@ func (h *handle) ended(code int32, oomKilled bool, msg string, started, finished
 // timeout comes.
 func (h *handle) watch(ctx context.Context) {
 	var timeout <-chan time.Time
-	if t := h.task.Spec.TimeoutSeconds; t != nil {
+	if t := h.task.Spec.TimeoutSeconds; t != nil && *t > 0 {
 		st, _, _ := h.snapshot()
 		if st.State.Running != nil {
 			deadline := st.State.Running.StartedAt.Add(time.Duration(*t) * time.Second)

@@ -38,6 +38,9 @@ type TaskStatus struct {
 	// State is in the shape of Kubernetes' ContainerState: exactly one of
 	// Waiting, Running and Terminated is set.
 	State corev1.ContainerState `json:"state"`
+	// Message, when set, says what the state does not: that a setTasks
+	// listed the task with another spec than it runs with.
+	Message string `json:"message,omitempty"`
 }
 
 // Terminated reports whether the task has terminated; a terminated task

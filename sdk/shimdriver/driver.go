@@ -109,6 +109,9 @@ func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 // bin/task-executor-shim), then $PATH.
 func FindShim() (string, error) {
 	if p := os.Getenv("TASK_EXECUTOR_SHIM"); p != "" {
+		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("task-executor-shim not found at %s ($TASK_EXECUTOR_SHIM): not an executable file", p)
+		}
 		return p, nil
 	}
 	if exe, err := os.Executable(); err == nil {
@@ -121,7 +124,7 @@ func FindShim() (string, error) {
 	}
 	p, err := exec.LookPath("task-executor-shim")
 	if err != nil {
-		return "", fmt.Errorf("while looking for task-executor-shim beside the plugin and in $PATH: %w", err)
+		return "", fmt.Errorf("task-executor-shim not found beside the plugin, one directory up, or in $PATH: %w", err)
 	}
 	return p, nil
 }
