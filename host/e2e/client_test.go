@@ -134,10 +134,17 @@ func TestClientAgainstHost(t *testing.T) {
 	if len(all) < 2 {
 		t.Fatalf("SetTasks answered %+v", all)
 	}
+	// A changed spec keeps the task as it is, and says so.
 	changed := listed[0]
 	changed.Spec.Process = &sdk.ProcessSpec{Command: []string{"sleep", "61"}}
-	if _, err := c.SetTasks(ctx, []client.Task{changed}); !client.IsConflict(err) {
-		t.Fatalf("a changed spec: %v, want a conflict", err)
+	all, err = c.SetTasks(ctx, []client.Task{changed, all[0]})
+	if err != nil {
+		t.Fatalf("a changed spec: %v", err)
+	}
+	for _, tk := range all {
+		if tk.Name == "flat" && (tk.Status.Message == "" || tk.Spec.Process.Command[len(tk.Spec.Process.Command)-1] == "61") {
+			t.Fatalf("the task listed with a changed spec: %+v %+v", tk.Spec.Process, tk.Status)
+		}
 	}
 
 	// Delete with a grace period; the task goes away.
