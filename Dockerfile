@@ -1,12 +1,12 @@
-# task-executor's image: the host at /usr/local/bin/task-executor, the shim
-# beside it and the built-in runtime plugins in /usr/local/bin/plugins/,
-# where the host looks by default (plugins/ beside its binary) and where
-# the plugins find the shim (one directory up). Every binary is static.
+# task-executor's image: one static executable at /usr/local/bin/
+# task-executor, which is the host, its built-in runtime plugins (it starts
+# itself again as each) and the shim. Upstream's install recipe copies the
+# executor out of /workspace/server, which is the same file.
 #
 #   docker build -t task-executor .
 #
 # examples/k8s holds pods that run it. A test in examples/k8s checks this
-# file against the repository and the host's defaults.
+# file against the repository and the Makefile.
 
 # The builder: Go, and a C compiler with musl for the static shim (see the
 # Makefile; the golang image brings gcc and make).
@@ -24,19 +24,20 @@ COPY cmd/ cmd/
 COPY host/ host/
 COPY sdk/ sdk/
 COPY plugins/ plugins/
+COPY internal/ internal/
 COPY examples/ examples/
 # Static Go binaries: the image needs no C library of a given version.
 ENV CGO_ENABLED=0
-# `make build` is the one description of the layout: bin/task-executor,
-# bin/task-executor-shim, bin/plugins/* (made non-writable by others, or
-# the host refuses them) and the example plugins in bin/examples/.
+# `make build` is the one description of the executable: bin/task-executor,
+# with the shim compiled and embedded (and the example plugins in
+# bin/examples/, not installed).
 RUN make build
 
 # The image: a small Debian, because process tasks run here (without
 # sidecar mode) and expect a shell and the usual tools. Sidecar and
 # container mode run tasks elsewhere and would do with an empty base.
 FROM debian:bookworm-slim
-COPY --from=build /src/bin/task-executor /src/bin/task-executor-shim /usr/local/bin/
-COPY --from=build /src/bin/plugins/ /usr/local/bin/plugins/
+COPY --from=build /src/bin/task-executor /usr/local/bin/
+RUN mkdir -p /workspace && ln -s /usr/local/bin/task-executor /workspace/server
 EXPOSE 5758
 ENTRYPOINT ["/usr/local/bin/task-executor"]

@@ -6,25 +6,26 @@ GO      ?= go
 # (see sdk/shim/csrc/shim.c). Either works.
 SHIM_CC ?= $(shell command -v musl-gcc || echo cc)
 BIN     := bin
-# Every directory under plugins/ is a runtime plugin, built into bin/plugins/.
-PLUGINS := $(patsubst plugins/%/,%,$(sort $(dir $(wildcard plugins/*/main.go))))
 # Every directory under examples/plugins/ is an example plugin, built into
-# bin/examples/, outside the plugin directory: copy one in to install it.
+# bin/examples/, outside any plugin directory: copy one in to install it.
 EXAMPLES := $(patsubst examples/plugins/%/,%,$(sort $(dir $(wildcard examples/plugins/*/main.go))))
 
 .PHONY: build run test bench proto clean
 
+# One executable: the host, its built-in runtimes (which it starts again as
+# plugins) and the shim, compiled here and embedded through go build's
+# -overlay, so the source tree never holds a binary.
 build:
-	$(GO) build -o $(BIN)/task-executor ./cmd/task-executor
+	@mkdir -p $(BIN)/examples
 	$(SHIM_CC) -O2 -static -Wall -Wno-format-truncation -o $(BIN)/task-executor-shim sdk/shim/csrc/shim.c
-	@mkdir -p $(BIN)/plugins $(BIN)/examples
-	$(foreach p,$(PLUGINS),$(GO) build -o $(BIN)/plugins/$(p) ./plugins/$(p) &&) true
+	printf '{"Replace":{"%s":"%s"}}' "$(CURDIR)/cmd/task-executor/task-executor-shim" "$(CURDIR)/$(BIN)/task-executor-shim" > $(BIN)/.overlay.json
+	$(GO) build -tags embedshim -overlay $(BIN)/.overlay.json -o $(BIN)/task-executor ./cmd/task-executor
 	$(foreach p,$(EXAMPLES),$(GO) build -o $(BIN)/examples/$(p) ./examples/plugins/$(p) &&) true
 	@# The host refuses plugins others can write to (a umask of 002 makes them so).
-	chmod -R go-w $(BIN)/plugins $(BIN)/examples
+	chmod -R go-w $(BIN)/examples
 
 run: build
-	$(BIN)/task-executor --listen-addr 127.0.0.1:5758 --data-dir ./.data --plugin-dir $(BIN)/plugins
+	$(BIN)/task-executor --listen-addr 127.0.0.1:5758 --data-dir ./.data
 
 test:
 	$(GO) vet ./...

@@ -2,10 +2,10 @@
 # executor-image.sh BINDIR OUT.tar: writes an OCI image of the executor, as
 # an OCI layout tar tagged "test", laid out as the Dockerfile lays it out:
 #   /usr/local/bin/task-executor          (the entrypoint)
-#   /usr/local/bin/task-executor-shim
-#   /usr/local/bin/plugins/*
-# BINDIR holds the binaries in `make build`'s layout (task-executor,
-# task-executor-shim, plugins/*); each must be static.
+#   /workspace/server -> /usr/local/bin/task-executor
+#                                         (where upstream's install recipe
+#                                         copies the executor from)
+# BINDIR holds `make build`'s task-executor, which must be static.
 #
 # The base is the busybox image containerd-up.sh builds and caches, not the
 # Dockerfile's Debian: nothing can be pulled here, and in sidecar mode tasks
@@ -40,15 +40,9 @@ is_static() {
 	[[ "$out" == *"not a dynamic executable"* || "$out" == *"statically linked"* ]]
 }
 
-bins=("$BIN/task-executor" "$BIN/task-executor-shim")
-shopt -s nullglob
-plugins=("$BIN"/plugins/*)
-shopt -u nullglob
-[ ${#plugins[@]} -gt 0 ] || die "no plugins in $BIN/plugins"
-for b in "${bins[@]}" "${plugins[@]}"; do
-	[ -f "$b" ] && [ -x "$b" ] || die "$b is missing or not executable"
-	is_static "$b" || die "$b is dynamically linked; build Go with CGO_ENABLED=0 and the shim with -static"
-done
+exe="$BIN/task-executor"
+[ -f "$exe" ] && [ -x "$exe" ] || die "$exe is missing or not executable"
+is_static "$exe" || die "$exe is dynamically linked; build it with CGO_ENABLED=0"
 
 # The cache containerd-up.sh fills: keyed by the busybox binary and the
 # recipe number it declares, read from the script so the two cannot differ.
@@ -74,12 +68,11 @@ exec 9>&-
 
 umoci unpack --image "$layout:latest" "$bundle" >/dev/null
 rootfs="$bundle/rootfs"
-# 0755 whatever the umask: the host refuses plugins others can write to.
-install -D -m 0755 "$BIN/task-executor" "$rootfs/usr/local/bin/task-executor"
-install -D -m 0755 "$BIN/task-executor-shim" "$rootfs/usr/local/bin/task-executor-shim"
-for p in "${plugins[@]}"; do
-	install -D -m 0755 "$p" "$rootfs/usr/local/bin/plugins/${p##*/}"
-done
+# 0755 whatever the umask: the executable is its built-in runtimes' plugin,
+# and the host refuses plugins others can write to.
+install -D -m 0755 "$exe" "$rootfs/usr/local/bin/task-executor"
+mkdir -p "$rootfs/workspace"
+ln -s /usr/local/bin/task-executor "$rootfs/workspace/server"
 umoci repack --image "$layout:latest" "$bundle"
 # The busybox image runs sh by default: clear that, or a pod without args
 # would run `task-executor sh`.

@@ -27,9 +27,15 @@ import (
 
 // Config is the host's configuration (see cmd/task-executor for the flags).
 type Config struct {
-	DataDir           string
-	ListenAddr        string
-	PluginDir         string
+	DataDir    string
+	ListenAddr string
+	// PluginDir holds third-party plugins ("": none).
+	PluginDir string
+	// Builtins are the runtimes the executable brings, and PluginEnv and
+	// PluginFiles what every plugin is given (see dispatch.Config).
+	Builtins          []dispatch.Builtin
+	PluginEnv         []string
+	PluginFiles       []*os.File
 	SidecarMode       bool
 	MainContainerName string
 	// SidecarMorePrivileged lets sidecar tasks run where they cannot be
@@ -110,13 +116,16 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		defer os.Remove(sockets)
 	}
 	mgr := dispatch.New(dispatch.Config{
-		PluginDir: cfg.PluginDir,
-		SocketDir: sockets,
-		DataDir:   st.Root(),
-		Metrics:   met,
-		LogLevel:  cfg.LogLevel,
-		Checksums: cfg.PluginChecksums,
-		Disabled:  disabledPlugins(cfg),
+		PluginDir:   cfg.PluginDir,
+		Builtins:    cfg.Builtins,
+		PluginEnv:   cfg.PluginEnv,
+		PluginFiles: cfg.PluginFiles,
+		SocketDir:   sockets,
+		DataDir:     st.Root(),
+		Metrics:     met,
+		LogLevel:    cfg.LogLevel,
+		Checksums:   cfg.PluginChecksums,
+		Disabled:    disabledPlugins(cfg),
 		Settings: map[string]string{
 			sdk.SettingGracePeriod:           cfg.GracePeriod.String(),
 			sdk.SettingMainContainerName:     cfg.MainContainerName,

@@ -37,6 +37,14 @@ type LaunchOptions struct {
 	// checks it right before starting the process and refuses a file
 	// that differs.
 	SHA256 []byte
+	// Args are the arguments the executable is started with (none by
+	// default), for an executable that holds several runtimes, or is more
+	// than a plugin (task-executor itself serves each built-in runtime as
+	// "task-executor plugin NAME").
+	Args []string
+	// ExtraFiles are passed to the plugin as file descriptors 4, 5, ...
+	// (3 is the lifeline). Env tells the plugin what they hold.
+	ExtraFiles []*os.File
 	// SocketDir, when set, is the directory the plugin creates the Unix
 	// socket it serves on in, instead of the system's temporary
 	// directory. Either way Kill removes the socket, which a plugin that
@@ -58,8 +66,8 @@ func Launch(path string, opts LaunchOptions) (*Plugin, error) {
 	if err != nil {
 		return nil, fmt.Errorf("while creating the lifeline pipe: %w", err)
 	}
-	cmd := exec.Command(path)
-	cmd.ExtraFiles = []*os.File{lifeR}
+	cmd := exec.Command(path, opts.Args...)
+	cmd.ExtraFiles = append([]*os.File{lifeR}, opts.ExtraFiles...)
 	// Our variables go last so they win over inherited ones of the same name.
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=3", EnvLifelineFD))
 	cmd.Env = append(cmd.Env, opts.Env...)

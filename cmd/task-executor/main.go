@@ -2,6 +2,10 @@
 // keeps task state in the data directory and runs tasks through its runtime
 // plugins. Every flag can also be set through the environment variable
 // named beside it; a flag given on the command line wins.
+//
+// The executable is also each of its built-in runtime plugins
+// ("task-executor plugin NAME", see builtins.go) and carries the shim, so
+// that it alone is a complete executor.
 package main
 
 import (
@@ -29,6 +33,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == pluginCommand {
+		os.Exit(servePlugin(os.Args[2:]))
+	}
 	cfg, logFormat, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -43,12 +50,43 @@ func main() {
 		JSONFormat: logFormat == "json",
 		Output:     os.Stderr,
 	})
+	if err := wireRuntimes(&cfg, log); err != nil {
+		log.Error("exiting", "error", err)
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := host.Run(ctx, cfg, log); err != nil {
 		log.Error("exiting", "error", err)
 		os.Exit(1)
 	}
+}
+
+// wireRuntimes gives the host the built-in runtimes and the shim every
+// plugin is to use: the one in this executable, unless the operator names
+// another with $TASK_EXECUTOR_SHIM.
+func wireRuntimes(cfg *host.Config, log hclog.Logger) error {
+	b, err := builtinPlugins()
+	if err != nil {
+		return err
+	}
+	cfg.Builtins = b
+	if os.Getenv(envShim) != "" {
+		log.Info("runtimes use the shim $TASK_EXECUTOR_SHIM names", "shim", os.Getenv(envShim))
+		return nil
+	}
+	f, err := shimFile()
+	if err != nil {
+		// The runtimes then look for it on disk, and say so if they find none.
+		log.Warn("cannot use the shim in this executable", "error", err)
+		return nil
+	}
+	if f != nil {
+		// Descriptor 4 in every plugin (see sdk.LaunchOptions.ExtraFiles).
+		cfg.PluginFiles = []*os.File{f}
+		cfg.PluginEnv = []string{envShim + "=/proc/self/fd/4"}
+	}
+	return nil
 }
 
 // envOf maps each flag to its environment variable.
@@ -96,7 +134,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.Var(volumeFlag(cfg.Volumes), "volume", "NAME=HOSTPATH: a host directory every container task may mount by NAME (repeatable; the variable takes NAME=PATH,NAME=PATH)")
 	fs.Var((*pathsFlag)(&cfg.AllowedHostPaths), "allowed-host-path", "PREFIX: a container task's hostPath volume must be this directory or below it (repeatable; the variable takes PREFIX,PREFIX); none by default, so no hostPath volume is allowed")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", reconcile.DefaultReconcileInterval, "how often to compare the task table with what the runtimes list (a safety net: status changes are pushed)")
-	fs.StringVar(&cfg.PluginDir, "plugin-dir", defaultPluginDir(), "directory of runtime plugin executables")
+	fs.StringVar(&cfg.PluginDir, "plugin-dir", "", "directory of third-party runtime plugin executables, which add runtimes or replace built-in ones by name (none by default)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent-tasks", 0, "tasks allowed to run at once (0: no cap); the others wait as Queued")
@@ -212,15 +250,6 @@ func check(cfg host.Config, logFormat string) error {
 		return errors.New("--data-dir must not be empty")
 	}
 	return nil
-}
-
-// defaultPluginDir is plugins/ beside the executable.
-func defaultPluginDir() string {
-	exe, err := os.Executable()
-	if err != nil {
-		return "plugins"
-	}
-	return filepath.Join(filepath.Dir(exe), "plugins")
 }
 
 // downwardEnv maps the environment variables a pod's manifest sets from

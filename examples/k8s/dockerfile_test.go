@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -62,9 +63,10 @@ func parseDockerfile(t *testing.T) []instruction {
 }
 
 // TestDockerfile checks what can be checked of the Dockerfile without a
-// container engine: that what it copies exists, that it builds static
-// binaries, and that it installs them where the host and the plugins look
-// for each other.
+// container engine: that what it copies exists and holds every package the
+// executable is built from, that it builds a static executable with the
+// shim in it, and that it installs it as the entrypoint and at
+// /workspace/server, where upstream's install recipe copies it from.
 func TestDockerfile(t *testing.T) {
 	ins := parseDockerfile(t)
 	var froms []instruction
@@ -96,6 +98,8 @@ func TestDockerfile(t *testing.T) {
 	// comes from.
 	installed := map[string]string{}
 	var entrypoint []string
+	var links []string
+	copied := map[string]bool{}
 	for _, in := range ins {
 		switch {
 		case in.stage == 0 && in.cmd == "ENV" && strings.Contains(in.args, "CGO_ENABLED=0"):
@@ -118,6 +122,7 @@ func TestDockerfile(t *testing.T) {
 					if _, err := os.Stat(filepath.Join(repoRoot, src)); err != nil {
 						t.Errorf("line %d: COPY source %s is not in the repository: %v", in.line, src, err)
 					}
+					copied[path.Clean(src)] = true
 					continue
 				}
 				if from != "build" || in.stage != 1 {
@@ -130,6 +135,8 @@ func TestDockerfile(t *testing.T) {
 				}
 				installed[path.Clean(target)] = path.Clean(src)
 			}
+		case in.stage == 1 && in.cmd == "RUN":
+			links = append(links, in.args)
 		case in.stage == 1 && in.cmd == "ENTRYPOINT":
 			if err := json.Unmarshal([]byte(in.args), &entrypoint); err != nil {
 				t.Errorf("line %d: ENTRYPOINT is not in exec form: %v", in.line, err)
@@ -152,34 +159,51 @@ func TestDockerfile(t *testing.T) {
 	if len(entrypoint) == 0 || entrypoint[0] != host {
 		t.Fatalf("ENTRYPOINT is %q; want the host, %s", entrypoint, host)
 	}
-	want := map[string]string{
-		host: path.Join(bin, "task-executor"),
-		// The plugins find the shim beside them or one directory up
-		// (sdk/shimdriver.FindShim).
-		path.Join(path.Dir(host), "task-executor-shim"): path.Join(bin, "task-executor-shim"),
-		// The host's default --plugin-dir is plugins/ beside its binary
-		// (defaultPluginDir in cmd/task-executor).
-		path.Join(path.Dir(host), "plugins"): path.Join(bin, "plugins"),
-	}
+	want := map[string]string{host: path.Join(bin, "task-executor")}
 	for dst, src := range want {
 		if got := installed[dst]; got != src {
 			t.Errorf("the image's %s comes from %q; want %s", dst, got, src)
 		}
 	}
 
-	// And make build does leave them there, the plugins not writable by
-	// others (the host refuses them otherwise).
+	const server = "/workspace/server"
+	linked := false
+	for _, run := range links {
+		linked = linked || strings.Contains(run, "ln -s "+host+" "+server)
+	}
+	if !linked {
+		t.Errorf("the image has no %s pointing at %s (RUN lines of the image: %q)", server, host, links)
+	}
+
+	// Every package of this module the executable is built from is copied
+	// into the builder.
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "../../cmd/task-executor").Output()
+	if err != nil {
+		t.Fatalf("go list -deps ./cmd/task-executor: %v", err)
+	}
+	const module = "github.com/opensandbox/task-executor/"
+	for _, pkg := range strings.Fields(string(out)) {
+		rel, ok := strings.CutPrefix(pkg, module)
+		if !ok {
+			continue
+		}
+		top := strings.SplitN(rel, "/", 2)[0]
+		if !copied[top] {
+			t.Errorf("the builder does not COPY %s/, which holds %s", top, pkg)
+		}
+	}
+
+	// And make build does leave it there, with the shim compiled statically
+	// and embedded.
 	mk, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []string{
 		"BIN     := bin",
-		"-o $(BIN)/task-executor ./cmd/task-executor",
 		"-static",
 		"-o $(BIN)/task-executor-shim ",
-		"-o $(BIN)/plugins/$(p) ./plugins/$(p)",
-		"chmod -R go-w $(BIN)/plugins",
+		"-tags embedshim -overlay $(BIN)/.overlay.json -o $(BIN)/task-executor ./cmd/task-executor",
 	} {
 		if !strings.Contains(string(mk), s) {
 			t.Errorf("the Makefile lacks %q, which the Dockerfile relies on", s)

@@ -65,8 +65,11 @@ func (s *server) routeObservability(r *router) {
 
 // Runtime is an installed runtime as GET /runtimes shows it.
 type Runtime struct {
-	Name            string     `json:"name"`
-	PluginPath      string     `json:"pluginPath"`
+	Name       string `json:"name"`
+	PluginPath string `json:"pluginPath"`
+	// Builtin: task-executor brings this runtime (PluginPath is then its
+	// own executable, started again as the plugin).
+	Builtin         bool       `json:"builtin"`
 	ProtocolVersion int        `json:"protocolVersion"`
 	PluginVersion   string     `json:"pluginVersion"`
 	Kinds           []sdk.Kind `json:"kinds"`
@@ -117,7 +120,7 @@ func (s *server) listRuntimes(w http.ResponseWriter, _ *http.Request, _ httprout
 			kinds = []sdk.Kind{}
 		}
 		out = append(out, Runtime{
-			Name: st.Name, PluginPath: st.Path, ProtocolVersion: st.ProtocolVersion,
+			Name: st.Name, PluginPath: st.Path, Builtin: st.Builtin, ProtocolVersion: st.ProtocolVersion,
 			PluginVersion: st.Version, Kinds: kinds, Healthy: st.Healthy,
 			Restarts: st.Restarts, LastError: st.LastError, Warnings: st.Warnings,
 		})

@@ -37,7 +37,19 @@ type Observer interface {
 
 // Config tells the manager where plugins are and what to tell them.
 type Config struct {
+	// PluginDir holds third-party plugins ("": none).
 	PluginDir string
+	// Builtins are runtimes the host brings with it, each served by an
+	// executable outside PluginDir (the host's own). A plugin in PluginDir
+	// replaces a built-in when its file is named for the built-in, or when
+	// it reports the built-in's runtime name at its first launch.
+	Builtins []Builtin
+	// PluginEnv is added to every plugin's environment and PluginFiles
+	// are passed to every plugin as descriptors 4, 5, ... (see
+	// sdk.LaunchOptions): what the host shares with all its plugins, such
+	// as the shim.
+	PluginEnv   []string
+	PluginFiles []*os.File
 	// SocketDir is where plugins create their sockets ("": the system's
 	// temporary directory).
 	SocketDir string
@@ -55,10 +67,23 @@ type Config struct {
 	Disabled map[string]string
 }
 
+// Builtin is a runtime the host brings with it.
+type Builtin struct {
+	// Name is the runtime's name (and the name of the plugin file that
+	// would replace it).
+	Name string
+	// Path and Args start the plugin that serves it.
+	Path string
+	Args []string
+}
+
 // RuntimeStatus describes an installed runtime for operators.
 type RuntimeStatus struct {
 	sdk.Info
 	Path string
+	// Builtin: the runtime is one the host brings (Path is then the
+	// host's executable), not a plugin of the plugin directory.
+	Builtin bool
 	// ProtocolVersion is the host–plugin protocol the plugin speaks; 0
 	// until it has come up once.
 	ProtocolVersion int
@@ -77,6 +102,8 @@ type Manager struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// first is done once every plugin launched has been tried once.
+	first sync.WaitGroup
 
 	mu        sync.Mutex
 	sups      []*supervisor
@@ -97,27 +124,55 @@ func New(cfg Config, log hclog.Logger) *Manager {
 // installed runtimes is known; plugins that failed keep being retried.
 func (m *Manager) Start(obs Observer) error {
 	m.obs = obs
-	paths, err := discover(m.cfg.PluginDir)
-	if err != nil {
-		return err
+	var paths []string
+	if m.cfg.PluginDir != "" {
+		var err error
+		if paths, err = discover(m.cfg.PluginDir); err != nil {
+			return err
+		}
 	}
-	if len(paths) == 0 {
-		m.log.Warn("no runtime plugins found; every task will be refused", "dir", m.cfg.PluginDir)
-	}
-	var first sync.WaitGroup
+	// The plugin directory's first, so that one can claim a built-in's
+	// runtime name before the built-in is launched.
+	files := map[string]bool{}
 	for _, p := range paths {
-		if why, off := m.cfg.Disabled[filepath.Base(p)]; off {
-			m.log.Info("not launching a runtime plugin", "path", p, "reason", why)
+		files[filepath.Base(p)] = true
+		m.launch(&supervisor{m: m, path: p, log: m.log.Named(filepath.Base(p))})
+	}
+	m.first.Wait()
+	for _, b := range m.cfg.Builtins {
+		m.mu.Lock()
+		claimed := m.byName[b.Name]
+		m.mu.Unlock()
+		switch {
+		case files[b.Name]:
+			m.log.Info("a plugin replaces the built-in runtime", "runtime", b.Name, "path", filepath.Join(m.cfg.PluginDir, b.Name))
+			continue
+		case claimed != nil:
+			m.log.Info("a plugin replaces the built-in runtime", "runtime", b.Name, "path", claimed.path)
 			continue
 		}
-		s := &supervisor{m: m, path: p, log: m.log.Named(filepath.Base(p))}
-		m.sups = append(m.sups, s)
-		first.Add(1)
-		m.wg.Add(1)
-		go s.run(first.Done)
+		m.launch(&supervisor{m: m, path: b.Path, args: b.Args, builtin: b.Name, log: m.log.Named(b.Name)})
 	}
-	first.Wait()
+	m.first.Wait()
+	if len(m.sups) == 0 {
+		m.log.Warn("no runtimes to launch; every task will be refused", "pluginDir", m.cfg.PluginDir)
+	}
 	return nil
+}
+
+// launch starts supervising s, unless its runtime is disabled; m.first
+// is done once s has tried once.
+func (m *Manager) launch(s *supervisor) {
+	if why, off := m.cfg.Disabled[s.fileName()]; off {
+		m.log.Info("not launching a runtime plugin", "runtime", s.fileName(), "path", s.path, "reason", why)
+		return
+	}
+	m.mu.Lock()
+	m.sups = append(m.sups, s)
+	m.mu.Unlock()
+	m.first.Add(1)
+	m.wg.Add(1)
+	go s.run(m.first.Done)
 }
 
 // discover lists the executable regular files in dir. Everything in the
@@ -190,7 +245,7 @@ func (m *Manager) Failing() map[string]string {
 		if s.plugin == nil {
 			name := s.info.Name
 			if name == "" {
-				name = filepath.Base(s.path)
+				name = s.fileName()
 			}
 			why := "its plugin is starting"
 			if s.lastErr != nil {
@@ -211,7 +266,10 @@ func (m *Manager) Status() []RuntimeStatus {
 	out := make([]RuntimeStatus, 0, len(sups))
 	for _, s := range sups {
 		s.mu.Lock()
-		st := RuntimeStatus{Info: s.info, Path: s.path, Healthy: s.plugin != nil, Restarts: s.restarts}
+		st := RuntimeStatus{Info: s.info, Path: s.path, Builtin: s.builtin != "", Healthy: s.plugin != nil, Restarts: s.restarts}
+		if st.Name == "" {
+			st.Name = s.builtin
+		}
 		if s.info.Name != "" {
 			// The handshake refuses any other version, so a plugin that
 			// came up speaks this one.
@@ -252,11 +310,19 @@ func (m *Manager) Close() {
 type supervisor struct {
 	m    *Manager
 	path string
-	log  hclog.Logger
+	args []string
+	// builtin is the name of the built-in runtime the plugin serves; ""
+	// for a plugin of the plugin directory.
+	builtin string
+	log     hclog.Logger
 
-	mu       sync.Mutex
-	info     sdk.Info
-	plugin   *sdk.Plugin
+	mu     sync.Mutex
+	info   sdk.Info
+	plugin *sdk.Plugin
+	// proc is the plugin's PID from its launch until go-plugin has reaped
+	// it, which outlasts plugin: the host's reaper must leave it alone
+	// until then.
+	proc     int
 	restarts int
 	lastErr  error
 }
@@ -269,16 +335,22 @@ func (s *supervisor) runtimeName() string {
 	if s.info.Name != "" {
 		return s.info.Name
 	}
+	return s.fileName()
+}
+
+// fileName names the plugin before it has said which runtime it serves:
+// its file's name in the plugin directory, or the built-in's name.
+func (s *supervisor) fileName() string {
+	if s.builtin != "" {
+		return s.builtin
+	}
 	return filepath.Base(s.path)
 }
 
 func (s *supervisor) pid() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.plugin == nil {
-		return 0
-	}
-	return s.plugin.Pid()
+	return s.proc
 }
 
 // errFatal marks a failure that restarting will not mend.
@@ -329,8 +401,14 @@ func (s *supervisor) run(firstDone func()) {
 func (s *supervisor) serve(ready func()) error {
 	m := s.m
 	// Checked before every launch: the file may have changed since the
-	// last one.
-	sum, refusal, err := m.vet(s.path)
+	// last one. A built-in is the host's own executable, vetted by
+	// whoever started the host.
+	var sum []byte
+	var refusal string
+	var err error
+	if s.builtin == "" {
+		sum, refusal, err = m.vet(s.path)
+	}
 	if err != nil {
 		return err
 	}
@@ -345,18 +423,30 @@ func (s *supervisor) serve(ready func()) error {
 	m.launching++
 	m.mu.Unlock()
 	p, err := sdk.Launch(s.path, sdk.LaunchOptions{
-		Logger:    s.log,
-		Env:       []string{sdk.EnvLogLevel + "=" + m.cfg.LogLevel},
-		SHA256:    sum,
-		SocketDir: m.cfg.SocketDir,
+		Logger:     s.log,
+		Args:       s.args,
+		Env:        append([]string{sdk.EnvLogLevel + "=" + m.cfg.LogLevel}, m.cfg.PluginEnv...),
+		ExtraFiles: m.cfg.PluginFiles,
+		SHA256:     sum,
+		SocketDir:  m.cfg.SocketDir,
 	})
+	if err == nil {
+		s.mu.Lock()
+		s.proc = p.Pid()
+		s.mu.Unlock()
+	}
 	m.mu.Lock()
 	m.launching--
 	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	defer p.Kill()
+	defer func() {
+		p.Kill()
+		s.mu.Lock()
+		s.proc = 0
+		s.mu.Unlock()
+	}()
 
 	ctx, cancel := context.WithTimeout(m.ctx, 30*time.Second)
 	info, err := p.Runtime.Init(ctx, sdk.Config{DataDir: m.cfg.DataDir, Settings: m.cfg.Settings})
@@ -366,6 +456,9 @@ func (s *supervisor) serve(ready func()) error {
 	}
 	if info.Name == "" {
 		return fmt.Errorf("the plugin reports no runtime name: %w", errFatal)
+	}
+	if s.builtin != "" && info.Name != s.builtin {
+		return fmt.Errorf("the built-in runtime %q reports the name %q: %w", s.builtin, info.Name, errFatal)
 	}
 	m.mu.Lock()
 	if other := m.byName[info.Name]; other != nil && other != s {

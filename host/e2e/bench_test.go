@@ -301,9 +301,9 @@ func settled(h *hostProc, n int) bool {
 // tasks): the host's descendants that run one of the executor's binaries.
 func (h *hostProc) executorProcesses() []int {
 	bins := map[string]bool{
-		filepath.Join(binDir, "task-executor"):      true,
-		filepath.Join(binDir, "task-executor-shim"): true,
-		filepath.Join(h.pluginDir, "process"):       true,
+		h.executable(): true, // the host and its built-in plugins
+		// The shim, run from the host's sealed file in memory.
+		"/memfd:task-executor-shim (deleted)": true,
 	}
 	var out []int
 	entries, _ := os.ReadDir("/proc")

@@ -558,17 +558,6 @@ func checkSettled(t *testing.T, h *hostProc, f *fleet, hist *history) map[string
 	return listed
 }
 
-// pluginNow returns the PID of h's process plugin, 0 while there is none.
-func pluginNow(h *hostProc) int {
-	want := filepath.Join(h.pluginDir, "process")
-	for _, c := range children(h.cmd.Process.Pid) {
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); err == nil && exe == want {
-			return c
-		}
-	}
-	return 0
-}
-
 // seed returns the seed of a randomised test: E2E_SEED replays a failed
 // run.
 func seed(t *testing.T) int64 {
@@ -610,7 +599,7 @@ func TestChaos(t *testing.T) {
 		burst := time.Duration(300+rng.Intn(700)) * time.Millisecond
 		killAt := time.Duration(rng.Int63n(int64(burst)))
 		plugin := 0
-		eventually(t, 15*time.Second, func() bool { plugin = pluginNow(h); return plugin != 0 },
+		eventually(t, 15*time.Second, func() bool { plugin = h.pluginNow("process"); return plugin != 0 },
 			func() string { return "the process plugin is not running" })
 		c := newAPIClient(h.url)
 		until := time.Now().Add(burst)

@@ -1,15 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math/rand"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/opensandbox/task-executor/internal/testbin"
 )
 
 var (
@@ -19,8 +20,8 @@ var (
 )
 
 // startRaceHost starts a host built with the race detector, so that races
-// in the host itself, not only in the test, fail the test. The plugin and
-// the shim are the package's usual ones.
+// in the host and its built-in runtime, not only in the test, fail the
+// test.
 func startRaceHost(t *testing.T) *hostProc {
 	t.Helper()
 	raceBinOnce.Do(func() {
@@ -40,25 +41,10 @@ func startRaceHost(t *testing.T) *hostProc {
 	return startHost(t)
 }
 
+// buildRaceHost builds task-executor with the race detector, its built-in
+// runtimes included (they are the same executable).
 func buildRaceHost(dir string) error {
-	root, err := moduleRoot()
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "plugins"), 0o755); err != nil {
-		return err
-	}
-	cmd := exec.Command("go", "build", "-race", "-o", filepath.Join(dir, "task-executor"), "./cmd/task-executor")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build -race ./cmd/task-executor: %w\n%s", err, out)
-	}
-	for _, f := range []string{"task-executor-shim", "plugins/process"} {
-		if err := os.Link(filepath.Join(binDir, f), filepath.Join(dir, f)); err != nil {
-			return fmt.Errorf("while laying out the race-detecting host: %w", err)
-		}
-	}
-	return nil
+	return testbin.Executor(context.Background(), filepath.Join(dir, "task-executor"), testbin.Options{Race: true})
 }
 
 // TestConcurrentClients: 16 clients create, read, list, delete and replace

@@ -100,7 +100,7 @@ func TestHostKilledMidFlight(t *testing.T) {
 
 func TestPluginKilledMidFlight(t *testing.T) {
 	h := &hostProc{t: t, dataDir: dataDir(t)}
-	h.privatePlugins()
+	h.privateExecutable()
 	h.start()
 	t.Cleanup(h.cleanup)
 	want, runs := crashTasks(t, h, 50)
@@ -109,9 +109,10 @@ func TestPluginKilledMidFlight(t *testing.T) {
 		shims = append(shims, h.shimState(name))
 	}
 	plugin := h.pluginPID()
-	// Take the plugin away so the host cannot restart it at once: tasks
-	// must end while no plugin watches them.
-	exe := filepath.Join(h.pluginDir, "process")
+	// Take the plugin away (the host's own executable, which serves it) so
+	// the host cannot restart it at once: tasks must end while no plugin
+	// watches them.
+	exe := h.executable()
 	if err := os.Rename(exe, exe+".away"); err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func TestDataDirInUse(t *testing.T) {
 	before := tasksOnDisk(t, h.dataDir)
 
 	second := exec.Command(filepath.Join(binDir, "task-executor"),
-		"--listen-addr", "127.0.0.1:0", "--data-dir", h.dataDir, "--plugin-dir", h.pluginDir)
+		"--listen-addr", "127.0.0.1:0", "--data-dir", h.dataDir)
 	done := make(chan struct{})
 	var out []byte
 	var err error
@@ -231,7 +232,7 @@ func TestPluginSocketsCleanedUp(t *testing.T) {
 	plugins := func() int {
 		n := 0
 		for _, c := range children(h.cmd.Process.Pid) {
-			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); err == nil && filepath.Dir(exe) == h.pluginDir {
+			if pluginName(c) != "" {
 				n++
 			}
 		}
@@ -250,11 +251,11 @@ func TestPluginSocketsCleanedUp(t *testing.T) {
 	}
 	oneEach("at the start")
 
-	old := pluginNow(h)
+	old := h.pluginNow("process")
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() bool { p := pluginNow(h); return p != 0 && p != old },
+	eventually(t, 10*time.Second, func() bool { p := h.pluginNow("process"); return p != 0 && p != old },
 		func() string { return "the killed plugin was not restarted" })
 	before := oneEach("after a plugin was killed")
 

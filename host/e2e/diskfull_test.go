@@ -78,7 +78,7 @@ func fill(t *testing.T, dir string) string {
 // survives a restart.
 func TestDiskFullAndReadOnly(t *testing.T) {
 	mnt := smallDisk(t, "8m")
-	h := &hostProc{t: t, dataDir: filepath.Join(mnt, "data"), pluginDir: filepath.Join(binDir, "plugins")}
+	h := &hostProc{t: t, dataDir: filepath.Join(mnt, "data")}
 	h.start()
 	t.Cleanup(h.cleanup)
 

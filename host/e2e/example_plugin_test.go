@@ -12,14 +12,15 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/host/api"
+	"github.com/opensandbox/task-executor/internal/testbin"
 )
 
-// examplePluginHost starts a host whose plugin directory holds the built-in
-// process plugin and the example retry plugin (examples/plugins/retry),
-// built from source as a third party would build it.
+// examplePluginHost starts a host whose plugin directory holds the example
+// retry plugin (examples/plugins/retry), built from source as a third party
+// would build it, beside the built-in runtimes.
 func examplePluginHost(t *testing.T) *hostProc {
 	t.Helper()
-	root, err := moduleRoot()
+	root, err := testbin.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,16 +33,9 @@ func examplePluginHost(t *testing.T) *hostProc {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./examples/plugins/retry: %v\n%s", err, out)
 	}
-	b, err := os.ReadFile(filepath.Join(binDir, "plugins", "process"))
-	if err == nil {
-		err = os.WriteFile(filepath.Join(dir, "process"), b, 0o755)
-	}
 	// The host refuses plugins others may write to, which a umask of 002
 	// would make.
-	if err == nil {
-		err = os.Chmod(filepath.Join(dir, "retry"), 0o755)
-	}
-	if err != nil {
+	if err := os.Chmod(filepath.Join(dir, "retry"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: dir}
@@ -95,7 +89,7 @@ func retryTask(name, script string, env map[string]string) map[string]any {
 }
 
 // TestExamplePluginRetries runs tasks on the example plugin, dropped into
-// the plugin directory beside a built-in one, over the real HTTP API.
+// the plugin directory beside the built-in runtimes, over the real HTTP API.
 func TestExamplePluginRetries(t *testing.T) {
 	h := examplePluginHost(t)
 

@@ -23,8 +23,8 @@ import (
 
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/internal/testbin"
 	"github.com/opensandbox/task-executor/sdk/client"
-	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
 // binDir holds the binaries built once for the whole package, laid out as
@@ -54,47 +54,21 @@ func TestMain(m *testing.M) {
 }
 
 func build(bin string) error {
-	root, err := moduleRoot()
-	if err != nil {
-		return err
-	}
-	if err := shim.Build(context.Background(), filepath.Join(bin, "task-executor-shim")); err != nil {
-		return err
-	}
-	for _, b := range []struct{ out, pkg string }{
-		{"task-executor", "./cmd/task-executor"},
-		{"plugins/process", "./plugins/process"},
-		{"plugins/nsenter", "./plugins/nsenter"},
-		{"plugins/cri", "./plugins/cri"},
-	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b.out), b.pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
-		}
-		// The host refuses group-writable plugins, which a umask of 002
-		// would make.
-		if err := os.Chmod(filepath.Join(bin, b.out), 0o755); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Dir(strings.TrimSpace(string(out))), nil
+	return testbin.Executor(context.Background(), filepath.Join(bin, "task-executor"), testbin.Options{})
 }
 
 // hostProc is a running task-executor host.
 type hostProc struct {
-	t         testing.TB
-	dataDir   string
+	t       testing.TB
+	dataDir string
+	// exe is the host's executable, binDir's unless privateExecutable.
+	exe string
+	// pluginDir is its --plugin-dir ("": the built-in runtimes alone).
 	pluginDir string
-	args      []string
+	// argv, when set, are all of the host's arguments, in place of the
+	// harness's (which args extends).
+	argv []string
+	args []string
 	// env is added to the host's environment (a later entry wins).
 	env    []string
 	cmd    *exec.Cmd
@@ -149,7 +123,7 @@ func dataDir(t testing.TB) string {
 // startHost starts a host on a free port with a new data directory.
 func startHost(t testing.TB, extra ...string) *hostProc {
 	t.Helper()
-	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: filepath.Join(binDir, "plugins"), args: extra}
+	h := &hostProc{t: t, dataDir: dataDir(t), args: extra}
 	h.start()
 	t.Cleanup(h.cleanup)
 	return h
@@ -160,15 +134,21 @@ func startHost(t testing.TB, extra ...string) *hostProc {
 func (h *hostProc) start() {
 	t := h.t
 	t.Helper()
-	args := append([]string{
+	args := []string{
 		"--listen-addr", "127.0.0.1:0", "--data-dir", h.dataDir,
-		"--plugin-dir", h.pluginDir,
 		"--log-format", "json", "--grace-period", "2s",
 		"--log-level", "debug",
-	}, h.args...)
-	cmd := exec.Command(filepath.Join(binDir, "task-executor"), args...)
-	// Plugins copied elsewhere (privatePlugins) still find the shim.
-	cmd.Env = append(append(os.Environ(), "TASK_EXECUTOR_SHIM="+filepath.Join(binDir, "task-executor-shim")), h.env...)
+	}
+	if h.pluginDir != "" {
+		args = append(args, "--plugin-dir", h.pluginDir)
+	}
+	args = append(args, h.args...)
+	if h.argv != nil {
+		args = h.argv
+	}
+	cmd := exec.Command(h.executable(), args...)
+	// The executable's own shim, whatever the caller's environment says.
+	cmd.Env = append(append(os.Environ(), "TASK_EXECUTOR_SHIM="), h.env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -400,22 +380,35 @@ func children(pid int) []int {
 	return out
 }
 
-// privatePlugins gives h a plugin directory of its own, so the test may
-// take a plugin away; it takes effect at the next (re)start.
-func (h *hostProc) privatePlugins() {
-	h.t.Helper()
-	dir := filepath.Join(h.t.TempDir(), "plugins")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		h.t.Fatal(err)
+// executable is the host's executable.
+func (h *hostProc) executable() string {
+	if h.exe != "" {
+		return h.exe
 	}
-	b, err := os.ReadFile(filepath.Join(binDir, "plugins", "process"))
+	return filepath.Join(binDir, "task-executor")
+}
+
+// privateExecutable gives h a copy of task-executor of its own, so the test
+// may take it away (and with it the built-in runtimes' plugin); it takes
+// effect at the next (re)start.
+func (h *hostProc) privateExecutable() {
+	h.t.Helper()
+	exe := filepath.Join(h.t.TempDir(), "task-executor")
+	b, err := os.ReadFile(filepath.Join(binDir, "task-executor"))
 	if err == nil {
-		err = os.WriteFile(filepath.Join(dir, "process"), b, 0o755)
+		err = os.WriteFile(exe, b, 0o755)
 	}
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.pluginDir = dir
+	h.exe = exe
+}
+
+// builtinPluginFile is a plugin file of a plugin directory that serves a
+// built-in runtime: a script that starts task-executor as that plugin (a
+// plugin directory's plugins are started with no arguments).
+func builtinPluginFile(name string) []byte {
+	return []byte("#!/bin/sh\nexec " + filepath.Join(binDir, "task-executor") + " plugin " + name + "\n")
 }
 
 // pluginPID returns the PID of the host's process plugin.
@@ -427,14 +420,40 @@ func (h *hostProc) pluginPID() int {
 // pluginPIDOf returns the PID of the host's plugin of that name.
 func (h *hostProc) pluginPIDOf(name string) int {
 	h.t.Helper()
-	want := filepath.Join(h.pluginDir, name)
-	for _, c := range children(h.cmd.Process.Pid) {
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); err == nil && exe == want {
-			return c
-		}
+	if pid := h.pluginNow(name); pid != 0 {
+		return pid
 	}
 	h.t.Fatalf("no %s plugin among the host's children", name)
 	return 0
+}
+
+// pluginNow returns the PID of the host's plugin of that name, 0 while
+// there is none.
+func (h *hostProc) pluginNow(name string) int {
+	for _, c := range children(h.cmd.Process.Pid) {
+		if pluginName(c) == name {
+			return c
+		}
+	}
+	return 0
+}
+
+// pluginName names the runtime the process pid serves as a plugin: a
+// built-in ("task-executor plugin NAME") or one of a plugin directory
+// (started with no arguments, by its file's name); "" for another process.
+func pluginName(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	argv := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	switch {
+	case len(argv) == 3 && filepath.Base(argv[0]) == "task-executor" && argv[1] == "plugin":
+		return argv[2]
+	case len(argv) == 1 && filepath.Base(argv[0]) != "task-executor-shim" && filepath.Base(argv[0]) != "task-executor":
+		return filepath.Base(argv[0])
+	}
+	return ""
 }
 
 // do sends a request and returns the status code and body.

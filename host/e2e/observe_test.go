@@ -286,7 +286,7 @@ func TestRuntimesAndPluginRestarts(t *testing.T) {
 	}
 	rts := runtimes()
 	r, ok := rts["process"]
-	if !ok || !r.Healthy || r.ProtocolVersion != 1 || r.PluginPath != filepath.Join(h.pluginDir, "process") ||
+	if !ok || !r.Healthy || r.ProtocolVersion != 1 || r.PluginPath != h.executable() || !r.Builtin ||
 		len(r.Kinds) != 1 || r.Kinds[0] != "process" || r.Restarts != 0 {
 		t.Errorf("runtime process: %+v (listed: %v)", r, ok)
 	}

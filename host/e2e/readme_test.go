@@ -9,13 +9,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opensandbox/task-executor/internal/testbin"
 )
 
 // TestReadmeExamples runs every curl example of the README's HTTP API
 // section, as written but for the address, against a host started the way
 // `make run` starts it, in order.
 func TestReadmeExamples(t *testing.T) {
-	root, err := moduleRoot()
+	root, err := testbin.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

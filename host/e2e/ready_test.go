@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
 // TestRuntimeThatCannotStart: a runtime the executor has but cannot start
@@ -17,16 +18,13 @@ import (
 // host.
 func TestRuntimeThatCannotStart(t *testing.T) {
 	t.Run("missing shim", func(t *testing.T) {
-		shim := filepath.Join(t.TempDir(), "task-executor-shim")
-		h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: filepath.Join(binDir, "plugins"), env: []string{"TASK_EXECUTOR_SHIM=" + shim}}
+		// The operator names a shim on disk instead of the executable's own.
+		shimPath := filepath.Join(t.TempDir(), "task-executor-shim")
+		h := &hostProc{t: t, dataDir: dataDir(t), env: []string{"TASK_EXECUTOR_SHIM=" + shimPath}}
 		h.start()
 		t.Cleanup(h.cleanup)
 		h.cannotStart(processTask("early", "true"), "task-executor-shim not found")
-		b, err := os.ReadFile(filepath.Join(binDir, "task-executor-shim"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(shim, b, 0o755); err != nil {
+		if err := shim.Build(t.Context(), shimPath); err != nil {
 			t.Fatal(err)
 		}
 		h.recovers(processTask("late", "true"))

@@ -240,14 +240,14 @@ func TestSidecarTaskIsLikeExecInMain(t *testing.T) {
 }
 
 // escapeScript tries what a task running with the executor's privileges
-// could do: mount, enter the executor's mount namespace, write into its
-// plugin directory, read its data directory, and ask the API for a task in
-// the executor's own container.
+// could do: mount, enter the executor's mount namespace, write beside its
+// executable, read its data directory, and ask the API for a task in the
+// executor's own container.
 const escapeScript = `x=$(for p in /proc/[0-9]*; do [ "$(tr '\0' '\n' < $p/cmdline 2>/dev/null | head -1)" = /usr/local/bin/task-executor ] && echo ${p#/proc/}; done | head -1)
 echo "executor ${x:+found}"
 mount -t tmpfs none /mnt 2>&1; echo "mount=$?"
 nsenter -t "$x" -m ls /var/lib/sandbox/tasks 2>&1; echo "nsenter=$?"
-echo evil 2>&1 > /proc/$x/root/usr/local/bin/plugins/evil; echo "write=$?"
+echo evil 2>&1 > /proc/$x/root/usr/local/bin/evil; echo "write=$?"
 ls /proc/$x/root/var/lib/sandbox/tasks 2>&1; echo "read=$?"
 wget -q -O- --header 'Content-Type: application/json' --post-data '{"name":"escape","spec":{"runtime":"process","process":{"command":["id"]}}}' "$API/tasks" 2>&1; echo "api=$?"
 true`
@@ -271,9 +271,9 @@ func TestSidecarTaskCannotEscape(t *testing.T) {
 					t.Errorf("%s succeeded:\n%s", step, task)
 				}
 			}
-			ls, err := p.Exec(t.Context(), podtest.ExecutorContainer, "ls", "/usr/local/bin/plugins")
-			if err != nil || strings.Contains(string(ls.Stdout), "evil") {
-				t.Errorf("the plugin directory: %q, %v", ls.Stdout, err)
+			ls, err := p.Exec(t.Context(), podtest.ExecutorContainer, "ls", "/usr/local/bin")
+			if err != nil || strings.Contains(string(ls.Stdout), "evil") || !strings.Contains(string(ls.Stdout), "task-executor") {
+				t.Errorf("the executable's directory: %q, %v", ls.Stdout, err)
 			}
 			if _, err := p.c.Get(t.Context(), "escape"); !isNotFound(err) {
 				t.Errorf("the task asked for the process runtime exists: %v", err)

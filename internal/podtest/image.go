@@ -18,26 +18,17 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/opensandbox/task-executor/internal/containerdtest"
-	"github.com/opensandbox/task-executor/sdk/shim"
+	"github.com/opensandbox/task-executor/internal/testbin"
 )
 
-// ExecutorImage is the executor's image in the runtime: the binaries of
-// this tree, laid out as the Dockerfile lays them out, over busybox.
+// ExecutorImage is the executor's image in the runtime: the executable of
+// this tree, laid out as the Dockerfile lays it out, over busybox.
 const ExecutorImage = "localhost/task-executor:test"
 
 // The image's name without its tag, given to `ctr images import
 // --base-name`; the tag comes from the OCI layout hack/executor-image.sh
 // writes.
 const executorImageBase = "localhost/task-executor"
-
-// The packages built into the image, with where they go in `make build`'s
-// layout (the plugins under plugins/).
-var imagePackages = []struct{ pkg, out string }{
-	{"./cmd/task-executor", "task-executor"},
-	{"./plugins/process", "plugins/process"},
-	{"./plugins/nsenter", "plugins/nsenter"},
-	{"./plugins/cri", "plugins/cri"},
-}
 
 const (
 	// A cold Go build cache makes the first build of a machine slow.
@@ -93,7 +84,7 @@ func buildExecutorImage(ctx context.Context, work string, env *containerdtest.En
 		return err
 	}
 	bin := filepath.Join(work, "bin")
-	if err := os.MkdirAll(filepath.Join(bin, "plugins"), 0o755); err != nil {
+	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return fmt.Errorf("while making the image's bin directory: %w", err)
 	}
 	// The tools' own temporary files go here too, not in /tmp.
@@ -101,41 +92,13 @@ func buildExecutorImage(ctx context.Context, work string, env *containerdtest.En
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return fmt.Errorf("while making a temporary directory for the build: %w", err)
 	}
-	// One go build for all: it builds the packages in parallel. Static,
-	// since the image has no C library.
-	args := []string{"build", "-buildvcs=false", "-o", bin + "/"}
-	for _, p := range imagePackages {
-		args = append(args, p.pkg)
+	// Static, since the image has no C library.
+	exe := filepath.Join(bin, "task-executor")
+	if err := testbin.Executor(ctx, exe, testbin.Options{Env: []string{"CGO_ENABLED=0", "GOTMPDIR=" + tmp}}); err != nil {
+		return fmt.Errorf("while building the executor for the image: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTMPDIR="+tmp)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("while building the executor's binaries (go %s): %w\n%s", strings.Join(args, " "), err, out)
-	}
-	for _, p := range imagePackages {
-		if built := filepath.Join(bin, filepath.Base(p.pkg)); built != filepath.Join(bin, p.out) {
-			if err := os.Rename(built, filepath.Join(bin, p.out)); err != nil {
-				return fmt.Errorf("while laying out %s: %w", p.out, err)
-			}
-		}
-	}
-	if err := shim.Build(ctx, filepath.Join(bin, "task-executor-shim")); err != nil {
-		return fmt.Errorf("while building the shim for the image: %w", err)
-	}
-	outs := []string{"task-executor-shim"}
-	for _, p := range imagePackages {
-		outs = append(outs, p.out)
-	}
-	for _, o := range outs {
-		path := filepath.Join(bin, o)
-		// The host refuses plugins others may write to.
-		if err := os.Chmod(path, 0o755); err != nil {
-			return fmt.Errorf("while setting the mode of %s: %w", o, err)
-		}
-		if err := checkStatic(path); err != nil {
-			return err
-		}
+	if err := checkStatic(exe); err != nil {
+		return err
 	}
 
 	tar := filepath.Join(work, "executor-image.tar")

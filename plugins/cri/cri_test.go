@@ -1,4 +1,4 @@
-package main_test
+package cri_test
 
 import (
 	"bufio"
@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,12 +19,14 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/internal/testbin"
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
 )
 
-// plugin is the cri plugin's binary, built once for the package.
-var plugin string
+// executor is task-executor, built once for the package, which serves the
+// runtime as a built-in plugin.
+var executor string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "cri-plugin-")
@@ -33,9 +34,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "cannot create a temporary directory:", err)
 		os.Exit(1)
 	}
-	plugin = filepath.Join(dir, "cri")
-	if out, err := exec.Command("go", "build", "-race", "-o", plugin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "cannot build the cri plugin: %v\n%s", err, out)
+	executor = filepath.Join(dir, "task-executor")
+	if err := testbin.Executor(context.Background(), executor, testbin.Options{Race: true}); err != nil {
+		fmt.Fprintln(os.Stderr, "cannot build task-executor:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -49,7 +50,7 @@ func TestMain(m *testing.M) {
 type criHarness struct{ env *containerdtest.Env }
 
 func (h criHarness) Launch(t *testing.T) runtimetest.Instance {
-	return runtimetest.LaunchPlugin(t, plugin, nil)
+	return runtimetest.LaunchCommand(t, []string{executor, "plugin", "cri"}, nil)
 }
 
 func (h criHarness) Spec(script string, opts runtimetest.SpecOptions) sdk.TaskSpec {
@@ -190,7 +191,7 @@ func launch(t *testing.T, env *containerdtest.Env, settings map[string]string) s
 // launchIn starts the plugin on dataDir and initialises it.
 func launchIn(t *testing.T, env *containerdtest.Env, dataDir string, settings map[string]string) runtimetest.Instance {
 	t.Helper()
-	inst := runtimetest.LaunchPlugin(t, plugin, nil)
+	inst := runtimetest.LaunchCommand(t, []string{executor, "plugin", "cri"}, nil)
 	rt := inst.Runtime()
 	all := map[string]string{sdk.SettingGracePeriod: "2s", sdk.SettingCRISocket: env.Socket}
 	for k, v := range settings {

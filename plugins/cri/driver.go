@@ -1,4 +1,4 @@
-package main
+package cri
 
 import (
 	"context"
@@ -142,7 +142,7 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 	go d.follow()
 	go d.followContainerd()
 	go d.janitor()
-	return sdk.Info{Name: "cri", Version: version, Kinds: []sdk.Kind{sdk.KindContainer}}, nil
+	return sdk.Info{Name: Name, Version: version, Kinds: []sdk.Kind{sdk.KindContainer}}, nil
 }
 
 // Validate checks the volumes a container spec mounts.

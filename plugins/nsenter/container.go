@@ -1,4 +1,4 @@
-package main
+package nsenter
 
 import (
 	"bytes"
@@ -92,6 +92,14 @@ func (m *mainContainer) Init(cfg sdk.Config) error {
 	m.ours = map[string]bool{}
 	if p, err := shimdriver.FindShim(); err == nil {
 		m.ours[p] = true
+		// A shim started from a link (/proc/self/fd/N, the executor's
+		// shim in memory) shows the link's target as its exe.
+		if target, err := os.Readlink(p); err == nil {
+			m.ours[target] = true
+		}
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			m.ours[real] = true
+		}
 	}
 	if exe, err := os.Executable(); err == nil {
 		m.ours[exe] = true

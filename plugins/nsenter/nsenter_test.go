@@ -1,10 +1,9 @@
-package main
+package nsenter
 
 import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,12 +11,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/opensandbox/task-executor/internal/testbin"
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
-	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
-// binDir holds the binaries under test, laid out as installed.
+// binDir holds task-executor, which serves the runtime as a built-in
+// plugin, with the shim it carries.
 var binDir string
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
@@ -30,16 +30,17 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	binDir = filepath.Join(tmp, "bin")
-	if err := shim.Build(context.Background(), filepath.Join(binDir, "task-executor-shim")); err != nil {
+	if err := testbin.Executor(context.Background(), filepath.Join(binDir, "task-executor"), testbin.Options{}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, "plugins", "nsenter"), "github.com/opensandbox/task-executor/plugins/nsenter")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		return 1
-	}
 	return m.Run()
+}
+
+// launchPlugin starts the runtime as the host does: task-executor serving
+// it as a separate process, with the shim it carries.
+func launchPlugin(t *testing.T) runtimetest.Instance {
+	return runtimetest.LaunchCommand(t, []string{filepath.Join(binDir, "task-executor"), "plugin", Name}, []string{"TASK_EXECUTOR_SHIM="})
 }
 
 // harness runs the conformance kit against the nsenter plugin, with a main
@@ -47,7 +48,7 @@ func testMain(m *testing.M) int {
 type harness struct{ container string }
 
 func (h harness) Launch(t *testing.T) runtimetest.Instance {
-	return runtimetest.LaunchPlugin(t, filepath.Join(binDir, "plugins", "nsenter"), nil)
+	return launchPlugin(t)
 }
 func (harness) Spec(script string, opts runtimetest.SpecOptions) sdk.TaskSpec {
 	return runtimetest.ShellSpec(script, opts)
@@ -70,7 +71,7 @@ func TestConformance(t *testing.T) {
 // launchRuntime launches the plugin for the main container name.
 func launchRuntime(t *testing.T, name string) sdk.Runtime {
 	t.Helper()
-	inst := runtimetest.LaunchPlugin(t, filepath.Join(binDir, "plugins", "nsenter"), nil)
+	inst := launchPlugin(t)
 	rt := inst.Runtime()
 	info, err := rt.Init(context.Background(), sdk.Config{DataDir: t.TempDir(), Settings: map[string]string{
 		sdk.SettingGracePeriod: "2s", sdk.SettingMainContainerName: name,

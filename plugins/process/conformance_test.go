@@ -1,10 +1,9 @@
-package main_test
+package process_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,9 +17,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/opensandbox/task-executor/internal/testbin"
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
-	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
 // Environment of a child test process run by TestConformanceCatchesBrokenRuntimes.
@@ -32,9 +31,9 @@ const (
 	envBinDir = "PROCESS_CONFORMANCE_BIN_DIR"
 )
 
-// binDir holds the binaries under test, laid out as installed:
-// <binDir>/task-executor-shim and <binDir>/plugins/process, which finds the
-// shim one directory up.
+// binDir holds the binary under test, <binDir>/task-executor, built as
+// `make build` builds it: the runtime is served by it as a built-in plugin,
+// in a process of its own, with the shim it carries.
 var binDir string
 
 // raceLogs is where a plugin built with the race detector writes its
@@ -108,26 +107,7 @@ func raceBuild() bool {
 }
 
 func build(dir string, race bool) error {
-	targets := []struct {
-		out, pkg string
-		race     bool
-	}{
-		{filepath.Join(dir, "plugins", "process"), "github.com/opensandbox/task-executor/plugins/process", race},
-	}
-	if err := shim.Build(context.Background(), filepath.Join(dir, "task-executor-shim")); err != nil {
-		return err
-	}
-	for _, tg := range targets {
-		args := []string{"build", "-o", tg.out}
-		if tg.race {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, tg.pkg)...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w\n%s", tg.pkg, err, out)
-		}
-	}
-	return nil
+	return testbin.Executor(context.Background(), filepath.Join(dir, "task-executor"), testbin.Options{Race: race})
 }
 
 // leftovers kills, by PID, the processes descended from this one that still
@@ -206,8 +186,8 @@ func descendants() []int {
 	return out
 }
 
-// processHarness runs the conformance kit against the process plugin's
-// real binary, over gRPC.
+// processHarness runs the conformance kit against the process runtime as
+// task-executor serves it, a separate process over gRPC.
 type processHarness struct {
 	// mutant, when set, injects a defect (see mutate) to check that the
 	// kit notices it.
@@ -215,14 +195,14 @@ type processHarness struct {
 }
 
 func (h processHarness) Launch(t *testing.T) runtimetest.Instance {
-	// An empty TASK_EXECUTOR_SHIM makes the plugin find the shim beside
-	// itself, as installed, whatever the caller's environment says.
+	// An empty TASK_EXECUTOR_SHIM makes the plugin use the shim it
+	// carries, whatever the caller's environment says.
 	env := []string{"TASK_EXECUTOR_SHIM="}
 	if raceLogs != "" {
 		// No sleep at exit: every Close and Kill would wait for it.
 		env = append(env, "GORACE=log_path="+filepath.Join(raceLogs, "plugin")+" atexit_sleep_ms=0")
 	}
-	inst := runtimetest.LaunchPlugin(t, filepath.Join(binDir, "plugins", "process"), env)
+	inst := runtimetest.LaunchCommand(t, []string{filepath.Join(binDir, "task-executor"), "plugin", "process"}, env)
 	if h.mutant != "" {
 		return mutantInstance{Instance: inst, rt: mutantRuntime{Runtime: inst.Runtime(), mutant: h.mutant}}
 	}

@@ -33,6 +33,15 @@ type PluginInstance struct {
 // It fails t if the plugin does not start.
 func LaunchPlugin(t *testing.T, path string, env []string) Instance {
 	t.Helper()
+	return LaunchCommand(t, []string{path}, env)
+}
+
+// LaunchCommand is LaunchPlugin for an executable that serves the plugin
+// when given arguments: argv[0] is its path, the rest its arguments (as in
+// "task-executor plugin process").
+func LaunchCommand(t *testing.T, argv []string, env []string) Instance {
+	t.Helper()
+	path := argv[0]
 	// Registered before the plugin's Close so that it runs after it: the
 	// plugin's last words are still logged, and nothing is logged to t
 	// once t has ended.
@@ -43,7 +52,7 @@ func LaunchPlugin(t *testing.T, path string, env []string) Instance {
 		level = hclog.Info
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: filepath.Base(path), Output: w, Level: level})
-	p, err := sdk.Launch(path, sdk.LaunchOptions{Logger: logger, Env: env})
+	p, err := sdk.Launch(path, sdk.LaunchOptions{Logger: logger, Env: env, Args: argv[1:]})
 	if err != nil {
 		t.Fatalf("cannot launch plugin %s: %v", path, err)
 	}

@@ -368,7 +368,9 @@ func (l *Launcher) spawn() (*idleShim, error) {
 		return nil, err
 	}
 	defer devnull.Close()
-	pid, err := syscall.ForkExec(l.path, []string{l.path}, &syscall.ProcAttr{
+	// Named for what it is, whatever the path (/proc/self/fd/N for the
+	// executor's shim in memory).
+	pid, err := syscall.ForkExec(l.path, []string{"task-executor-shim"}, &syscall.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"GOMAXPROCS=1"},
 		Files: []uintptr{devnull.Fd(), devnull.Fd(), devnull.Fd(), theirs.Fd()},

@@ -104,9 +104,10 @@ func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 	return info, nil
 }
 
-// FindShim locates the task-executor-shim executable: $TASK_EXECUTOR_SHIM,
-// then beside the plugin or one directory up (bin/plugins/process finds
-// bin/task-executor-shim), then $PATH.
+// FindShim locates the task-executor-shim executable: $TASK_EXECUTOR_SHIM
+// (which a host sets to the shim it carries, /proc/self/fd/4), then beside
+// the plugin or one directory up (plugins/myruntime finds
+// task-executor-shim), then $PATH.
 func FindShim() (string, error) {
 	if p := os.Getenv("TASK_EXECUTOR_SHIM"); p != "" {
 		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {

@@ -1422,6 +1422,9 @@ static void close_inherited(void) {
 static void ignore(int sig) { (void)sig; }
 
 int main(void) {
+	/* Started from /proc/self/fd/N (the executor's shim in memory), the
+	 * shim would be named "N" in ps; the kernel keeps 15 bytes of this. */
+	prctl(PR_SET_NAME, "task-executor-shim", 0, 0, 0);
 	fcntl(JOB_FD, F_SETFD, FD_CLOEXEC);
 	close_inherited();
 	/* The shim lives in a session of its own; swallow the signals a

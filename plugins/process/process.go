@@ -1,21 +1,26 @@
-// Command process is the task-executor runtime plugin that runs process
-// tasks as plain processes on the host, each under its own shim.
-package main
+// Package process is the runtime that runs process tasks as plain processes
+// on the host, each under its own shim. task-executor serves it as a
+// built-in plugin ("task-executor plugin process").
+package process
 
 import (
 	"context"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/shimdriver"
 )
 
-// version is the plugin's version, reported through Info.
+// Name is the runtime's name.
+const Name = "process"
+
+// version is the runtime's version, reported through Info.
 const version = "0.2.0"
 
-func main() {
-	sdk.Serve(shimdriver.New(shimdriver.Options{
-		Name: "process", Version: version, Log: sdk.Logger("process"), Placer: &onHost{},
-	}))
+// New returns the runtime.
+func New(log hclog.Logger) sdk.Runtime {
+	return shimdriver.New(shimdriver.Options{Name: Name, Version: version, Log: log, Placer: &onHost{}})
 }
 
 // onHost places every task on the host, with the host's environment, in its
