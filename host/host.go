@@ -178,6 +178,9 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	stopStreams := make(chan struct{})
 	handler := api.Handler(ctrl, log.Named("api"),
 		api.WithLogs(st, stopStreams), api.WithMetrics(met), api.WithRuntimes(mgr))
+	if mutualTLS(cfg.TLS) {
+		handler = api.RequireClientCert(handler, log.Named("api"))
+	}
 	if cfg.AuthToken != "" {
 		handler = api.RequireToken(cfg.AuthToken, handler, log.Named("api"))
 	}

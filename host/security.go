@@ -32,7 +32,7 @@ func LoadTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("while loading the TLS certificate and key: %w", err)
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, CipherSuites: aeadSuites}
 	if clientCAFile == "" {
 		return cfg, nil
 	}
@@ -45,9 +45,27 @@ func LoadTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 		return nil, errors.New("the TLS client CA file " + clientCAFile + " holds no PEM certificate")
 	}
 	cfg.ClientCAs = pool
-	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	// Asked for, verified if given, and required by api.RequireClientCert
+	// everywhere but the probes, which a kubelet sends without one.
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	return cfg, nil
 }
+
+// aeadSuites are the TLS 1.2 cipher suites served: ECDHE with an AEAD
+// cipher only (no CBC, no RSA key exchange). TLS 1.3's suites are all
+// AEAD and not configurable.
+var aeadSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// mutualTLS reports whether cfg requires client certificates (of every
+// request but the probes).
+func mutualTLS(cfg *tls.Config) bool { return cfg != nil && cfg.ClientCAs != nil }
 
 // isLoopback reports whether a listen address (host:port) accepts only
 // connections from this machine. An empty host or a wildcard address
@@ -68,8 +86,7 @@ func isLoopback(addr string) bool {
 // warnIfExposed says so at start when anyone who can reach the port can
 // run commands.
 func warnIfExposed(cfg Config, log interface{ Warn(string, ...any) }) {
-	mtls := cfg.TLS != nil && cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert
-	if cfg.AuthToken != "" || mtls || isLoopback(cfg.ListenAddr) {
+	if cfg.AuthToken != "" || mutualTLS(cfg.TLS) || isLoopback(cfg.ListenAddr) {
 		return
 	}
 	log.Warn("the API listens on a non-loopback address without authentication: anyone who can reach the port can run commands; "+

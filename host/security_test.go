@@ -2,6 +2,7 @@ package host
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -37,7 +38,7 @@ type recordWarn struct{ lines []string }
 func (r *recordWarn) Warn(msg string, args ...any) { r.lines = append(r.lines, fmt.Sprint(msg, args)) }
 
 func TestWarnIfExposed(t *testing.T) {
-	mtls := &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert}
+	mtls := &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: x509.NewCertPool()}
 	cases := []struct {
 		name string
 		cfg  Config

@@ -17,7 +17,7 @@ func RequireToken(token string, next http.Handler, log hclog.Logger) http.Handle
 	// token's length.
 	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method == http.MethodGet && (req.URL.Path == "/health" || req.URL.Path == "/readyz") {
+		if isProbe(req) {
 			next.ServeHTTP(w, req)
 			return
 		}
@@ -35,6 +35,29 @@ func RequireToken(token string, next http.Handler, log hclog.Logger) http.Handle
 		}
 		next.ServeHTTP(w, req)
 	})
+}
+
+// RequireClientCert lets through only requests on a connection whose
+// client presented a certificate the TLS layer verified against the client
+// CA (mutual TLS), except GET /health and /readyz: a kubelet's probes
+// present no certificate. Others get a 403 and change nothing. The TLS
+// layer asks for a certificate without requiring one, and refuses any it
+// cannot verify, so this is where one's absence is refused.
+func RequireClientCert(next http.Handler, log hclog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if isProbe(req) || (req.TLS != nil && len(req.TLS.VerifiedChains) > 0) {
+			next.ServeHTTP(w, req)
+			return
+		}
+		writeError(w, http.StatusForbidden, "this endpoint needs a client certificate signed by the executor's client CA (--tls-client-ca-file)")
+		log.Debug("request without a client certificate refused", "method", req.Method, "path", req.URL.Path, "remote", req.RemoteAddr)
+	})
+}
+
+// isProbe reports whether req is a health or readiness probe, which must
+// get through without credentials.
+func isProbe(req *http.Request) bool {
+	return req.Method == http.MethodGet && (req.URL.Path == "/health" || req.URL.Path == "/readyz")
 }
 
 // bearer extracts the token of a Bearer Authorization header (the scheme

@@ -511,6 +511,10 @@ func (p *plainSource) close() {
 // tailOffset finds where the last n lines of the first size bytes of f
 // begin, reading backwards; found is how many lines there are from there
 // (fewer than n when the file has fewer). An unterminated last line counts.
+// A line longer than maxLineBytes counts as its pieces of that size from
+// its end, as many as are needed: served lines are never longer, so the
+// last n are never more than n × maxLineBytes from the end, and no more is
+// read however long a line is.
 func tailOffset(f io.ReaderAt, size int64, n int) (off int64, found int, err error) {
 	if size == 0 || n == 0 {
 		return size, 0, nil
@@ -518,6 +522,18 @@ func tailOffset(f io.ReaderAt, size int64, n int) (off int64, found int, err err
 	buf := make([]byte, min(int64(readChunk), size))
 	// The last byte ends the last line whatever it is.
 	end := size - 1
+	// run is the bytes of the current line (or piece) seen so far; cut
+	// says the byte before it ended a piece, so a newline there ends no
+	// further line.
+	var run int
+	cut := false
+	last := make([]byte, 1)
+	if _, err := f.ReadAt(last, end); err != nil && err != io.EOF {
+		return 0, 0, err
+	}
+	if last[0] != '\n' {
+		run = 1 // an unterminated last line's last byte is its own
+	}
 	for end > 0 {
 		start := max(0, end-int64(len(buf)))
 		chunk := buf[:end-start]
@@ -526,13 +542,29 @@ func tailOffset(f io.ReaderAt, size int64, n int) (off int64, found int, err err
 		}
 		for i := len(chunk) - 1; i >= 0; i-- {
 			if chunk[i] == '\n' {
-				found++
+				if !cut {
+					found++
+				}
+				run, cut = 0, false
 				if found == n {
 					return start + int64(i) + 1, found, nil
+				}
+				continue
+			}
+			run++
+			cut = false
+			if run == maxLineBytes {
+				found++
+				run, cut = 0, true
+				if found == n {
+					return start + int64(i), found, nil
 				}
 			}
 		}
 		end = start
+	}
+	if cut {
+		return 0, found, nil
 	}
 	return 0, found + 1, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -81,6 +82,23 @@ func getLogs(t *testing.T, h http.Handler, path string) (int, string, string) {
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
 	return w.Code, w.Header().Get("Content-Type"), w.Body.String()
+}
+
+// TestLogsTailOfALongLine: tailLines on output with no newline serves the
+// last pieces of it, never all of it (1 MiB here; a sparse file of GiBs
+// is read no further either).
+func TestLogsTailOfALongLine(t *testing.T) {
+	o := newOutputTasks(t, false, "long")
+	o.write(t, "long", stdoutFile, strings.Repeat("x", 4<<20))
+	o.write(t, "long", stderrFile, "")
+	h := logsHandler(o, nil)
+	for _, n := range []int{1, 3} {
+		code, _, body := getLogs(t, h, fmt.Sprintf("/tasks/long/logs?tailLines=%d", n))
+		lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+		if code != 200 || len(body) > n*(maxLineBytes+1) || len(lines) != n {
+			t.Errorf("tailLines=%d: %d, %d bytes in %d lines; want %d lines of at most %d bytes", n, code, len(body), len(lines), n, maxLineBytes)
+		}
+	}
 }
 
 func TestLogsRefusals(t *testing.T) {
@@ -169,6 +187,14 @@ func TestTailOffset(t *testing.T) {
 		{"\n\n", 3, 0, 2},
 		{strings.Repeat("x", readChunk*2+5) + "\nlast\n", 1, readChunk*2 + 6, 1},
 		{"y\n" + strings.Repeat("x", readChunk*3), 2, 0, 2},
+		// Bounded: n lines are at most n × maxLineBytes from the end, however
+		// long the line they are cut from.
+		{strings.Repeat("x", maxLineBytes*4+7), 1, maxLineBytes*3 + 7, 1},
+		{strings.Repeat("x", maxLineBytes*4+7), 2, maxLineBytes*2 + 7, 2},
+		{strings.Repeat("x", maxLineBytes*4+7), 9, 0, 5},
+		{"a\n" + strings.Repeat("x", maxLineBytes*4) + "\nb\n", 2, maxLineBytes*3 + 2, 2},
+		{"a\n" + strings.Repeat("x", maxLineBytes*4) + "\nb\n", 5, 2, 5},
+		{"a\n" + strings.Repeat("x", maxLineBytes*4) + "\nb\n", 6, 0, 6},
 	} {
 		off, found, err := tailOffset(strings.NewReader(tc.content), int64(len(tc.content)), tc.n)
 		if err != nil || off != tc.off || found != tc.found {

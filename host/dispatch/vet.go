@@ -75,17 +75,21 @@ func ParseChecksums(r io.Reader) (map[string][]byte, error) {
 // that cannot be read right now (being replaced, say): worth a retry, not
 // a refusal.
 func (m *Manager) vet(path string) (sum []byte, refusal string, err error) {
+	// Whoever may write to the directory may replace the file in it.
+	dir := filepath.Dir(path)
+	di, err := os.Stat(dir)
+	if err != nil {
+		return nil, "", fmt.Errorf("while inspecting the plugin directory: %w", err)
+	}
+	if why := writableByOthers(di); why != "" {
+		return nil, fmt.Sprintf("its directory %s %s", dir, why), nil
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, "", fmt.Errorf("while inspecting the plugin executable: %w", err)
 	}
-	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
-		return nil, fmt.Sprintf("it is group- or world-writable (mode %04o); make it writable by its owner only (chmod go-w)", perm), nil
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		if uid := int(st.Uid); uid != 0 && uid != os.Geteuid() {
-			return nil, fmt.Sprintf("it is owned by uid %d, neither root nor the host's uid %d", uid, os.Geteuid()), nil
-		}
+	if why := writableByOthers(fi); why != "" {
+		return nil, "it " + why, nil
 	}
 	if m.cfg.Checksums == nil {
 		return nil, "", nil
@@ -102,6 +106,20 @@ func (m *Manager) vet(path string) (sum []byte, refusal string, err error) {
 		return nil, fmt.Sprintf("its SHA-256 %x differs from the plugin checksum file's %x", got, want), nil
 	}
 	return want, "", nil
+}
+
+// writableByOthers says why a file or directory could be changed by others
+// than root and the host's user, or "" if it cannot.
+func writableByOthers(fi os.FileInfo) string {
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Sprintf("is group- or world-writable (mode %04o); make it writable by its owner only (chmod go-w)", perm)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if uid := int(st.Uid); uid != 0 && uid != os.Geteuid() {
+			return fmt.Sprintf("is owned by uid %d, neither root nor the host's uid %d", uid, os.Geteuid())
+		}
+	}
+	return ""
 }
 
 func fileSHA256(path string) ([]byte, error) {

@@ -256,6 +256,24 @@ func TestSecurityTLS(t *testing.T) {
 	if _, _, _, err := call(t, old, "GET", httpsURL+"/health", "", nil); err == nil {
 		t.Fatal("a TLS 1.1 client was accepted")
 	}
+	// TLS 1.2 with AEAD ciphers only: a client offering CBC alone is
+	// refused, one offering GCM served.
+	for _, tc := range []struct {
+		suite uint16
+		ok    bool
+	}{
+		{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, false},
+		{tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA, false},
+		{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, true},
+	} {
+		c := tlsClient(t, ca.pem, nil, nil)
+		cfg := c.Transport.(*http.Transport).TLSClientConfig
+		cfg.MaxVersion, cfg.CipherSuites = tls.VersionTLS12, []uint16{tc.suite}
+		code, _, _, err := call(t, c, "GET", httpsURL+"/health", "", nil)
+		if got := err == nil && code == 200; got != tc.ok {
+			t.Errorf("TLS 1.2 with %s alone: served %v (%d, %v), want %v", tls.CipherSuiteName(tc.suite), got, code, err, tc.ok)
+		}
+	}
 }
 
 func TestSecurityMutualTLS(t *testing.T) {
@@ -266,30 +284,52 @@ func TestSecurityMutualTLS(t *testing.T) {
 
 	goodCert, goodKey := clientCA.issue(t, "controller", false)
 	badCert, badKey := otherCA.issue(t, "stranger", false)
+	// want: the answer to a create (0: the connection refused) and to
+	// each probe.
 	cases := []struct {
 		name      string
 		cert, key []byte
-		ok        bool
+		// anyway sends the certificate even though the server did not ask
+		// for one from its CA (Go's client sends none then).
+		anyway bool
+		create int
+		probes int
 	}{
-		{"no client certificate", nil, nil, false},
-		{"certificate from another CA", badCert, badKey, false},
-		{"certificate from the client CA", goodCert, goodKey, true},
+		// A kubelet's probes carry no certificate.
+		{"no client certificate", nil, nil, false, http.StatusForbidden, 200},
+		{"certificate from another CA", badCert, badKey, false, http.StatusForbidden, 200},
+		{"certificate from another CA, sent anyway", badCert, badKey, true, 0, 0},
+		{"certificate from the client CA", goodCert, goodKey, false, http.StatusCreated, 200},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			c := tlsClient(t, serverCA.pem, tc.cert, tc.key)
+			if tc.anyway {
+				cfg := c.Transport.(*http.Transport).TLSClientConfig
+				cert := cfg.Certificates[0]
+				cfg.Certificates = nil
+				cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+			}
 			name := fmt.Sprintf("mtls-%d", i)
-			code, body, _, err := call(t, tlsClient(t, serverCA.pem, tc.cert, tc.key), "POST", url+"/tasks", "", processTask(name, "true"))
-			if tc.ok {
-				if err != nil || code != 201 {
-					t.Fatalf("got %d %s %v, want 201", code, body, err)
+			code, body, _, err := call(t, c, "POST", url+"/tasks", "", processTask(name, "true"))
+			switch {
+			case tc.create == 0 && err == nil:
+				t.Fatalf("create: %d %s, want the connection refused", code, body)
+			case tc.create != 0 && (err != nil || code != tc.create):
+				t.Fatalf("create: %d %s %v, want %d", code, body, err, tc.create)
+			}
+			if _, serr := os.Stat(filepath.Join(h.dataDir, name)); (tc.create == http.StatusCreated) != (serr == nil) {
+				t.Fatalf("create answered %d; the task's directory: %v", code, serr)
+			}
+			for _, probe := range []string{"/health", "/readyz", "/getTasks"} {
+				want := tc.probes
+				if probe == "/getTasks" && want == 200 && tc.create != http.StatusCreated {
+					want = http.StatusForbidden
 				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("got %d %s, want the connection refused", code, body)
-			}
-			if _, serr := os.Stat(filepath.Join(h.dataDir, name)); !os.IsNotExist(serr) {
-				t.Fatalf("a refused client created a task: %v", serr)
+				code, body, _, err := call(t, c, "GET", url+probe, "", nil)
+				if (want == 0) != (err != nil) || (want != 0 && code != want) {
+					t.Errorf("GET %s: %d %s %v, want %d (0: refused)", probe, code, body, err, want)
+				}
 			}
 		})
 	}
@@ -421,6 +461,37 @@ func TestSecurityRefusedPlugins(t *testing.T) {
 	}
 	if len(running) != 1 {
 		t.Errorf("the host runs the plugins %v; want the accepted process plugin alone", running)
+	}
+}
+
+// TestSecurityWritablePluginDir: a plugin directory others can write to is
+// refused as a writable plugin file is (they could replace the file): its
+// plugins are not launched, the log says why, and a task for the runtime
+// gets a 400 saying so; the built-in runtime it names is not run instead.
+func TestSecurityWritablePluginDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "plugins")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "process"), builtinPluginFile("process"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: dir}
+	h.start()
+	t.Cleanup(h.cleanup)
+	const why = "is group- or world-writable"
+	if !strings.Contains(h.logs.String(), "its directory "+dir+" "+why) {
+		t.Fatalf("the log does not say the plugin directory is writable:\n%s", h.logs.String())
+	}
+	msg := errorMessage(t, h.mustDo(400, "POST", "/tasks", processTask("on-refused", "true")), 400)
+	if !strings.Contains(msg, "refused") || !strings.Contains(msg, why) {
+		t.Fatalf("message %q: want it to say the plugin was refused because its directory %s", msg, why)
+	}
+	if n := len(children(h.cmd.Process.Pid)); n != 0 {
+		t.Fatalf("the host runs %d children, want no plugin at all", n)
 	}
 }
 
