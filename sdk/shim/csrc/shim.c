@@ -1170,6 +1170,71 @@ static void signal_task(int sig) {
 		logmsg("WARN", "cannot signal the task with %d: %s", sig, errstr(errno));
 }
 
+/* children_of_shim lists up to n of the shim's live children, from the
+ * executor's /proc (the shim may be in another mount namespace); it
+ * returns how many, or -1 when they cannot be listed. */
+static int children_of_shim(pid_t *out, int n) {
+	char path[64], b[4096];
+	snprintf(path, sizeof path, "%d/task/%d/children", (int)getpid(), (int)getpid());
+	ssize_t len = read_proc(path, b, sizeof b);
+	if (len < 0)
+		return -1;
+	int k = 0;
+	for (char *p = b; k < n && *p;) {
+		char *end;
+		long v = strtol(p, &end, 10);
+		if (end == p)
+			break;
+		out[k++] = (pid_t)v;
+		p = end;
+		while (*p == ' ' || *p == '\n')
+			p++;
+	}
+	return k;
+}
+
+/* kill_orphans ends every process the task left behind outside its
+ * process group (setsid, a double fork, a daemon): the shim is their child
+ * subreaper, so each comes to it once its parent is gone, and is killed
+ * with its group and reaped, round after round, until none is left. A
+ * task ends with all its processes, as a container does. (In another PID
+ * namespace orphans go to that namespace's init instead, never to the
+ * shim: a sidecar task's daemons end with the main container.) */
+static void kill_orphans(void) {
+	long long until = mono_ns() + 5000000000LL;
+	int killed = 0;
+	for (;;) {
+		/* Reap what has ended; ECHILD: nothing is left. */
+		int r;
+		for (;;) {
+			siginfo_t si;
+			memset(&si, 0, sizeof si);
+			r = waitid(P_ALL, 0, &si, WEXITED | WNOHANG);
+			if (r < 0 || si.si_pid == 0)
+				break;
+		}
+		if (r < 0 && errno == ECHILD)
+			break;
+		pid_t kids[256];
+		int n = children_of_shim(kids, 256);
+		for (int i = 0; i < n; i++) {
+			/* Its group too: a daemon's own children may not have come
+			 * to the shim yet. */
+			kill(-kids[i], SIGKILL);
+			kill(kids[i], SIGKILL);
+			killed++;
+		}
+		if (mono_ns() > until) {
+			logmsg("WARN", "processes the task left behind are still there after 5s");
+			break;
+		}
+		struct timespec ms = {0, 1000000};
+		nanosleep(&ms, NULL);
+	}
+	if (killed > 0)
+		logmsg("INFO", "killed processes the task left outside its process group: count=%d", killed);
+}
+
 static void arm(int tfd, long long at_mono_ns) {
 	struct itimerspec its = {0};
 	if (at_mono_ns <= 0)
@@ -1357,6 +1422,7 @@ static void supervise(struct exit_info *e) {
 	while (waitpid(task_pid, &status, 0) < 0 && errno == EINTR)
 		;
 	reaped = 1;
+	kill_orphans();
 	/* Output is complete once the exit is known. */
 	drain();
 	clock_gettime(CLOCK_REALTIME, &e->finished);
@@ -1436,6 +1502,9 @@ int main(void) {
 		sigaction(handled_signals[i], &sa, NULL);
 
 	proc_fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	/* What the task leaves behind outside its process group comes to the
+	 * shim, not to init or the executor, to be ended with it. */
+	prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 	sigset_t stop;
 	sigemptyset(&stop);
 	sigaddset(&stop, STOP_SIGNAL);
