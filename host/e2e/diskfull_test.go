@@ -149,3 +149,47 @@ func TestDiskFullAndReadOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteOnFullDisk: a task that fills the data directory's disk with
+// its output can still be deleted, by DELETE or by a setTasks that leaves
+// it out, and its space comes back; a create meanwhile still gets its 507.
+func TestDeleteOnFullDisk(t *testing.T) {
+	mnt := smallDisk(t, "8m")
+	h := &hostProc{t: t, dataDir: filepath.Join(mnt, "data")}
+	h.start()
+	t.Cleanup(h.cleanup)
+	free := func() int64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(mnt, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+	for _, how := range []string{"DELETE", "setTasks"} {
+		hog := "hog-" + strings.ToLower(how)
+		h.mustDo(http.StatusCreated, "POST", "/tasks", shTask(hog, "head -c 50000000 /dev/zero; exec sleep 300"))
+		eventually(t, 20*time.Second, func() bool { return free() < 64<<10 },
+			func() string { return fmt.Sprintf("the task did not fill the disk: %d bytes free", free()) })
+		if code, body := h.do("POST", "/tasks", shTask("while-full", "true")); code != http.StatusInsufficientStorage {
+			t.Fatalf("create on a full disk: %d %s; want 507", code, body)
+		}
+		if how == "DELETE" {
+			h.mustDo(http.StatusNoContent, "DELETE", "/tasks/"+hog, nil)
+		} else {
+			h.mustDo(http.StatusOK, "POST", "/setTasks", []any{})
+		}
+		eventually(t, 20*time.Second, func() bool { _, ok := h.get(hog); return !ok },
+			func() string { return "the task was never removed" })
+		eventually(t, 10*time.Second, func() bool { return free() > 4<<20 },
+			func() string { return fmt.Sprintf("the task's space did not come back: %d bytes free", free()) })
+		// The space set aside for deletions is back too.
+		eventually(t, 10*time.Second, func() bool {
+			fi, err := os.Stat(filepath.Join(h.dataDir, ".reserve"))
+			return err == nil && fi.Size() > 0
+		}, func() string { return "the space set aside for deletions was not restored" })
+	}
+	h.mustDo(http.StatusCreated, "POST", "/tasks", shTask("after", "exit 3"))
+	if term := h.waitTerminated("after", 10*time.Second).Status.State.Terminated; term.ExitCode != 3 {
+		t.Fatalf("after: %+v", term)
+	}
+}

@@ -74,6 +74,8 @@ type Store struct {
 	log     hclog.Logger
 	spares  *spares
 	flusher flusher
+	// reserve is space kept for deletions and final states on a full disk.
+	reserve *reserve
 	// clog is the create log; nil where it could not be made (a full or
 	// read-only disk), and then a create syncs its record itself.
 	clog *createLog
@@ -95,7 +97,10 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 			log.Warn("cannot make the data directory private; others may read task specs and output", "dir", abs, "error", err)
 		}
 	}
-	st := &Store{dir: abs, log: log}
+	st := &Store{dir: abs, log: log, reserve: newReserve(abs)}
+	if !st.reserve.keep() {
+		log.Warn("cannot set space aside for deletions on a full disk; a DELETE may then fail with 507", "file", st.reserve.path)
+	}
 	st.spares = newSpares(abs, log)
 	st.flusher.store = st
 	clog, entries, err := openLog(abs, log)
@@ -298,7 +303,7 @@ func (s *Store) SetFinal(name string, state corev1.ContainerState) error {
 	if err != nil {
 		return fmt.Errorf("while encoding the final state of task %q: %w", name, err)
 	}
-	if err := s.appendFinal(name, b); err != nil {
+	if err := s.reserve.orRelease(func() error { return s.appendFinal(name, b) }); err != nil {
 		return err
 	}
 	s.flusher.add(name)
@@ -366,15 +371,17 @@ func (s *Store) MarkDeleted(ds ...Deletion) error {
 	for i, d := range ds {
 		names[i] = d.Name
 	}
-	if err := s.settle(names); err != nil {
-		return err
-	}
-	return parallel(len(ds), func(i int) error {
-		b, err := json.Marshal(ds[i])
-		if err != nil {
-			return fmt.Errorf("while encoding the deletion of task %q: %w", ds[i].Name, err)
+	return s.reserve.orRelease(func() error {
+		if err := s.settle(names); err != nil {
+			return err
 		}
-		return s.writeOnce(ds[i].Name, deletionFile, b, true)
+		return parallel(len(ds), func(i int) error {
+			b, err := json.Marshal(ds[i])
+			if err != nil {
+				return fmt.Errorf("while encoding the deletion of task %q: %w", ds[i].Name, err)
+			}
+			return s.writeOnce(ds[i].Name, deletionFile, b, true)
+		})
 	})
 }
 
@@ -462,6 +469,8 @@ func (s *Store) Remove(name string) error {
 	var err error
 	for attempt := 0; attempt < removeAttempts; attempt++ {
 		if err = os.RemoveAll(trash); err == nil {
+			// The space a full disk took from the reserve may be back.
+			s.reserve.keep()
 			return nil
 		}
 		time.Sleep(removeRetryDelay)
