@@ -51,6 +51,10 @@ type Config struct {
 	LogLevel          string
 	// MaxTasks caps the tasks kept at once; 0 means no cap.
 	MaxTasks int
+	// MaxConnections caps the API's open connections (see connLimit).
+	MaxConnections int
+	// MaxSpecBytes bounds a task's spec, as JSON.
+	MaxSpecBytes int
 	// MaxTaskLogBytes caps what each output stream of a task keeps on disk;
 	// 0 means no cap.
 	MaxTaskLogBytes int64
@@ -141,6 +145,50 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	defer stopReaping()
 	mgr.Reap(reapCtx)
 
+	// Serve at once: /health answers from the first moment, the rest waits
+	// (gate) while the runtimes start and recover their tasks.
+	g := newGate()
+	var handler http.Handler = g
+	if mutualTLS(cfg.TLS) {
+		handler = api.RequireClientCert(handler, log.Named("api"))
+	}
+	if cfg.AuthToken != "" {
+		handler = api.RequireToken(cfg.AuthToken, handler, log.Named("api"))
+	}
+	// Closed when the shutdown begins: it ends the streams of logs?follow,
+	// which the shutdown would otherwise wait for.
+	stopStreams := make(chan struct{})
+	limited := newConnLimit(ln, cfg.MaxConnections, log.Named("http"))
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         limited.track,
+		ErrorLog:          log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	srv.RegisterOnShutdown(func() { close(stopStreams) })
+	served := make(chan error, 1)
+	go func() {
+		if cfg.TLS != nil {
+			// TLS over the limit, so that the limit counts connections
+			// before their handshake.
+			served <- srv.Serve(tls.NewListener(limited, cfg.TLS))
+			return
+		}
+		served <- srv.Serve(limited)
+	}()
+	log.Info("listening; serving /health, the rest once the runtimes have started", "addr", ln.Addr().String())
+	shutdown := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if serr := srv.Shutdown(sctx); serr != nil {
+			log.Warn("requests still in flight at shutdown", "error", serr)
+		}
+	}
+
 	ctrl, err := reconcile.New(reconcile.Config{
 		SidecarMode:       cfg.SidecarMode,
 		ContainerMode:     cfg.ContainerMode,
@@ -150,13 +198,16 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		Metrics:           met,
 		MaxTasks:          cfg.MaxTasks,
 		Downward:          cfg.Downward,
+		Stuck:             mgr.Restart,
 	}, st, mgr, log.Named("reconcile"))
 	if err != nil {
+		shutdown()
 		return err
 	}
 	met.CountStatesWith(ctrl.CountStates)
 	ctrl.Run()
 	if err := mgr.Start(ctrl); err != nil {
+		shutdown()
 		ctrl.Close()
 		return err
 	}
@@ -172,34 +223,8 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 			"waited", recoveryWait.String())
 	}
 	cancelWait()
-
-	// Closed when the shutdown begins: it ends the streams of logs?follow,
-	// which the shutdown would otherwise wait for.
-	stopStreams := make(chan struct{})
-	handler := api.Handler(ctrl, log.Named("api"),
-		api.WithLogs(st, stopStreams), api.WithMetrics(met), api.WithRuntimes(mgr))
-	if mutualTLS(cfg.TLS) {
-		handler = api.RequireClientCert(handler, log.Named("api"))
-	}
-	if cfg.AuthToken != "" {
-		handler = api.RequireToken(cfg.AuthToken, handler, log.Named("api"))
-	}
-	srv := &http.Server{
-		Handler:           handler,
-		TLSConfig:         cfg.TLS,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-	}
-	srv.RegisterOnShutdown(func() { close(stopStreams) })
-	served := make(chan error, 1)
-	go func() {
-		if cfg.TLS != nil {
-			// The certificate is in srv.TLSConfig already.
-			served <- srv.ServeTLS(ln, "", "")
-			return
-		}
-		served <- srv.Serve(ln)
-	}()
+	g.open(api.Handler(ctrl, log.Named("api"),
+		api.WithLogs(st, stopStreams), api.WithMetrics(met), api.WithRuntimes(mgr), api.WithMaxSpecBytes(cfg.MaxSpecBytes)))
 	log.Info("serving", "addr", ln.Addr().String(), "dataDir", st.Root(), "pluginDir", cfg.PluginDir, "pluginSockets", sockets,
 		"tls", cfg.TLS != nil, "auth", cfg.AuthToken != "")
 
@@ -208,11 +233,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	case err = <-served:
 	}
 	log.Info("shutting down; tasks keep running")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if serr := srv.Shutdown(sctx); serr != nil {
-		log.Warn("requests still in flight at shutdown", "error", serr)
-	}
+	shutdown()
 	ctrl.Close()
 	mgr.Close()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -19,6 +19,7 @@ type Plugin struct {
 	// Runtime talks to the plugin.
 	Runtime Runtime
 	client  *plugin.Client
+	cmd     *exec.Cmd
 	// lifeline is the host's end of the pipe the plugin watches; closing it
 	// tells the plugin to exit.
 	lifeline *os.File
@@ -92,7 +93,7 @@ func Launch(path string, opts LaunchOptions) (*Plugin, error) {
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes))},
 	})
-	p := &Plugin{client: client, lifeline: lifeW}
+	p := &Plugin{client: client, cmd: cmd, lifeline: lifeW}
 	rpc, err := client.Client()
 	lifeR.Close() // the plugin has its copy now
 	if err != nil {
@@ -133,6 +134,26 @@ func (p *Plugin) Ping(ctx context.Context) error {
 	return rpc.Ping()
 }
 
+// KillNow kills the plugin process at once, without first asking it to
+// exit as Kill does, for a plugin known to be stuck; then it releases what
+// Kill releases.
+func (p *Plugin) KillNow() {
+	p.killProcess()
+	p.Kill()
+}
+
+// killProcess SIGKILLs the plugin process. os.Process signals through a
+// pidfd: never a recycled PID.
+func (p *Plugin) killProcess() {
+	if p.cmd.Process != nil {
+		_ = p.cmd.Process.Kill()
+	}
+}
+
+// gracefulExit bounds Kill's request that the plugin exit: a stuck plugin
+// never answers it (go-plugin's own wait after the answer is 2 s).
+const gracefulExit = 3 * time.Second
+
 // Kill stops the plugin: a graceful shutdown request, then a kill. Tasks
 // the plugin started keep running; a new plugin can Recover them.
 func (p *Plugin) Kill() {
@@ -140,7 +161,19 @@ func (p *Plugin) Kill() {
 	if rc := p.client.ReattachConfig(); rc != nil && rc.Addr != nil && rc.Addr.Network() == "unix" {
 		socket = rc.Addr.String()
 	}
-	p.client.Kill()
+	done := make(chan struct{})
+	go func() {
+		p.client.Kill()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(gracefulExit):
+		// The request hangs on a plugin that does not answer; once the
+		// process is gone it fails, and Kill finishes.
+		p.killProcess()
+		<-done
+	}
 	p.lifeline.Close()
 	// go-plugin's server removes its socket only when it stops gracefully.
 	if socket != "" {

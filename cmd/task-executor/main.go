@@ -114,6 +114,8 @@ var envOf = map[string]string{
 	"plugin-checksums":                              "PLUGIN_CHECKSUMS",
 	"volume":                                        "VOLUMES",
 	"max-task-log-bytes":                            "MAX_TASK_LOG_BYTES",
+	"max-connections":                               "MAX_CONNECTIONS",
+	"max-spec-bytes":                                "MAX_SPEC_BYTES",
 }
 
 func parseFlags(args []string) (host.Config, string, error) {
@@ -142,6 +144,9 @@ func parseFlags(args []string) (host.Config, string, error) {
 	logCap := byteSize(100 << 20)
 	fs.Var(&logCap, "max-task-log-bytes", "cap on what each of a task's output streams keeps on disk, e.g. 100Mi (0: none); older output is rotated out")
 	fs.IntVar(&cfg.MaxTasks, "max-tasks", 10000, "tasks kept at once, finished ones included (beyond: 429); also the most one setTasks may list")
+	specCap := byteSize(32 << 10)
+	fs.Var(&specCap, "max-spec-bytes", "largest spec a task may have, as JSON, e.g. 32Ki (beyond: 413); with --max-tasks it bounds the memory specs take")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", 2048, "API connections held open at once; at the cap the longest idle one is closed, or the new one refused with a 503 if none is idle")
 	fs.StringVar(&sec.authToken, "auth-token-file", "", "file holding the bearer token every endpoint but GET /health requires")
 	fs.StringVar(&sec.tlsCert, "tls-cert-file", "", "PEM certificate for serving HTTPS (with --tls-key-file)")
 	fs.StringVar(&sec.tlsKey, "tls-key-file", "", "PEM private key of --tls-cert-file")
@@ -177,6 +182,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 		return cfg, "", envErr
 	}
 	cfg.MaxTaskLogBytes = int64(logCap)
+	cfg.MaxSpecBytes = int(specCap)
 	cfg.Downward = downward(cfg.PodUID)
 	if err := check(cfg, logFormat); err != nil {
 		return cfg, "", err
@@ -239,6 +245,12 @@ func check(cfg host.Config, logFormat string) error {
 	}
 	if cfg.MaxConcurrent < 0 {
 		return fmt.Errorf("invalid --max-concurrent-tasks %d: must be 0 (no cap) or more", cfg.MaxConcurrent)
+	}
+	if cfg.MaxSpecBytes < 1 || cfg.MaxSpecBytes > 1<<20 {
+		return fmt.Errorf("invalid --max-spec-bytes %d: must be from 1 to 1Mi (a request's largest body)", cfg.MaxSpecBytes)
+	}
+	if cfg.MaxConnections < 1 {
+		return fmt.Errorf("invalid --max-connections %d: must be 1 or more", cfg.MaxConnections)
 	}
 	if cfg.MaxTasks < 1 {
 		return fmt.Errorf("invalid --max-tasks %d: must be 1 or more", cfg.MaxTasks)

@@ -38,6 +38,8 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 	"golang.org/x/sys/unix"
+
+	"github.com/opensandbox/task-executor/internal/beneath"
 )
 
 // Output files in a task's directory.
@@ -159,9 +161,6 @@ func (s *server) logs(w http.ResponseWriter, req *http.Request, ps httprouter.Pa
 // terminated and its output is drained, the client has gone, the server
 // stops, or limitBytes is reached.
 func (s *server) follow(ctx context.Context, name, dir string, q logQuery, src logSource, out *lineWriter, ended <-chan struct{}) {
-	rc := http.NewResponseController(out.rw)
-	// A server-wide write timeout is meant for answers, not for streams.
-	_ = rc.SetWriteDeadline(time.Time{})
 
 	// Whichever ends the stream wakes the watcher at once.
 	wakeCtx, cancel := context.WithCancel(ctx)
@@ -184,11 +183,15 @@ func (s *server) follow(ctx context.Context, name, dir string, q logQuery, src l
 
 	defer func() { src.close() }()
 	for {
+		// The server's timeouts count from the request; a stream instead
+		// gives each round of writes its own, so that only a client that
+		// stops reading is cut off.
+		holdOpen(out.rw, 0)
 		final := isClosed(ended)
 		// A container task's log appears when its container starts; until
 		// then its directory holds the store's empty plain files.
 		if p, ok := src.(*plainSource); ok && !p.readAny() {
-			if f, err := os.Open(filepath.Join(dir, containerFile)); err == nil {
+			if f, err := openIn(filepath.Join(dir, containerFile)); err == nil {
 				p.close()
 				src = newCRISource(f, q, false)
 			}
@@ -231,14 +234,14 @@ type logSource interface {
 // openLogs opens a task's output in dir. snapshot bounds the reads to the
 // files' sizes now.
 func openLogs(dir string, q logQuery, snapshot bool) (logSource, error) {
-	if _, err := os.Stat(dir); err != nil {
+	if _, err := beneath.IsDir(filepath.Dir(dir), filepath.Base(dir)); err != nil {
 		return nil, fmt.Errorf("while looking at the task's directory: %w", err)
 	}
-	f, err := os.Open(filepath.Join(dir, containerFile))
+	f, err := openIn(filepath.Join(dir, containerFile))
 	if err == nil {
 		c := newCRISource(f, q, snapshot)
 		// Older records, rotated aside under the output cap, come first.
-		if prev, err := os.Open(filepath.Join(dir, containerFile+rotatedSuffix)); err == nil {
+		if prev, err := openIn(filepath.Join(dir, containerFile+rotatedSuffix)); err == nil {
 			if fi, err := prev.Stat(); err == nil {
 				c.next, c.nextEnd = c.f, c.end
 				c.f, c.end = prev, fi.Size()
@@ -347,7 +350,7 @@ func openPlain(dir string, q logQuery, snapshot bool) (*plainSource, error) {
 	sizes := make([]int64, len(names))
 	for i, n := range names {
 		pf := &plainFile{path: filepath.Join(dir, n), end: -1}
-		f, err := os.Open(pf.path)
+		f, err := openIn(pf.path)
 		switch {
 		case err == nil:
 			pf.f = f
@@ -396,7 +399,7 @@ func (p *plainSource) pump(out *lineWriter, final bool) error {
 		if pf.f == nil && pf.end < 0 {
 			// A runtime creates an output file at the stream's first
 			// output.
-			if f, err := os.Open(pf.path); err == nil {
+			if f, err := openIn(pf.path); err == nil {
 				pf.f = f
 			}
 		}
@@ -453,6 +456,14 @@ func (p *plainSource) readFile(pf *plainFile, out *lineWriter) error {
 	return nil
 }
 
+// openIn opens a file of a task's directory (<data-dir>/<task>/<file>)
+// for reading without following a symbolic link: a task directory, or a
+// file in it, replaced by a link never has its target served.
+func openIn(path string) (*os.File, error) {
+	dir := filepath.Dir(path)
+	return beneath.Open(filepath.Dir(dir), filepath.Join(filepath.Base(dir), filepath.Base(path)))
+}
+
 // rotated returns the file now at f's path when it is no longer f (a
 // runtime renamed f aside to cap the output and writes to a new one), or
 // nil.
@@ -464,7 +475,7 @@ func rotated(f *os.File) *os.File {
 	if was, err := f.Stat(); err != nil || os.SameFile(was, now) {
 		return nil
 	}
-	next, err := os.Open(f.Name())
+	next, err := openIn(f.Name())
 	if err != nil {
 		return nil
 	}

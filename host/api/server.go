@@ -4,6 +4,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -70,6 +71,29 @@ type server struct {
 	stop     <-chan struct{}
 	metrics  *metrics.Metrics
 	runtimes Runtimes
+	// maxSpecBytes bounds a task's spec, as JSON (0: no bound).
+	maxSpecBytes int
+}
+
+// WithMaxSpecBytes refuses tasks whose spec, as JSON, is larger than n
+// bytes (413): with --max-tasks it bounds the memory specs take.
+func WithMaxSpecBytes(n int) Option {
+	return func(s *server) { s.maxSpecBytes = n }
+}
+
+// checkSize refuses a spec larger than the executor keeps.
+func (s *server) checkSize(t taskIn) (int, error) {
+	if s.maxSpecBytes <= 0 {
+		return 0, nil
+	}
+	b, err := json.Marshal(t.Spec)
+	if err != nil {
+		return http.StatusBadRequest, fmt.Errorf("task %q: while encoding its spec: %v", t.Name, err)
+	}
+	if len(b) > s.maxSpecBytes {
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("task %q: its spec is %d bytes as JSON, more than the executor keeps per task (%d, --max-spec-bytes)", t.Name, len(b), s.maxSpecBytes)
+	}
+	return 0, nil
 }
 
 func (s *server) health(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
@@ -99,6 +123,10 @@ func (s *server) get(w http.ResponseWriter, req *http.Request, ps httprouter.Par
 		return
 	}
 	if wait > 0 && t.State.Terminated == nil {
+		// The server's timeouts count from the request; the answer of a
+		// long poll comes when the wait is over (and a read timeout would
+		// end the request's context before).
+		holdOpen(w, wait)
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
 		select {
@@ -121,7 +149,7 @@ func (s *server) get(w http.ResponseWriter, req *http.Request, ps httprouter.Par
 }
 
 func (s *server) list(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
-	writeJSON(w, http.StatusOK, listToAPI(s.tasks.List()))
+	writeList(w, s.tasks.List())
 }
 
 func (s *server) create(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
@@ -138,7 +166,11 @@ func (s *server) create(w http.ResponseWriter, req *http.Request, _ httprouter.P
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	t, err := s.tasks.Create(req.Context(), reconcile.NewTask{Name: in.Name, Spec: *in.Spec})
+	if code, err := s.checkSize(in); err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	t, err := s.tasks.Create(req.Context(), reconcile.NewTask{Name: in.Name, Spec: *in.Spec, Format: in.format})
 	if err != nil {
 		s.fail(w, req, err)
 		return
@@ -194,19 +226,23 @@ func (s *server) setTasks(w http.ResponseWriter, req *http.Request, _ httprouter
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("task [%d]: %v", i, err))
 			return
 		}
+		if code, err := s.checkSize(t); err != nil {
+			writeError(w, code, fmt.Sprintf("task [%d]: %v", i, err))
+			return
+		}
 		if seen[t.Name] {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("task name %q appears more than once", t.Name))
 			return
 		}
 		seen[t.Name] = true
-		desired = append(desired, reconcile.NewTask{Name: t.Name, Spec: *t.Spec})
+		desired = append(desired, reconcile.NewTask{Name: t.Name, Spec: *t.Spec, Format: t.format})
 	}
 	ts, err := s.tasks.Sync(req.Context(), desired)
 	if err != nil {
 		s.fail(w, req, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, listToAPI(ts))
+	writeList(w, ts)
 }
 
 // fail answers with the status code an error from the controller calls for.
@@ -232,10 +268,42 @@ func (s *server) fail(w http.ResponseWriter, req *http.Request, err error) {
 	writeError(w, code, err.Error())
 }
 
+// holdOpen lifts the server's read timeout from a request that has been
+// read and is answered later, and gives its answer until within from now
+// plus StreamWriteTimeout to be written. Its connection is still closed
+// when the client goes.
+func holdOpen(w http.ResponseWriter, within time.Duration) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Now().Add(within + StreamWriteTimeout))
+}
+
+// StreamWriteTimeout bounds each write of a long answer (a long poll's,
+// a log stream's) to a client that does not read.
+const StreamWriteTimeout = 30 * time.Second
+
+// bodySlots bounds the request bodies read at once, and so the memory they
+// take: at most MaxBodyBytes each, however many clients send slowly.
+var bodySlots = make(chan struct{}, 64)
+
+// bodySlotWait is how long a request waits for a slot before a 503.
+const bodySlotWait = 10 * time.Second
+
 // decode reads a JSON body strictly into v: one value, no unknown fields,
 // at most MaxBodyBytes.
 func decode(w http.ResponseWriter, req *http.Request, v any) (int, error) {
+	slot := time.NewTimer(bodySlotWait)
+	select {
+	case bodySlots <- struct{}{}:
+		slot.Stop()
+	case <-slot.C:
+		return http.StatusServiceUnavailable, errors.New("too many request bodies are being read at once; retry")
+	case <-req.Context().Done():
+		slot.Stop()
+		return http.StatusServiceUnavailable, errors.New("the request ended while it waited to be read")
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, MaxBodyBytes))
+	<-bodySlots
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -290,6 +358,29 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// writeList answers 200 with the tasks as a JSON array, encoded one task
+// at a time as the client reads: a list of thousands of large specs never
+// sits in memory whole, however slowly it is read.
+func writeList(w http.ResponseWriter, ts []reconcile.Task) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	enc := json.NewEncoder(bw)
+	_ = bw.WriteByte('[')
+	for i, t := range ts {
+		if i > 0 {
+			_ = bw.WriteByte(',')
+		}
+		// An error is the client's connection failing: the answer is cut
+		// short, which it cannot read anyway.
+		if enc.Encode(toAPI(t)) != nil {
+			return
+		}
+	}
+	_, _ = bw.WriteString("]\n")
+	_ = bw.Flush()
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {

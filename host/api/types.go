@@ -5,19 +5,31 @@ import (
 	"fmt"
 	"reflect"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/store"
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/client"
 )
 
-// Task is the task object of the HTTP API. It is the Go client's type, so
-// that what the host writes is what the client reads: every answer carries
-// both formats (spec+status and, for a process task, the compatibility
-// format's process+processStatus, which the OpenSandbox controller's client
-// reads).
+// Task is the task object of the HTTP API as the Go client reads it.
 type Task = client.Task
+
+// taskOut is a task as the host answers it: in the format it was created
+// in, so that no answer carries a spec twice. Nested: name, spec, status.
+// Compatibility format (what the OpenSandbox controller's client sends and
+// reads): name, process, processStatus, and status. A task recorded by an
+// older version, which answered both, still answers both.
+type taskOut struct {
+	Name              string                 `json:"name"`
+	DeletionTimestamp *metav1.Time           `json:"deletionTimestamp,omitempty"`
+	Spec              *sdk.TaskSpec          `json:"spec,omitempty"`
+	Status            TaskStatus             `json:"status"`
+	Process           *sdk.ProcessSpec       `json:"process,omitempty"`
+	ProcessStatus     *corev1.ContainerState `json:"processStatus,omitempty"`
+}
 
 // TaskStatus is a task's status: its state in the shape of Kubernetes'
 // ContainerState.
@@ -35,6 +47,9 @@ type taskIn struct {
 	Status            json.RawMessage  `json:"status,omitempty"`
 	ProcessStatus     json.RawMessage  `json:"processStatus,omitempty"`
 	DeletionTimestamp json.RawMessage  `json:"deletionTimestamp,omitempty"`
+	// format is the format it came in (store.Format*; "": both, as a task
+	// read from an older version carries them).
+	format string
 }
 
 // resolve turns a task in the compatibility format into the nested one.
@@ -43,9 +58,11 @@ type taskIn struct {
 func (t *taskIn) resolve() error {
 	switch {
 	case t.Process == nil:
+		t.format = store.FormatNested
 		return nil
 	case t.Spec == nil:
 		t.Spec = &sdk.TaskSpec{Process: t.Process}
+		t.format = store.FormatCompat
 		return nil
 	case t.Spec.Kind() == sdk.KindProcess && reflect.DeepEqual(*t.Spec.Process, *t.Process):
 		return nil
@@ -59,23 +76,18 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-func toAPI(t reconcile.Task) Task {
-	out := Task{Name: t.Name, Spec: t.Spec, Status: TaskStatus{State: t.State, Message: t.Message}}
-	if t.Spec.Kind() == sdk.KindProcess {
+func toAPI(t reconcile.Task) taskOut {
+	out := taskOut{Name: t.Name, Status: TaskStatus{State: t.State, Message: t.Message}}
+	if t.Format != store.FormatCompat || t.Spec.Kind() != sdk.KindProcess {
+		out.Spec = &t.Spec
+	}
+	if t.Format != store.FormatNested && t.Spec.Kind() == sdk.KindProcess {
 		state := t.State
 		out.Process, out.ProcessStatus = t.Spec.Process, &state
 	}
 	if t.DeletionTimestamp != nil {
 		ts := metav1.NewTime(*t.DeletionTimestamp)
 		out.DeletionTimestamp = &ts
-	}
-	return out
-}
-
-func listToAPI(ts []reconcile.Task) []Task {
-	out := make([]Task, len(ts))
-	for i, t := range ts {
-		out[i] = toAPI(t)
 	}
 	return out
 }

@@ -102,8 +102,6 @@ type Manager struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// first is done once every plugin launched has been tried once.
-	first sync.WaitGroup
 
 	mu        sync.Mutex
 	sups      []*supervisor
@@ -134,11 +132,13 @@ func (m *Manager) Start(obs Observer) error {
 	// The plugin directory's first, so that one can claim a built-in's
 	// runtime name before the built-in is launched.
 	files := map[string]bool{}
+	var dirFirst sync.WaitGroup
 	for _, p := range paths {
 		files[filepath.Base(p)] = true
-		m.launch(&supervisor{m: m, path: p, log: m.log.Named(filepath.Base(p))})
+		m.launch(&supervisor{m: m, path: p, log: m.log.Named(filepath.Base(p))}, &dirFirst)
 	}
-	m.first.Wait()
+	m.waitFirst(&dirFirst)
+	var builtinFirst sync.WaitGroup
 	for _, b := range m.cfg.Builtins {
 		m.mu.Lock()
 		claimed := m.byName[b.Name]
@@ -151,18 +151,41 @@ func (m *Manager) Start(obs Observer) error {
 			m.log.Info("a plugin replaces the built-in runtime", "runtime", b.Name, "path", claimed.path)
 			continue
 		}
-		m.launch(&supervisor{m: m, path: b.Path, args: b.Args, builtin: b.Name, log: m.log.Named(b.Name)})
+		m.launch(&supervisor{m: m, path: b.Path, args: b.Args, builtin: b.Name, log: m.log.Named(b.Name)}, &builtinFirst)
 	}
-	m.first.Wait()
+	m.waitFirst(&builtinFirst)
 	if len(m.sups) == 0 {
 		m.log.Warn("no runtimes to launch; every task will be refused", "pluginDir", m.cfg.PluginDir)
 	}
 	return nil
 }
 
-// launch starts supervising s, unless its runtime is disabled; m.first
-// is done once s has tried once.
-func (m *Manager) launch(s *supervisor) {
+// firstWait bounds how long Start waits for plugins to come up the first
+// time; one that takes longer (hung in its handshake or Init) comes up, or
+// is restarted, in the background.
+const firstWait = 10 * time.Second
+
+// initTimeout bounds a plugin's Init: a plugin still in it is killed and
+// started again.
+const initTimeout = 20 * time.Second
+
+// waitFirst waits for first, at most firstWait.
+func (m *Manager) waitFirst(first *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		first.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(firstWait):
+		m.log.Warn("runtime plugins are slow to come up; going on without them", "waited", firstWait.String())
+	}
+}
+
+// launch starts supervising s, unless its runtime is disabled; first is
+// done once s has tried once.
+func (m *Manager) launch(s *supervisor, first *sync.WaitGroup) {
 	if why, off := m.cfg.Disabled[s.fileName()]; off {
 		m.log.Info("not launching a runtime plugin", "runtime", s.fileName(), "path", s.path, "reason", why)
 		return
@@ -170,9 +193,9 @@ func (m *Manager) launch(s *supervisor) {
 	m.mu.Lock()
 	m.sups = append(m.sups, s)
 	m.mu.Unlock()
-	m.first.Add(1)
+	first.Add(1)
 	m.wg.Add(1)
-	go s.run(m.first.Done)
+	go s.run(first.Done)
 }
 
 // discover lists the executable regular files in dir. Everything in the
@@ -300,6 +323,29 @@ func (m *Manager) isPlugin(pid int) bool {
 	return false
 }
 
+// Restart kills the plugin of runtime name, which a caller found stuck
+// (why): it is started again with the usual backoff, and its runtime's
+// tasks are recovered by the new process.
+func (m *Manager) Restart(name, why string) {
+	m.mu.Lock()
+	s := m.byName[name]
+	m.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	p := s.plugin
+	if p != nil {
+		s.stuck = why
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	s.log.Error("killing a stuck runtime plugin; it will be started again", "runtime", name, "pid", p.Pid(), "reason", why)
+	go p.KillNow()
+}
+
 // Close stops every plugin. Tasks keep running.
 func (m *Manager) Close() {
 	m.cancel()
@@ -322,7 +368,9 @@ type supervisor struct {
 	// proc is the plugin's PID from its launch until go-plugin has reaped
 	// it, which outlasts plugin: the host's reaper must leave it alone
 	// until then.
-	proc     int
+	proc int
+	// stuck says why the plugin was killed as stuck, until it is up again.
+	stuck    string
 	restarts int
 	lastErr  error
 }
@@ -448,7 +496,7 @@ func (s *supervisor) serve(ready func()) error {
 		s.mu.Unlock()
 	}()
 
-	ctx, cancel := context.WithTimeout(m.ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(m.ctx, initTimeout)
 	info, err := p.Runtime.Init(ctx, sdk.Config{DataDir: m.cfg.DataDir, Settings: m.cfg.Settings})
 	cancel()
 	if err != nil {
@@ -488,10 +536,15 @@ func (s *supervisor) serve(ready func()) error {
 	watch(func(st sdk.TaskStatus) { m.obs.Observe(info.Name, st) })
 	s.mu.Lock()
 	s.plugin = nil
+	stuck := s.stuck
+	s.stuck = ""
 	s.mu.Unlock()
 	m.obs.RuntimeDown(info.Name)
 	if m.ctx.Err() != nil {
 		return nil
+	}
+	if stuck != "" {
+		return fmt.Errorf("killed as stuck: %s", stuck)
 	}
 	return errors.New("the plugin's event stream ended (plugin exited?)")
 }

@@ -42,20 +42,25 @@ func TestClientAgainstHost(t *testing.T) {
 		t.Fatalf("health: %v", err)
 	}
 
-	// Create in both formats; the answers carry both.
+	// Create in both formats; each answers in its own.
 	nested, err := c.Create(ctx, client.Task{Name: "nested", Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{
 		Command: []string{"sh", "-c", "echo out; echo err >&2; sleep 0.5; echo late"},
 	}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Just created: waiting, or already running, the same in both formats.
+	// Just created: waiting, or already running; the client fills in the
+	// other format.
 	if st := nested.Status.State; st.Terminated != nil || (st.Waiting == nil) == (st.Running == nil) ||
 		nested.Process == nil || nested.ProcessStatus == nil || !reflect.DeepEqual(*nested.ProcessStatus, st) {
 		t.Fatalf("created %+v, want waiting or running in both formats", nested)
 	}
-	if _, err := c.Create(ctx, client.Task{Name: "flat", Process: &sdk.ProcessSpec{Command: []string{"sleep", "60"}}}); err != nil {
+	flat, err := c.Create(ctx, client.Task{Name: "flat", Process: &sdk.ProcessSpec{Command: []string{"sleep", "60"}}})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if flat.Spec.Process == nil || flat.ProcessStatus == nil || !reflect.DeepEqual(*flat.ProcessStatus, flat.Status.State) {
+		t.Fatalf("created %+v, want both formats", flat)
 	}
 	if _, err := c.Create(ctx, client.Task{Name: "flat", Process: &sdk.ProcessSpec{Command: []string{"sleep", "60"}}}); !client.IsConflict(err) {
 		t.Fatalf("a duplicate create: %v, want a conflict", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,35 +22,49 @@ type flatTask struct {
 	ProcessStatus *corev1.ContainerState `json:"processStatus"`
 }
 
-// checkBothForms fails unless the task object carries both formats and
-// the flat one mirrors the nested one.
-func checkBothForms(t *testing.T, where string, obj json.RawMessage) flatTask {
+// checkForm fails unless the task object is in the format the task was
+// created in, and in that one alone (no spec sent twice): a task created
+// flat (every name here but those starting "nested") answers process,
+// processStatus and status, the state in both; a nested one spec and
+// status. It returns the task as the controller's client reads it, with
+// ProcessStatus set from status.state for a nested one.
+func checkForm(t *testing.T, where string, obj json.RawMessage) flatTask {
 	t.Helper()
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(obj, &m); err != nil {
 		t.Fatalf("%s: %v: %s", where, err, obj)
 	}
-	var nested struct {
-		Spec   struct{ Process json.RawMessage }
+	var task struct {
+		Name   string
+		Spec   *struct{ Process json.RawMessage }
 		Status struct{ State json.RawMessage }
 	}
-	if err := json.Unmarshal(obj, &nested); err != nil {
+	if err := json.Unmarshal(obj, &task); err != nil {
 		t.Fatalf("%s: %v", where, err)
 	}
-	if nested.Spec.Process == nil || nested.Status.State == nil {
-		t.Fatalf("%s: no spec.process or status.state: %s", where, obj)
+	if task.Status.State == nil {
+		t.Fatalf("%s: no status.state: %s", where, obj)
 	}
-	if !bytes.Equal(m["process"], nested.Spec.Process) || !bytes.Equal(m["processStatus"], nested.Status.State) {
-		t.Fatalf("%s: process/processStatus do not mirror spec.process/status.state: %s", where, obj)
+	flat := !strings.HasPrefix(task.Name, "nested")
+	switch {
+	case flat && (task.Spec != nil || m["process"] == nil || !bytes.Equal(m["processStatus"], task.Status.State)):
+		t.Fatalf("%s: want process, processStatus (the same as status.state) and no spec for a task created flat: %s", where, obj)
+	case !flat && (task.Spec == nil || task.Spec.Process == nil || m["process"] != nil || m["processStatus"] != nil):
+		t.Fatalf("%s: want spec.process and no process or processStatus for a task created nested: %s", where, obj)
 	}
 	var f flatTask
 	if err := json.Unmarshal(obj, &f); err != nil {
 		t.Fatalf("%s: %v", where, err)
 	}
+	if !flat {
+		if err := json.Unmarshal(task.Status.State, &f.ProcessStatus); err != nil {
+			t.Fatalf("%s: %v", where, err)
+		}
+	}
 	return f
 }
 
-func checkListBothForms(t *testing.T, where string, body []byte) map[string]flatTask {
+func checkListForms(t *testing.T, where string, body []byte) map[string]flatTask {
 	t.Helper()
 	var objs []json.RawMessage
 	if err := json.Unmarshal(body, &objs); err != nil {
@@ -57,7 +72,7 @@ func checkListBothForms(t *testing.T, where string, body []byte) map[string]flat
 	}
 	out := map[string]flatTask{}
 	for i, o := range objs {
-		f := checkBothForms(t, fmt.Sprintf("%s [%d]", where, i), o)
+		f := checkForm(t, fmt.Sprintf("%s [%d]", where, i), o)
 		out[f.Name] = f
 	}
 	return out
@@ -71,7 +86,7 @@ func TestCompatFormat(t *testing.T) {
 		"env": [{"name": "GREETING", "value": "hi"}], "workingDir": "/tmp", "timeoutSeconds": 60}}`
 	timeout := `{"name": "flat-timeout", "process": {"command": ["sleep", "30"], "timeoutSeconds": 1}}`
 	for _, body := range []string{hello, timeout} {
-		f := checkBothForms(t, "POST /tasks", h.mustDo(201, "POST", "/tasks", body))
+		f := checkForm(t, "POST /tasks", h.mustDo(201, "POST", "/tasks", body))
 		// Just created: waiting, running, or (a quick task, whose create
 		// took longer than its run) terminated; exactly one of them.
 		st := f.ProcessStatus
@@ -85,7 +100,7 @@ func TestCompatFormat(t *testing.T) {
 	set := "[" + hello + "," + timeout + `,
 		{"name": "flat-set", "process": {"command": ["sh", "-c", "exit 3"]}},
 		{"name": "nested-set", "spec": {"process": {"command": ["true"]}}}]`
-	got := checkListBothForms(t, "POST /setTasks", h.mustDo(200, "POST", "/setTasks", set))
+	got := checkListForms(t, "POST /setTasks", h.mustDo(200, "POST", "/setTasks", set))
 	if len(got) != 4 {
 		t.Fatalf("setTasks answered %v, want four tasks", got)
 	}
@@ -108,14 +123,14 @@ func TestCompatFormat(t *testing.T) {
 	for name, e := range want {
 		var f flatTask
 		eventually(t, 20*time.Second, func() bool {
-			f = checkBothForms(t, "GET /tasks/"+name, h.mustDo(200, "GET", "/tasks/"+name+"?wait=10s", nil))
+			f = checkForm(t, "GET /tasks/"+name, h.mustDo(200, "GET", "/tasks/"+name+"?wait=10s", nil))
 			return f.ProcessStatus.Terminated != nil
 		}, func() string { return fmt.Sprintf("%s never terminated: %+v", name, f.ProcessStatus) })
 		if !ended(f.ProcessStatus.Terminated, e) {
 			t.Errorf("%s ended as %+v", name, f.ProcessStatus.Terminated)
 		}
 	}
-	listed := checkListBothForms(t, "GET /getTasks", h.mustDo(200, "GET", "/getTasks", nil))
+	listed := checkListForms(t, "GET /getTasks", h.mustDo(200, "GET", "/getTasks", nil))
 	for name, e := range want {
 		if f, found := listed[name]; !found || !ended(f.ProcessStatus.Terminated, e) {
 			t.Errorf("getTasks shows %s as %+v", name, f.ProcessStatus)
@@ -125,7 +140,7 @@ func TestCompatFormat(t *testing.T) {
 		t.Errorf("flat-hello's output: %q", out)
 	}
 
-	// A task read back carries both formats; sent back as it is, it is
+	// A task read back is in its own format; sent back as it is, it is
 	// the same task, left alone.
 	h.mustDo(200, "POST", "/setTasks", h.mustDo(200, "GET", "/getTasks", nil))
 	if len(h.list()) != 4 {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // smallDisk mounts a tmpfs of the given size for the test and returns its
@@ -191,5 +193,85 @@ func TestDeleteOnFullDisk(t *testing.T) {
 	h.mustDo(http.StatusCreated, "POST", "/tasks", shTask("after", "exit 3"))
 	if term := h.waitTerminated("after", 10*time.Second).Status.State.Terminated; term.ExitCode != 3 {
 		t.Fatalf("after: %+v", term)
+	}
+}
+
+// TestExitsSurviveFullAndReadOnlyDisk: tasks end while the data directory's
+// disk is full or read-only and the host is killed with -9; after the
+// restart (and once the disk is back) every exit code is the true one, and
+// an exit served before the kill is the one served after.
+func TestExitsSurviveFullAndReadOnlyDisk(t *testing.T) {
+	for _, how := range []string{"full", "read-only"} {
+		t.Run(how, func(t *testing.T) {
+			mnt := smallDisk(t, "16m")
+			h := &hostProc{t: t, dataDir: filepath.Join(mnt, "data")}
+			h.start()
+			t.Cleanup(h.cleanup)
+			const n = 5
+			for i := 1; i <= n; i++ {
+				h.mustDo(http.StatusCreated, "POST", "/tasks", shTask(fmt.Sprintf("t%d", i), fmt.Sprintf("sleep 1.5; exit %d", i)))
+			}
+			for i := 1; i <= n; i++ {
+				name := fmt.Sprintf("t%d", i)
+				eventually(t, 10*time.Second, func() bool { tk, _ := h.get(name); return tk.Status.State.Running != nil },
+					func() string { return name + " never ran" })
+				// Recorded by its shim (which ends a task it cannot
+				// record: nobody could find it again).
+				h.shimState(name)
+			}
+			var filler string
+			back := func() {}
+			if how == "full" {
+				filler = fill(t, mnt)
+				back = func() {
+					if err := os.Remove(filler); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else {
+				// A shim may have a file open for writing for a moment.
+				eventually(t, 10*time.Second, func() bool {
+					return exec.Command("mount", "-o", "remount,ro", mnt).Run() == nil
+				}, func() string { return "cannot remount read-only" })
+				back = func() {
+					if out, err := exec.Command("mount", "-o", "remount,rw", mnt).CombinedOutput(); err != nil {
+						t.Fatalf("remount rw: %v: %s", err, out)
+					}
+				}
+			}
+			// The tasks end while the disk cannot take their exits; what
+			// the host served of them meanwhile must stay.
+			served := map[string]int32{}
+			for i := 1; i <= n; i++ {
+				name := fmt.Sprintf("t%d", i)
+				if tk := h.waitTerminated(name, 10*time.Second); tk.Status.State.Terminated != nil {
+					served[name] = tk.Status.State.Terminated.ExitCode
+				}
+			}
+			h.kill9()
+			if how == "full" {
+				// Restarted on the full disk, then given space.
+				h.restart()
+				back()
+			} else {
+				back()
+				h.restart()
+			}
+			for i := 1; i <= n; i++ {
+				name := fmt.Sprintf("t%d", i)
+				var got *corev1.ContainerStateTerminated
+				eventually(t, 15*time.Second, func() bool {
+					tk, _ := h.get(name)
+					got = tk.Status.State.Terminated
+					return got != nil
+				}, func() string { return name + " is not terminated after the restart" })
+				if got.ExitCode != int32(i) || got.Reason != "Failed" {
+					t.Errorf("%s: %d %s %q after the restart, want exit %d (served before: %d)", name, got.ExitCode, got.Reason, got.Message, i, served[name])
+				}
+				if code, ok := served[name]; ok && code != got.ExitCode {
+					t.Errorf("%s: exit %d served before the kill, %d after", name, code, got.ExitCode)
+				}
+			}
+		})
 	}
 }

@@ -68,7 +68,10 @@ type hostProc struct {
 	// argv, when set, are all of the host's arguments, in place of the
 	// harness's (which args extends).
 	argv []string
-	args []string
+	// early: start returns as soon as the host listens (it serves /health
+	// then), not once it serves everything.
+	early bool
+	args  []string
 	// env is added to the host's environment (a later entry wins).
 	env    []string
 	cmd    *exec.Cmd
@@ -167,7 +170,11 @@ func (h *hostProc) start() {
 			line := sc.Bytes()
 			h.logs.Write(append(append([]byte(nil), line...), '\n'))
 			var m map[string]any
-			if json.Unmarshal(line, &m) == nil && m["@message"] == "serving" {
+			want := "serving"
+			if h.early {
+				want = strings.SplitN(listeningMessage, ";", 2)[0]
+			}
+			if json.Unmarshal(line, &m) == nil && strings.SplitN(fmt.Sprint(m["@message"]), ";", 2)[0] == want {
 				if a, ok := m["addr"].(string); ok {
 					addr <- a
 				}
@@ -379,6 +386,9 @@ func children(pid int) []int {
 	}
 	return out
 }
+
+// listeningMessage is the host's log line once it listens.
+const listeningMessage = "listening; serving /health, the rest once the runtimes have started"
 
 // executable is the host's executable.
 func (h *hostProc) executable() string {

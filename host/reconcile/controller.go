@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -57,6 +58,9 @@ type Config struct {
 	// Downward are the fields of the executor's pod a task's env may name
 	// (valueFrom.fieldRef).
 	Downward Downward
+	// Stuck, when set, is told of a runtime whose plugin did not answer a
+	// call in time, and why (the dispatcher restarts it).
+	Stuck func(runtime, why string)
 }
 
 // DefaultReconcileInterval is the ReconcileInterval of a zero Config.
@@ -74,12 +78,16 @@ type Task struct {
 	// Message says what the state does not (a setTasks that listed the
 	// task with another spec).
 	Message string
+	// Format is the format the task was created in (store.Record.Format).
+	Format string
 }
 
 // NewTask is a task a client asks for.
 type NewTask struct {
 	Name string
 	Spec sdk.TaskSpec
+	// Format is the format it came in (store.FormatNested or FormatCompat).
+	Format string
 }
 
 // phase is where a task is in its hand-over to the runtime.
@@ -148,7 +156,7 @@ func (e *entry) view() Task {
 	return Task{
 		Name: r.Name, Spec: r.Spec, Runtime: r.Runtime, CreatedAt: r.CreatedAt,
 		DeletionTimestamp: r.DeletionTimestamp, DeletionGracePeriod: r.DeletionGracePeriod, State: r.State,
-		Message: e.specMismatch,
+		Message: e.specMismatch, Format: r.Format,
 	}
 }
 
@@ -192,6 +200,11 @@ type Controller struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	kick     chan struct{}
+
+	// answered is when each kind of call to each runtime was last
+	// answered (see call).
+	answeredMu sync.Mutex
+	answered   map[string]time.Time
 }
 
 // New loads the store and returns a controller. Call Run to start its
@@ -203,6 +216,15 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controll
 	recs, err := st.Load()
 	if err != nil {
 		return nil, err
+	}
+	// A task whose record cannot be read is nobody's any more: none of
+	// its processes may go on running unmanaged.
+	for _, dir := range st.Quarantined() {
+		if fi, err := os.Lstat(dir); err == nil && fi.IsDir() {
+			if n := killHolders(dir); n > 0 {
+				log.Warn("killed the processes of a quarantined task", "path", dir, "killed", n)
+			}
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Controller{
@@ -369,7 +391,8 @@ func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store
 		// A reference that cannot be resolved is the task's StartError, not
 		// the request's: the runtime checks the rest.
 		spec, _ := resolveEnv(t.Spec, c.cfg.Downward)
-		if err := rt.Validate(ctx, spec); err != nil {
+		err := c.call(ctx, name, "Validate", validateTimeout, func(ctx context.Context) error { return rt.Validate(ctx, spec) })
+		if err != nil {
 			if errors.Is(err, sdk.ErrInvalidSpec) {
 				return store.Record{}, fmt.Errorf("task %q: %v: %w", t.Name, err, ErrInvalid)
 			}
@@ -377,7 +400,7 @@ func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store
 		}
 	}
 	return store.Record{
-		Name: t.Name, Spec: t.Spec, Runtime: name, CreatedAt: now,
+		Name: t.Name, Spec: t.Spec, Runtime: name, CreatedAt: now, Format: t.Format,
 		State: sdk.Waiting(sdk.ReasonInitialized, ""),
 	}, nil
 }
@@ -719,8 +742,6 @@ func (c *Controller) setWaitingLocked(e *entry, reason, msg string) {
 // start hands one task to its runtime.
 func (c *Controller) start(e *entry, rt sdk.Runtime, epoch uint64) {
 	defer c.wg.Done()
-	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
-	defer cancel()
 	c.mu.Lock()
 	// The record keeps the spec as sent (valueFrom and all), so that the
 	// same spec sent again compares equal; the runtime gets it resolved.
@@ -732,7 +753,11 @@ func (c *Controller) start(e *entry, rt sdk.Runtime, epoch uint64) {
 	if unresolved != nil {
 		err = fmt.Errorf("%v: %w", unresolved, sdk.ErrInvalidSpec)
 	} else {
-		st, err = rt.Start(ctx, task)
+		err = c.call(c.ctx, e.rec.Runtime, "Start", startTimeout, func(ctx context.Context) error {
+			var serr error
+			st, serr = rt.Start(ctx, task)
+			return serr
+		})
 	}
 
 	c.mu.Lock()
@@ -931,9 +956,12 @@ func (c *Controller) recover(name string) {
 	}
 	c.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
-	defer cancel()
-	sts, err := rt.Recover(ctx, tasks)
+	var sts []sdk.TaskStatus
+	err := c.call(c.ctx, name, "Recover", recoverTimeout+time.Duration(len(tasks))*recoverPerTask, func(ctx context.Context) error {
+		var rerr error
+		sts, rerr = rt.Recover(ctx, tasks)
+		return rerr
+	})
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1011,12 +1039,34 @@ func (c *Controller) scheduleDeleteLocked(e *entry) {
 	go c.finishDelete(e, rs.rt, rs.epoch)
 }
 
+// forceDeleteLocked carries out a deletion its runtime has not carried out
+// in time (its plugin stuck or down): the controller kills what it can
+// reach of the task (killHolders), ends it as ContainerStatusUnknown unless
+// it has ended, and removes it, so that an accepted deletion always
+// completes.
+func (c *Controller) forceDeleteLocked(e *entry) {
+	e.deleteActive = true
+	name, runtime := e.rec.Name, e.rec.Runtime
+	c.wg.Add(1)
+	go func() {
+		killed := killHolders(c.store.Dir(name))
+		c.log.Warn("the runtime did not carry out a deletion in time; the executor ended the task itself",
+			"task", name, "runtime", runtime, "giveUpAfterGrace", deleteGiveUp.String(), "killedProcesses", killed)
+		c.mu.Lock()
+		msg := fmt.Sprintf("the %s runtime did not confirm the task's stop within its grace period and %s; the executor killed the %d processes it found in the task's directory",
+			runtime, deleteGiveUp, killed)
+		c.applyLocked(e, sdk.Terminated(137, 0, sdk.ReasonStatusUnknown, msg, time.Time{}, time.Now()))
+		c.mu.Unlock()
+		c.finishDelete(e, nil, 0)
+	}()
+}
+
 // finishDelete stops the task (unless it has terminated), has the runtime
 // release it and removes its directory.
 func (c *Controller) finishDelete(e *entry, rt sdk.Runtime, epoch uint64) {
 	defer c.wg.Done()
 	c.mu.Lock()
-	name, grace, terminated := e.rec.Name, e.rec.DeletionGracePeriod, e.rec.State.Terminated != nil
+	name, grace, terminated, runtime := e.rec.Name, e.rec.DeletionGracePeriod, e.rec.State.Terminated != nil, e.rec.Runtime
 	c.mu.Unlock()
 	fail := func(what string, err error) {
 		c.log.Warn("deleting a task failed; will retry", "task", name, "step", what, "error", err)
@@ -1025,15 +1075,14 @@ func (c *Controller) finishDelete(e *entry, rt sdk.Runtime, epoch uint64) {
 		c.mu.Unlock()
 	}
 	if rt != nil {
-		ctx, cancel := context.WithTimeout(c.ctx, grace+time.Minute)
-		defer cancel()
 		if !terminated {
-			if err := rt.Stop(ctx, name, grace); err != nil && !errors.Is(err, sdk.ErrNotFound) {
+			err := c.call(c.ctx, runtime, "Stop", grace+stopSlack, func(ctx context.Context) error { return rt.Stop(ctx, name, grace) })
+			if err != nil && !errors.Is(err, sdk.ErrNotFound) {
 				fail("stop", err)
 				return
 			}
 		}
-		if err := rt.Remove(ctx, name); err != nil {
+		if err := c.call(c.ctx, runtime, "Remove", removeTimeout, func(ctx context.Context) error { return rt.Remove(ctx, name) }); err != nil {
 			fail("remove", err)
 			return
 		}
@@ -1180,10 +1229,16 @@ func (c *Controller) reconcile(relist bool) {
 			up = append(up, target{name, rs.rt, rs.epoch})
 		}
 	}
+	now := time.Now()
 	for _, e := range c.tasks {
-		if e.rec.DeletionTimestamp != nil {
-			c.scheduleDeleteLocked(e)
+		if e.rec.DeletionTimestamp == nil {
+			continue
 		}
+		if !e.deleteActive && now.After(e.rec.DeletionTimestamp.Add(e.rec.DeletionGracePeriod+deleteGiveUp)) {
+			c.forceDeleteLocked(e)
+			continue
+		}
+		c.scheduleDeleteLocked(e)
 	}
 	c.pumpLocked()
 	c.mu.Unlock()
@@ -1196,9 +1251,12 @@ func (c *Controller) reconcile(relist bool) {
 	}
 	for _, tg := range up {
 		asked := time.Now()
-		ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
-		sts, err := tg.rt.List(ctx)
-		cancel()
+		var sts []sdk.TaskStatus
+		err := c.call(c.ctx, tg.name, "List", listTimeout, func(ctx context.Context) error {
+			var lerr error
+			sts, lerr = tg.rt.List(ctx)
+			return lerr
+		})
 		if err != nil {
 			continue // the dispatcher notices a dead plugin
 		}

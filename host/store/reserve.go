@@ -53,6 +53,15 @@ func (r *reserve) keep() bool {
 	return true
 }
 
+// full reports whether the disk has less room left than the reserve.
+func (r *reserve) full() bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(r.path), &st); err != nil {
+		return false
+	}
+	return int64(st.Bavail)*st.Bsize < reserveBytes
+}
+
 // release frees the reserve; it reports whether there was one to free.
 func (r *reserve) release() bool {
 	r.mu.Lock()

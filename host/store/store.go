@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -29,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/opensandbox/task-executor/internal/beneath"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
@@ -57,7 +59,17 @@ type Record struct {
 	DeletionGracePeriod time.Duration `json:"deletionGracePeriod,omitempty"`
 	// State is the last state the host knew.
 	State corev1.ContainerState `json:"state"`
+	// Format is the format the task was created in, which its answers
+	// use: FormatNested or FormatCompat; empty in the records of older
+	// versions, whose answers carry both.
+	Format string `json:"format,omitempty"`
 }
+
+// The formats a task is created in (see Record.Format).
+const (
+	FormatNested = "nested"
+	FormatCompat = "compat"
+)
 
 // ErrExists is returned by Create for a task that already has a record.
 var ErrExists = errors.New("task already exists")
@@ -76,6 +88,10 @@ type Store struct {
 	flusher flusher
 	// reserve is space kept for deletions and final states on a full disk.
 	reserve *reserve
+
+	// quarantined are the task directories the last Load moved aside.
+	qmu         sync.Mutex
+	quarantined []string
 	// clog is the create log; nil where it could not be made (a full or
 	// read-only disk), and then a create syncs its record itself.
 	clog *createLog
@@ -98,7 +114,12 @@ func Open(dir string, log hclog.Logger) (*Store, error) {
 		}
 	}
 	st := &Store{dir: abs, log: log, reserve: newReserve(abs)}
-	if !st.reserve.keep() {
+	if st.reserve.full() && st.reserve.release() {
+		// Shims that could not record a task's exit while the executor
+		// was down retry until they can: let them, before the runtimes
+		// are asked what became of their tasks.
+		log.Warn("the data directory's disk is full; gave up the space set aside, so that exits and deletions can be recorded", "dir", abs)
+	} else if !st.reserve.keep() {
 		log.Warn("cannot set space aside for deletions on a full disk; a DELETE may then fail with 507", "file", st.reserve.path)
 	}
 	st.spares = newSpares(abs, log)
@@ -313,8 +334,10 @@ func (s *Store) SetFinal(name string, state corev1.ContainerState) error {
 // appendFinal appends b to the task's record as a line of its own, unless
 // the record has a final state already.
 func (s *Store) appendFinal(name string, b []byte) error {
-	path := filepath.Join(s.Dir(name), RecordFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
+	f, err := beneath.OpenFile(s.dir, filepath.Join(name, RecordFile), os.O_RDWR|os.O_APPEND, 0)
+	if s.tampered(name, err) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("while writing the final state of task %q: %w", name, classify(err))
 	}
@@ -413,19 +436,23 @@ func (s *Store) settle(names []string) error {
 func (s *Store) writeOnce(task, name string, b []byte, durable bool) error {
 	dir := s.Dir(task)
 	path := filepath.Join(dir, name)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	rel := filepath.Join(task, name)
+	f, err := beneath.OpenFile(s.dir, rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if s.tampered(task, err) {
+		return nil
+	}
 	if errors.Is(err, os.ErrExist) {
-		old, rerr := os.ReadFile(path)
+		old, rerr := beneath.ReadFile(s.dir, rel)
 		switch {
 		case rerr == nil && len(old) == 0:
 			// Created by a write a crash cut short before it wrote.
-			f, err = os.OpenFile(path, os.O_WRONLY, 0)
+			f, err = beneath.OpenFile(s.dir, rel, os.O_WRONLY, 0)
 		case rerr == nil && json.Valid(old):
 			return nil
 		default:
 			// Cut short by a crash before it was ever acknowledged: redo.
 			_ = os.Remove(path)
-			f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			f, err = beneath.OpenFile(s.dir, rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		}
 	}
 	if err == nil {
@@ -466,24 +493,37 @@ func (s *Store) Remove(name string) error {
 	// A task's shim may still be writing its last record in there for a
 	// moment after the exit was reported ("directory not empty"): try
 	// again a few times before leaving it to the next start.
-	var err error
-	for attempt := 0; attempt < removeAttempts; attempt++ {
-		if err = os.RemoveAll(trash); err == nil {
-			// The space a full disk took from the reserve may be back.
-			s.reserve.keep()
-			return nil
-		}
-		time.Sleep(removeRetryDelay)
+	if os.RemoveAll(trash) == nil {
+		// The space a full disk took from the reserve may be back.
+		s.reserve.keep()
+		return nil
 	}
-	s.log.Warn("cannot remove a deleted task's files; will retry at the next start", "path", trash, "error", err)
+	// A task's shim may still be writing its last record in there for a
+	// moment after the exit was reported ("directory not empty"), or be
+	// waiting for space to write it: the files are gone from the data
+	// directory already; they are removed in the background.
+	go s.removeLater(trash)
 	return nil
 }
 
-// How often and how far apart Remove tries to remove a task's files.
+// How long and how often removeLater tries to remove a task's files.
 const (
-	removeAttempts   = 20
-	removeRetryDelay = 50 * time.Millisecond
+	removeLaterFor   = time.Minute
+	removeRetryDelay = 100 * time.Millisecond
 )
+
+// removeLater removes trash, trying for removeLaterFor before leaving it
+// to the next start.
+func (s *Store) removeLater(trash string) {
+	var err error
+	for end := time.Now().Add(removeLaterFor); time.Now().Before(end); time.Sleep(removeRetryDelay) {
+		if err = os.RemoveAll(trash); err == nil {
+			s.reserve.keep()
+			return
+		}
+	}
+	s.log.Warn("cannot remove a deleted task's files; will retry at the next start", "path", trash, "error", err)
+}
 
 // Load reads every record, in parallel. A directory without a record (a
 // create that crashed before it was acknowledged) is removed; one whose
@@ -502,8 +542,14 @@ func (s *Store) Load() ([]Record, error) {
 			if err := os.RemoveAll(filepath.Join(s.dir, name)); err != nil {
 				s.log.Warn("cannot remove a deleted task's files", "path", name, "error", err)
 			}
-		case strings.HasPrefix(name, "."), !e.IsDir():
-			// The store's own entries, and files someone else put here.
+		case strings.HasPrefix(name, "."):
+			// The store's own entries.
+		case e.Type()&fs.ModeSymlink != 0:
+			// Never followed: it would have the executor read and write
+			// wherever it points.
+			s.quarantine(name, errors.New("the task's directory is a symbolic link"))
+		case !e.IsDir():
+			// Files someone else put here.
 		default:
 			names = append(names, name)
 		}
@@ -527,7 +573,7 @@ func (s *Store) Load() ([]Record, error) {
 
 func (s *Store) loadOne(name string) *Record {
 	dir := s.Dir(name)
-	b, err := os.ReadFile(filepath.Join(dir, RecordFile))
+	b, err := beneath.ReadFile(s.dir, filepath.Join(name, RecordFile))
 	if errors.Is(err, os.ErrNotExist) {
 		s.log.Info("removing the directory of a task whose creation never completed", "task", name)
 		if err := os.RemoveAll(dir); err != nil {
@@ -557,13 +603,13 @@ func (s *Store) loadOne(name string) *Record {
 	// runtime is then asked for again): it is as if it were not there.
 	if final, ok := finalIn(rest); ok {
 		rec.State = final
-	} else if b, err := os.ReadFile(filepath.Join(dir, legacyFinalFile)); err == nil {
+	} else if b, err := beneath.ReadFile(s.dir, filepath.Join(name, legacyFinalFile)); err == nil {
 		if final, ok := finalIn(b); ok {
 			rec.State = final
 		}
 	}
 	var del Deletion
-	if b, err := os.ReadFile(filepath.Join(dir, deletionFile)); err == nil && json.Unmarshal(b, &del) == nil {
+	if b, err := beneath.ReadFile(s.dir, filepath.Join(name, deletionFile)); err == nil && json.Unmarshal(b, &del) == nil {
 		rec.DeletionTimestamp = &del.At
 		rec.DeletionGracePeriod = del.GracePeriod
 	}
@@ -584,6 +630,30 @@ func (s *Store) quarantine(name string, cause error) {
 		return
 	}
 	s.log.Error("cannot read a task's record; moved it to quarantine", "task", name, "cause", cause, "path", dst)
+	s.qmu.Lock()
+	s.quarantined = append(s.quarantined, dst)
+	s.qmu.Unlock()
+}
+
+// tampered reports whether err is a task's directory or file found
+// replaced by a symbolic link, and says so. What was to be written there
+// is not: the link is never followed, and the next start quarantines it.
+func (s *Store) tampered(name string, err error) bool {
+	if !errors.Is(err, beneath.ErrLink) {
+		return false
+	}
+	s.log.Error("a task's directory or file is a symbolic link; not following it (the next start moves it to quarantine)", "task", name, "error", err)
+	return true
+}
+
+// Quarantined returns the task directories the last Load moved to
+// quarantine, where they are now, and forgets them.
+func (s *Store) Quarantined() []string {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	out := s.quarantined
+	s.quarantined = nil
+	return out
 }
 
 // classify wraps an I/O error so callers can tell a full or read-only disk

@@ -52,7 +52,7 @@ func dial(ctx context.Context, socket string) (*client, *cri.VersionResponse, er
 		return nil, nil, fmt.Errorf("while connecting to the CRI socket %s: %w", socket, err)
 	}
 	c := &client{conn: conn, rt: cri.NewRuntimeServiceClient(conn), img: cri.NewImageServiceClient(conn)}
-	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	v, err := c.rt.Version(vctx, &cri.VersionRequest{}, grpc.WaitForReady(true))
 	if err != nil {

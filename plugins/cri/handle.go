@@ -132,6 +132,7 @@ func (h *handle) finish(st sdk.TaskStatus) {
 	close(h.changed)
 	h.changed = make(chan struct{})
 	h.mu.Unlock()
+	h.d.logs.untrack(h.task.Dir)
 	h.d.events.Publish(st)
 	h.d.log.Debug("task terminated", "task", h.task.Name, "exitCode", st.State.Terminated.ExitCode, "reason", st.State.Terminated.Reason)
 	// The record is written after the status is out (the host keeps its
@@ -147,6 +148,7 @@ func (h *handle) finish(st sdk.TaskStatus) {
 
 // start runs the handle's goroutine.
 func (h *handle) start() {
+	h.d.logs.track(h.task.Dir)
 	ctx, cancel := context.WithCancel(h.d.ctx)
 	done := make(chan struct{})
 	h.mu.Lock()
@@ -369,7 +371,15 @@ func (h *handle) exitReported(ctx context.Context, code int32, finished time.Tim
 		}
 		started = time.Unix(0, cs.StartedAt)
 	}
-	h.finish(h.ended(code, false, "", started, finished))
+	st = h.ended(code, false, "", started, finished)
+	// The exit is reported once the container's output is complete:
+	// containerd's report of it comes before its log's last lines.
+	go func() {
+		if !h.d.logs.closedAfter(h.task.Dir, finished, logCloseWait) {
+			h.d.log.Debug("the container's log was not seen complete; reporting its exit anyway", "task", h.task.Name)
+		}
+		h.finish(st)
+	}()
 }
 
 // ended builds a final status from an exit code (and a message from the

@@ -1,16 +1,20 @@
 package client
 
 import (
+	"encoding/json"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/opensandbox/task-executor/sdk"
 )
 
-// Task is a task of the HTTP API. A task read from the host carries both
-// formats: Spec and Status, and, for a process task, the compatibility
-// format's Process and ProcessStatus, which repeat Spec.Process and
-// Status.State.
+// Task is a task of the HTTP API. The host answers each task in the format
+// it was created in: the nested one (Spec and Status) or, for a process,
+// the compatibility format (Process and ProcessStatus, with Status). The
+// client fills in the other: a task read has Spec and Status, and, for a
+// process task, Process and ProcessStatus repeating Spec.Process and
+// Status.State, whatever format it came in.
 //
 // To create a task, set Spec (the nested format) or, for a process, only
 // Process (the compatibility format). A task read from the host may be sent
@@ -53,6 +57,29 @@ type taskIn struct {
 	Name    string           `json:"name"`
 	Spec    *sdk.TaskSpec    `json:"spec,omitempty"`
 	Process *sdk.ProcessSpec `json:"process,omitempty"`
+}
+
+// UnmarshalJSON reads a task in either format and fills in the other.
+func (t *Task) UnmarshalJSON(b []byte) error {
+	type plain Task // without this method
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*t = Task(p)
+	if t.Spec.Process == nil && t.Spec.Container == nil && t.Process != nil {
+		t.Spec.Process = t.Process
+	}
+	if t.Spec.Process != nil {
+		if t.Process == nil {
+			t.Process = t.Spec.Process
+		}
+		if t.ProcessStatus == nil {
+			state := t.Status.State
+			t.ProcessStatus = &state
+		}
+	}
+	return nil
 }
 
 func toWire(t Task) taskIn {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -52,7 +53,8 @@ func LaunchCommand(t *testing.T, argv []string, env []string) Instance {
 		level = hclog.Info
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: filepath.Base(path), Output: w, Level: level})
-	p, err := sdk.Launch(path, sdk.LaunchOptions{Logger: logger, Env: env, Args: argv[1:]})
+	// A generous handshake: tests run beside others that load the machine.
+	p, err := sdk.Launch(path, sdk.LaunchOptions{Logger: logger, Env: env, Args: argv[1:], StartTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatalf("cannot launch plugin %s: %v", path, err)
 	}

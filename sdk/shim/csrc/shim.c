@@ -374,9 +374,34 @@ static void exit_json(struct buf *b, const struct exit_info *e) {
 static void write_exit(const struct exit_info *e) {
 	struct buf b = {0};
 	exit_json(&b, e);
-	int fd = openat(dir_fd, "shim-exit.json", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0 || write_all(fd, b.p, b.n) < 0 || close(fd) < 0)
-		logmsg("ERROR", "cannot write the exit record: %s", errstr(errno));
+	/* A full or read-only disk does not lose the exit: the shim keeps it
+	 * and tries again (the executor frees space it set aside for this) for
+	 * as long as it takes, since nothing else knows it once the shim is
+	 * gone. A try cut short leaves no partial record behind. */
+	long long wait_ms = 50;
+	for (int tries = 0;; tries++) {
+		int fd = openat(dir_fd, "shim-exit.json", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		int rc = fd < 0 ? -1 : write_all(fd, b.p, b.n);
+		int err = errno;
+		if (fd >= 0 && close(fd) < 0 && rc == 0) {
+			rc = -1;
+			err = errno;
+		}
+		if (rc == 0)
+			break;
+		if (fd >= 0)
+			unlinkat(dir_fd, "shim-exit.json", 0);
+		if (err != ENOSPC && err != EDQUOT && err != EROFS && err != EIO) {
+			logmsg("ERROR", "cannot write the exit record: %s", errstr(err));
+			break;
+		}
+		if (tries == 0)
+			logmsg("WARN", "cannot write the exit record yet, trying again until it can: %s", errstr(err));
+		struct timespec ts = {wait_ms / 1000, (wait_ms % 1000) * 1000000L};
+		nanosleep(&ts, NULL);
+		if (wait_ms < 1000)
+			wait_ms *= 2;
+	}
 	free(b.p);
 }
 
