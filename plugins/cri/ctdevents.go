@@ -62,7 +62,7 @@ func (d *Driver) followContainerdOnce() error {
 			continue
 		}
 		if h := d.handleOfContainer(ex.ContainerId); h != nil {
-			h.exitReported(stream.Context(), int32(ex.ExitStatus), ex.ExitedAt.AsTime())
+			h.exitReported()
 		}
 	}
 }

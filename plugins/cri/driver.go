@@ -43,11 +43,8 @@ const settleTimeout = 25 * time.Second
 // Driver is the cri runtime: each task is a pod sandbox with one container,
 // created through the node's CRI runtime.
 type Driver struct {
-	log    hclog.Logger
-	events sdk.Publisher
-	// logs tells when a task's log is complete (nil: unknown, and exits
-	// wait for the CRI status).
-	logs    *logWatch
+	log     hclog.Logger
+	events  sdk.Publisher
 	ctx     context.Context
 	cri     *client
 	owner   string
@@ -140,11 +137,6 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 		}
 		d.place = pod
 		d.log.Info("container tasks run in the executor's pod", "sandbox", pod.id, "pod", pod.cfg.Metadata.Namespace+"/"+pod.cfg.Metadata.Name, "dataDirOnNode", pod.nodeDataDir)
-	}
-	if w, err := newLogWatch(d.log); err == nil {
-		d.logs = w
-	} else {
-		d.log.Warn("cannot watch the tasks' logs; an exit waits for the runtime's status to be reported", "error", err)
 	}
 	go d.monitor()
 	go d.follow()

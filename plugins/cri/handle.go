@@ -132,7 +132,6 @@ func (h *handle) finish(st sdk.TaskStatus) {
 	close(h.changed)
 	h.changed = make(chan struct{})
 	h.mu.Unlock()
-	h.d.logs.untrack(h.task.Dir)
 	h.d.events.Publish(st)
 	h.d.log.Debug("task terminated", "task", h.task.Name, "exitCode", st.State.Terminated.ExitCode, "reason", st.State.Terminated.Reason)
 	// The record is written after the status is out (the host keeps its
@@ -148,7 +147,6 @@ func (h *handle) finish(st sdk.TaskStatus) {
 
 // start runs the handle's goroutine.
 func (h *handle) start() {
-	h.d.logs.track(h.task.Dir)
 	ctx, cancel := context.WithCancel(h.d.ctx)
 	done := make(chan struct{})
 	h.mu.Lock()
@@ -345,42 +343,13 @@ func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
 	return h.ended(cs.ExitCode, cs.Reason == sdk.ReasonOOMKilled, cs.Message, started, finished)
 }
 
-// exitReported ends the task from containerd's own report of its
-// container's exit (see followContainerd), which comes well before the
-// container's CRI status shows it. A container killed by SIGKILL is left to
-// its CRI status, which tells an OOM kill.
-func (h *handle) exitReported(ctx context.Context, code int32, finished time.Time) {
-	defer h.nudge()
-	st, final, _ := h.snapshot()
-	if final || code == 137 {
-		return
-	}
-	var started time.Time
-	if r := st.State.Running; r != nil {
-		started = r.StartedAt.Time
-	} else {
-		// It exited before this handle saw it run (its start is being
-		// recorded): the runtime, which still shows it running, knows when
-		// it started.
-		h.mu.Lock()
-		id := h.containerID
-		h.mu.Unlock()
-		cs, err := h.d.cri.containerStatus(ctx, id)
-		if err != nil || cs == nil || cs.StartedAt == 0 {
-			return
-		}
-		started = time.Unix(0, cs.StartedAt)
-	}
-	st = h.ended(code, false, "", started, finished)
-	// The exit is reported once the container's output is complete:
-	// containerd's report of it comes before its log's last lines.
-	go func() {
-		if !h.d.logs.closedAfter(h.task.Dir, finished, logCloseWait) {
-			h.d.log.Debug("the container's log was not seen complete; reporting its exit anyway", "task", h.task.Name)
-		}
-		h.finish(st)
-	}()
-}
+// exitReported is containerd's own report of a container's exit (see
+// followContainerd). It only wakes the watch, which settles the task from
+// the container's CRI status: containerd's CRI logger writes a last line
+// without a newline only when the task's FIFO closes, at the task's
+// deletion, which the CRI status follows; an exit reported from the event
+// itself came before the container's output was complete.
+func (h *handle) exitReported() { h.nudge() }
 
 // ended builds a final status from an exit code (and a message from the
 // runtime), between the start and the end.
