@@ -184,13 +184,6 @@ func TestDeleteOnFullDisk(t *testing.T) {
 			func() string { return "the task was never removed" })
 		eventually(t, 10*time.Second, func() bool { return free() > 4<<20 },
 			func() string { return fmt.Sprintf("the task's space did not come back: %d bytes free", free()) })
-		// The space set aside for deletions is back too, once the task's
-		// files are gone (their removal goes on in the background while a
-		// shim may still write there).
-		eventually(t, 70*time.Second, func() bool {
-			fi, err := os.Stat(filepath.Join(h.dataDir, ".reserve"))
-			return err == nil && fi.Size() > 0
-		}, func() string { return "the space set aside for deletions was not restored" })
 	}
 	h.mustDo(http.StatusCreated, "POST", "/tasks", shTask("after", "exit 3"))
 	if term := h.waitTerminated("after", 10*time.Second).Status.State.Terminated; term.ExitCode != 3 {
