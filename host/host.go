@@ -58,6 +58,10 @@ type Config struct {
 	// MaxTaskLogBytes caps what each output stream of a task keeps on disk;
 	// 0 means no cap.
 	MaxTaskLogBytes int64
+	// TaskCgroups, CgroupParent, DefaultTaskCPU and DefaultTaskMemory are
+	// passed to the runtimes (sdk.SettingTaskCgroups and the others).
+	TaskCgroups, CgroupParent         string
+	DefaultTaskCPU, DefaultTaskMemory string
 	// AuthToken, when set, is the bearer token every endpoint but
 	// GET /health requires.
 	AuthToken string
@@ -139,6 +143,10 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 			sdk.SettingVolumes:               string(volumes),
 			sdk.SettingAllowedHostPaths:      string(allowed),
 			sdk.SettingMaxLogBytes:           strconv.FormatInt(cfg.MaxTaskLogBytes, 10),
+			sdk.SettingTaskCgroups:           cfg.TaskCgroups,
+			sdk.SettingCgroupParent:          cfg.CgroupParent,
+			sdk.SettingDefaultTaskCPU:        cfg.DefaultTaskCPU,
+			sdk.SettingDefaultTaskMemory:     cfg.DefaultTaskMemory,
 		},
 	}, log.Named("dispatch"))
 	reapCtx, stopReaping := context.WithCancel(context.Background())
@@ -205,6 +213,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		return err
 	}
 	met.CountStatesWith(ctrl.CountStates)
+	met.ReportUsageWith(usageOf(ctrl, mgr, log.Named("metrics")))
 	ctrl.Run()
 	if err := mgr.Start(ctrl); err != nil {
 		shutdown()

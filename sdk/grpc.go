@@ -8,6 +8,8 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/opensandbox/task-executor/sdk/runtimepb"
 )
@@ -126,6 +128,22 @@ func (s *grpcServer) Events(_ *runtimepb.EventsRequest, stream runtimepb.Runtime
 		}
 	}
 	return nil
+}
+
+func (s *grpcServer) Usage(ctx context.Context, req *runtimepb.UsageRequest) (*runtimepb.UsageResponse, error) {
+	r, ok := s.impl.(UsageReporter)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, "the runtime reports no usage")
+	}
+	us, err := r.Usage(ctx, req.GetNames())
+	if err != nil {
+		return nil, toGRPCError(err)
+	}
+	resp := &runtimepb.UsageResponse{Usage: make([]*runtimepb.TaskUsage, len(us))}
+	for i, u := range us {
+		resp.Usage[i] = &runtimepb.TaskUsage{Name: u.Name, CpuSeconds: u.CPUSeconds, MemoryBytes: u.MemoryBytes, MemoryPeakBytes: u.MemoryPeakBytes}
+	}
+	return resp, nil
 }
 
 // grpcClient is the host's Runtime, backed by a plugin over gRPC.
@@ -272,4 +290,21 @@ func WatchEvents(ctx context.Context, rt Runtime) (func(fn func(TaskStatus)), er
 			fn(st)
 		}
 	}, nil
+}
+
+// Usage asks the plugin for its tasks' usage; a plugin that keeps none
+// gives an error wrapping ErrUnsupported.
+func (c *grpcClient) Usage(ctx context.Context, names []string) ([]TaskUsage, error) {
+	resp, err := c.client.Usage(ctx, &runtimepb.UsageRequest{Names: names})
+	if status.Code(err) == codes.Unimplemented {
+		return nil, fmt.Errorf("while asking for usage: %w", ErrUnsupported)
+	}
+	if err != nil {
+		return nil, fromGRPCError(err)
+	}
+	out := make([]TaskUsage, len(resp.GetUsage()))
+	for i, u := range resp.GetUsage() {
+		out[i] = TaskUsage{Name: u.GetName(), CPUSeconds: u.GetCpuSeconds(), MemoryBytes: u.GetMemoryBytes(), MemoryPeakBytes: u.GetMemoryPeakBytes()}
+	}
+	return out, nil
 }

@@ -71,3 +71,27 @@ var ErrInvalidSpec = errors.New("invalid task spec")
 // ErrUnavailable is wrapped by errors from a plugin that cannot be reached
 // (it exited or is restarting).
 var ErrUnavailable = errors.New("runtime unavailable")
+
+// UsageReporter is a Runtime that can tell what its tasks use. It is
+// optional: the host shows no usage for the tasks of a runtime that does not
+// implement it (over gRPC, ErrUnsupported).
+type UsageReporter interface {
+	// Usage returns the usage of the named tasks; a task the runtime does
+	// not know, or keeps no figures for, is left out.
+	Usage(ctx context.Context, names []string) ([]TaskUsage, error)
+}
+
+// TaskUsage is what one task has used so far, as its cgroup counts it.
+type TaskUsage struct {
+	// Name is the task's name.
+	Name string
+	// CPUSeconds is the CPU time used, user and system.
+	CPUSeconds float64
+	// MemoryBytes is the memory in use now; MemoryPeakBytes the most ever
+	// in use (0: the kernel does not say).
+	MemoryBytes, MemoryPeakBytes int64
+}
+
+// ErrUnsupported is wrapped by the errors of an optional method the
+// runtime does not implement.
+var ErrUnsupported = errors.New("not supported by the runtime")

@@ -89,6 +89,10 @@ type ProcessSpec struct {
 	// TimeoutSeconds, when set, stops the task (TERM, grace period, KILL)
 	// once it has run that long; it then terminates with ReasonTaskTimeout.
 	TimeoutSeconds *int64 `json:"timeoutSeconds,omitempty"`
+	// Resources are the task's CPU and memory requests and limits, in
+	// Kubernetes' shape and with the kubelet's meaning (see
+	// ValidateResources).
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 }
 
 // Argv returns Command followed by Args.
@@ -176,6 +180,19 @@ const (
 	// SettingVolumes are the volumes the operator offers to every container
 	// task, as a JSON object from volume name to host path.
 	SettingVolumes = "volumes"
+	// SettingTaskCgroups says whether process tasks get cgroups of their
+	// own: "auto" (where the runtime can make them; it warns at Init where
+	// it cannot, and tasks then run without limits), "required" (a runtime
+	// that cannot make them fails Init) or "off".
+	SettingTaskCgroups = "taskCgroups"
+	// SettingCgroupParent is the cgroup under which task cgroups are made
+	// (a path from each hierarchy's root); empty: the runtime's own cgroup.
+	SettingCgroupParent = "cgroupParent"
+	// SettingDefaultTaskCPU and SettingDefaultTaskMemory are the limits, as
+	// Kubernetes quantities, of a process task that sets none (as a
+	// LimitRange's default); empty: none.
+	SettingDefaultTaskCPU    = "defaultTaskCPU"
+	SettingDefaultTaskMemory = "defaultTaskMemory"
 )
 
 // Waiting returns a waiting state.

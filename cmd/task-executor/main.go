@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -116,6 +117,10 @@ var envOf = map[string]string{
 	"max-task-log-bytes":                            "MAX_TASK_LOG_BYTES",
 	"max-connections":                               "MAX_CONNECTIONS",
 	"max-spec-bytes":                                "MAX_SPEC_BYTES",
+	"task-cgroups":                                  "TASK_CGROUPS",
+	"cgroup-parent":                                 "CGROUP_PARENT",
+	"default-task-cpu":                              "DEFAULT_TASK_CPU",
+	"default-task-memory":                           "DEFAULT_TASK_MEMORY",
 }
 
 func parseFlags(args []string) (host.Config, string, error) {
@@ -146,6 +151,10 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.IntVar(&cfg.MaxTasks, "max-tasks", 10000, "tasks kept at once, finished ones included (beyond: 429); also the most one setTasks may list")
 	specCap := byteSize(32 << 10)
 	fs.Var(&specCap, "max-spec-bytes", "largest spec a task may have, as JSON, e.g. 32Ki (beyond: 413); with --max-tasks it bounds the memory specs take")
+	fs.StringVar(&cfg.TaskCgroups, "task-cgroups", "auto", "a cgroup per process task, for its limits, usage and the kill of all it started: auto (where the executor can make them; it says so at start where it cannot, and tasks then run without limits), required (a runtime that cannot make them does not start) or off")
+	fs.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup under which task cgroups are made, as a path from each hierarchy's root (default: the executor's own cgroup)")
+	fs.StringVar(&cfg.DefaultTaskCPU, "default-task-cpu", "", "CPU limit of a process task that sets none, a Kubernetes quantity (e.g. 500m); none by default")
+	fs.StringVar(&cfg.DefaultTaskMemory, "default-task-memory", "", "memory limit of a process task that sets none, a Kubernetes quantity (e.g. 512Mi); none by default")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", 2048, "API connections held open at once; at the cap the longest idle one is closed, or the new one refused with a 503 if none is idle")
 	fs.StringVar(&sec.authToken, "auth-token-file", "", "file holding the bearer token every endpoint but GET /health requires")
 	fs.StringVar(&sec.tlsCert, "tls-cert-file", "", "PEM certificate for serving HTTPS (with --tls-key-file)")
@@ -257,6 +266,22 @@ func check(cfg host.Config, logFormat string) error {
 	}
 	if cfg.GracePeriod < 0 {
 		return fmt.Errorf("invalid --grace-period %s: must not be negative", cfg.GracePeriod)
+	}
+	switch cfg.TaskCgroups {
+	case "auto", "required", "off":
+	default:
+		return fmt.Errorf("invalid --task-cgroups %q: want auto, required or off", cfg.TaskCgroups)
+	}
+	if cfg.CgroupParent != "" && (!path.IsAbs(cfg.CgroupParent) || path.Clean(cfg.CgroupParent) != cfg.CgroupParent || cfg.CgroupParent == "/") {
+		return fmt.Errorf("invalid --cgroup-parent %q: want a clean absolute path below the root, e.g. /task-executor", cfg.CgroupParent)
+	}
+	for flagName, v := range map[string]string{"default-task-cpu": cfg.DefaultTaskCPU, "default-task-memory": cfg.DefaultTaskMemory} {
+		if v == "" {
+			continue
+		}
+		if q, err := resource.ParseQuantity(v); err != nil || q.Sign() <= 0 {
+			return fmt.Errorf("invalid --%s %q: want a positive Kubernetes quantity", flagName, v)
+		}
 	}
 	if cfg.DataDir == "" {
 		return errors.New("--data-dir must not be empty")

@@ -126,5 +126,8 @@ func validateProcess(name string, p *sdk.ProcessSpec) error {
 	if p.TimeoutSeconds != nil && *p.TimeoutSeconds < 0 {
 		return fmt.Errorf("task %q: spec.process.timeoutSeconds must not be negative (0: no timeout)", name)
 	}
+	if err := sdk.ValidateResources("spec.process.resources", p.Resources); err != nil {
+		return fmt.Errorf("task %q: %s", name, strings.TrimSuffix(err.Error(), ": "+sdk.ErrInvalidSpec.Error()))
+	}
 	return nil
 }

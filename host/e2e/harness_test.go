@@ -24,7 +24,9 @@ import (
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/internal/containerdtest"
 	"github.com/opensandbox/task-executor/internal/testbin"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/client"
+	"github.com/opensandbox/task-executor/sdk/shimdriver"
 )
 
 // binDir holds the binaries built once for the whole package, laid out as
@@ -49,6 +51,10 @@ func TestMain(m *testing.M) {
 	// A private containerd for the container-mode tests (see
 	// internal/containerdtest: mandatory in CI, loudly skipped elsewhere).
 	code := containerdtest.Main(m)
+	if left := leftCgroups(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "task cgroups left after the tests: %v\n", left)
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -237,6 +243,8 @@ func (h *hostProc) cleanup() {
 		<-h.exited
 	}
 	killTasks(h.dataDir)
+	removeTaskCgroups(h.t, h.dataDir)
+	hostDataDirs.Store(h.dataDir, true)
 	// The sockets the plugins of a killed host left, which only the next
 	// host on the data directory would clear.
 	if dir := h.socketDir(); dir != "" {
@@ -599,4 +607,75 @@ func processTask(name string, command ...string) map[string]any {
 // shTask runs a shell script.
 func shTask(name, script string) map[string]any {
 	return processTask(name, "sh", "-c", script)
+}
+
+// cgroupRuntimes are the runtimes with task cgroups the tests run: the
+// process runtime, and the stuck plugin's copy of it.
+var cgroupRuntimes = []string{"process", "stuck"}
+
+// removeTaskCgroups removes what a host on dataDir left of its task
+// cgroups: a host killed with its tasks leaves their cgroups, as a killed
+// kubelet leaves its containers'.
+func removeTaskCgroups(t testing.TB, dataDir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, rt := range cgroupRuntimes {
+		mgr, err := cgroups.New("", shimdriver.CgroupID(dataDir, rt))
+		if err != nil {
+			t.Errorf("task cgroups: %v", err)
+			return
+		}
+		// The spare cgroups of the plugin's idle shims, which a plugin's
+		// next start would remove.
+		if err := mgr.RemoveSpares(ctx); err != nil {
+			t.Errorf("removing spare cgroups: %v", err)
+		}
+		for _, p := range mgr.Parents() {
+			entries, _ := os.ReadDir(p)
+			for _, e := range entries {
+				if !e.IsDir() {
+					continue
+				}
+				if g, err := mgr.Group(e.Name()); err == nil {
+					if err := g.Remove(ctx); err != nil {
+						t.Errorf("removing a task cgroup: %v", err)
+					}
+				}
+			}
+		}
+		if err := mgr.RemoveParents(); err != nil {
+			t.Errorf("removing the task cgroups' parents: %v", err)
+		}
+	}
+}
+
+// hostDataDirs are the data directories of every host the tests started.
+var hostDataDirs sync.Map
+
+// leftCgroups lists the task cgroups (and their parents) that the hosts
+// of these tests left. Other packages' tests, which may run at the same
+// time in the same cgroup, have cgroups of their own data directories.
+func leftCgroups() []string {
+	var left []string
+	hostDataDirs.Range(func(k, _ any) bool {
+		for _, rt := range cgroupRuntimes {
+			probe, err := cgroups.New("", shimdriver.CgroupID(k.(string), rt))
+			if err != nil {
+				left = append(left, err.Error())
+				return false
+			}
+			for _, p := range probe.Parents() {
+				entries, _ := os.ReadDir(p)
+				for _, e := range entries {
+					if e.IsDir() {
+						left = append(left, filepath.Join(p, e.Name()))
+					}
+				}
+			}
+			// The probe made the parents again where they were gone.
+			_ = probe.RemoveParents()
+		}
+		return true
+	})
+	return left
 }

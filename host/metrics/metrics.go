@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"sync"
@@ -36,7 +37,22 @@ type Metrics struct {
 	statesMu sync.Mutex
 	states   func() StateCounts
 	statesD  *prometheus.Desc
+
+	usageMu              sync.Mutex
+	usage                func(context.Context) []TaskUsage
+	cpuD, memD, memPeakD *prometheus.Desc
 }
+
+// TaskUsage is what one task has used, as its runtime reports it.
+type TaskUsage struct {
+	Task                         string
+	CPUSeconds                   float64
+	MemoryBytes, MemoryPeakBytes int64
+}
+
+// usageTimeout bounds how long a scrape waits for the runtimes' figures: a
+// slow plugin costs a scrape its task series, never the scrape itself.
+const usageTimeout = 2 * time.Second
 
 // New returns the collectors, registered on a new registry together with the
 // Go runtime's and the process's standard collectors.
@@ -76,9 +92,15 @@ func New() *Metrics {
 		}, []string{"method", "route", "code"}),
 		statesD: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "tasks"),
 			"Tasks the executor keeps, by state.", []string{"state"}, nil),
+		cpuD: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "task_cpu_seconds_total"),
+			"CPU time a task has used, user and system, as its cgroup counts it.", []string{"task"}, nil),
+		memD: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "task_memory_bytes"),
+			"Memory a task's cgroup holds now.", []string{"task"}, nil),
+		memPeakD: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "task_memory_peak_bytes"),
+			"The most memory a task's cgroup has held.", []string{"task"}, nil),
 	}
 	m.reg.MustRegister(m.starts, m.terminations, m.startLatency, m.exitVisible,
-		m.pluginRestarts, m.httpRequests, stateCollector{m},
+		m.pluginRestarts, m.httpRequests, stateCollector{m}, usageCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -101,6 +123,18 @@ func (m *Metrics) CountStatesWith(fn func() StateCounts) {
 	m.statesMu.Lock()
 	m.states = fn
 	m.statesMu.Unlock()
+}
+
+// ReportUsageWith makes the per-task usage series ask fn at every scrape,
+// so that a deleted task's series go with it and nothing is kept between
+// scrapes.
+func (m *Metrics) ReportUsageWith(fn func(context.Context) []TaskUsage) {
+	if m == nil {
+		return
+	}
+	m.usageMu.Lock()
+	m.usage = fn
+	m.usageMu.Unlock()
 }
 
 // TaskStarted records a task that started running, latency after it was
@@ -164,5 +198,32 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		n     int
 	}{{"waiting", n.Waiting}, {"running", n.Running}, {"terminated", n.Terminated}} {
 		ch <- prometheus.MustNewConstMetric(c.m.statesD, prometheus.GaugeValue, float64(s.n), s.state)
+	}
+}
+
+// usageCollector reports each task's usage, asked of the runtimes at scrape.
+type usageCollector struct{ m *Metrics }
+
+func (c usageCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.m.cpuD
+	ch <- c.m.memD
+	ch <- c.m.memPeakD
+}
+
+func (c usageCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.usageMu.Lock()
+	fn := c.m.usage
+	c.m.usageMu.Unlock()
+	if fn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), usageTimeout)
+	defer cancel()
+	for _, u := range fn(ctx) {
+		ch <- prometheus.MustNewConstMetric(c.m.cpuD, prometheus.CounterValue, u.CPUSeconds, u.Task)
+		ch <- prometheus.MustNewConstMetric(c.m.memD, prometheus.GaugeValue, float64(u.MemoryBytes), u.Task)
+		if u.MemoryPeakBytes > 0 {
+			ch <- prometheus.MustNewConstMetric(c.m.memPeakD, prometheus.GaugeValue, float64(u.MemoryPeakBytes), u.Task)
+		}
 	}
 }

@@ -15,7 +15,7 @@ import (
 
 func main() {
 	log := sdk.Logger("stuck")
-	sdk.Serve(stuck{Runtime: process.New(log), in: os.Getenv("STUCK_IN")})
+	sdk.Serve(stuck{Runtime: process.NewNamed("stuck", log), in: os.Getenv("STUCK_IN")})
 }
 
 type stuck struct {

@@ -19,7 +19,9 @@ import (
 
 	"github.com/opensandbox/task-executor/internal/testbin"
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
+	"github.com/opensandbox/task-executor/sdk/shimdriver"
 )
 
 // Environment of a child test process run by TestConformanceCatchesBrokenRuntimes.
@@ -225,6 +227,24 @@ func (processHarness) Output(t *testing.T, task sdk.Task) string {
 func (processHarness) Settings() map[string]string {
 	// Output goes through the shim's relay, as under the host's default cap.
 	return map[string]string{sdk.SettingGracePeriod: "3s", sdk.SettingMaxLogBytes: "104857600"}
+}
+
+// CleanDataDir removes the parent of the tasks' cgroups, which fails if
+// the runtime left a task's cgroup behind.
+func (processHarness) CleanDataDir(t *testing.T, dataDir string) {
+	mgr, err := cgroups.New("", shimdriver.CgroupID(dataDir, "process"))
+	if err != nil {
+		t.Errorf("task cgroups: %v", err)
+		return
+	}
+	// The spare cgroups of the last instance's idle shims, which its next
+	// start would have removed.
+	if err := mgr.RemoveSpares(context.Background()); err != nil {
+		t.Errorf("spare cgroups: %v", err)
+	}
+	if err := mgr.RemoveParents(); err != nil {
+		t.Errorf("the runtime left task cgroups behind: %v", err)
+	}
 }
 
 func TestConformance(t *testing.T) {

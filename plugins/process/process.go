@@ -19,8 +19,13 @@ const Name = "process"
 const version = "0.2.0"
 
 // New returns the runtime.
-func New(log hclog.Logger) sdk.Runtime {
-	return shimdriver.New(shimdriver.Options{Name: Name, Version: version, Log: log, Placer: &onHost{}})
+func New(log hclog.Logger) sdk.Runtime { return NewNamed(Name, log) }
+
+// NewNamed returns the runtime under another name, for a plugin that
+// serves it beside the built-in one: its task cgroups are then apart from
+// the built-in's.
+func NewNamed(name string, log hclog.Logger) sdk.Runtime {
+	return shimdriver.New(shimdriver.Options{Name: name, Version: version, Log: log, Placer: &onHost{}, TaskCgroups: true})
 }
 
 // onHost places every task on the host, with the host's environment, in its

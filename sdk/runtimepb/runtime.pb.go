@@ -1145,6 +1145,166 @@ func (*EventsRequest) Descriptor() ([]byte, []int) {
 	return file_runtime_proto_rawDescGZIP(), []int{21}
 }
 
+type UsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tasks asked about; a task the runtime does not know, or keeps no
+	// figures for, is left out of the answer.
+	Names         []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRequest) Reset() {
+	*x = UsageRequest{}
+	mi := &file_runtime_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRequest) ProtoMessage() {}
+
+func (x *UsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_runtime_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRequest.ProtoReflect.Descriptor instead.
+func (*UsageRequest) Descriptor() ([]byte, []int) {
+	return file_runtime_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UsageRequest) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+type UsageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Usage         []*TaskUsage           `protobuf:"bytes,1,rep,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageResponse) Reset() {
+	*x = UsageResponse{}
+	mi := &file_runtime_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageResponse) ProtoMessage() {}
+
+func (x *UsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_runtime_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageResponse.ProtoReflect.Descriptor instead.
+func (*UsageResponse) Descriptor() ([]byte, []int) {
+	return file_runtime_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *UsageResponse) GetUsage() []*TaskUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+type TaskUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// CPU time used, user and system, in seconds.
+	CpuSeconds float64 `protobuf:"fixed64,2,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	// Memory in use now and the most ever in use, in bytes (0: not known).
+	MemoryBytes     int64 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	MemoryPeakBytes int64 `protobuf:"varint,4,opt,name=memory_peak_bytes,json=memoryPeakBytes,proto3" json:"memory_peak_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TaskUsage) Reset() {
+	*x = TaskUsage{}
+	mi := &file_runtime_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskUsage) ProtoMessage() {}
+
+func (x *TaskUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_runtime_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskUsage.ProtoReflect.Descriptor instead.
+func (*TaskUsage) Descriptor() ([]byte, []int) {
+	return file_runtime_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *TaskUsage) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TaskUsage) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
+}
+
+func (x *TaskUsage) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *TaskUsage) GetMemoryPeakBytes() int64 {
+	if x != nil {
+		return x.MemoryPeakBytes
+	}
+	return 0
+}
+
 var File_runtime_proto protoreflect.FileDescriptor
 
 const file_runtime_proto_rawDesc = "" +
@@ -1217,7 +1377,17 @@ const file_runtime_proto_rawDesc = "" +
 	"\x05tasks\x18\x01 \x03(\v2\x1d.taskexecutor.runtime.v1.TaskR\x05tasks\"R\n" +
 	"\x0fRecoverResponse\x12?\n" +
 	"\bstatuses\x18\x01 \x03(\v2#.taskexecutor.runtime.v1.TaskStatusR\bstatuses\"\x0f\n" +
-	"\rEventsRequest2\xae\x06\n" +
+	"\rEventsRequest\"$\n" +
+	"\fUsageRequest\x12\x14\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\"I\n" +
+	"\rUsageResponse\x128\n" +
+	"\x05usage\x18\x01 \x03(\v2\".taskexecutor.runtime.v1.TaskUsageR\x05usage\"\x8f\x01\n" +
+	"\tTaskUsage\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vcpu_seconds\x18\x02 \x01(\x01R\n" +
+	"cpuSeconds\x12!\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\x12*\n" +
+	"\x11memory_peak_bytes\x18\x04 \x01(\x03R\x0fmemoryPeakBytes2\x86\a\n" +
 	"\aRuntime\x12S\n" +
 	"\x04Init\x12$.taskexecutor.runtime.v1.InitRequest\x1a%.taskexecutor.runtime.v1.InitResponse\x12_\n" +
 	"\bValidate\x12(.taskexecutor.runtime.v1.ValidateRequest\x1a).taskexecutor.runtime.v1.ValidateResponse\x12V\n" +
@@ -1227,7 +1397,8 @@ const file_runtime_proto_rawDesc = "" +
 	"\x06Status\x12&.taskexecutor.runtime.v1.StatusRequest\x1a'.taskexecutor.runtime.v1.StatusResponse\x12S\n" +
 	"\x04List\x12$.taskexecutor.runtime.v1.ListRequest\x1a%.taskexecutor.runtime.v1.ListResponse\x12\\\n" +
 	"\aRecover\x12'.taskexecutor.runtime.v1.RecoverRequest\x1a(.taskexecutor.runtime.v1.RecoverResponse\x12W\n" +
-	"\x06Events\x12&.taskexecutor.runtime.v1.EventsRequest\x1a#.taskexecutor.runtime.v1.TaskStatus0\x01B4Z2github.com/opensandbox/task-executor/sdk/runtimepbb\x06proto3"
+	"\x06Events\x12&.taskexecutor.runtime.v1.EventsRequest\x1a#.taskexecutor.runtime.v1.TaskStatus0\x01\x12V\n" +
+	"\x05Usage\x12%.taskexecutor.runtime.v1.UsageRequest\x1a&.taskexecutor.runtime.v1.UsageResponseB4Z2github.com/opensandbox/task-executor/sdk/runtimepbb\x06proto3"
 
 var (
 	file_runtime_proto_rawDescOnce sync.Once
@@ -1241,7 +1412,7 @@ func file_runtime_proto_rawDescGZIP() []byte {
 	return file_runtime_proto_rawDescData
 }
 
-var file_runtime_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_runtime_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_runtime_proto_goTypes = []any{
 	(*Task)(nil),             // 0: taskexecutor.runtime.v1.Task
 	(*TaskStatus)(nil),       // 1: taskexecutor.runtime.v1.TaskStatus
@@ -1265,42 +1436,48 @@ var file_runtime_proto_goTypes = []any{
 	(*RecoverRequest)(nil),   // 19: taskexecutor.runtime.v1.RecoverRequest
 	(*RecoverResponse)(nil),  // 20: taskexecutor.runtime.v1.RecoverResponse
 	(*EventsRequest)(nil),    // 21: taskexecutor.runtime.v1.EventsRequest
-	nil,                      // 22: taskexecutor.runtime.v1.InitRequest.SettingsEntry
+	(*UsageRequest)(nil),     // 22: taskexecutor.runtime.v1.UsageRequest
+	(*UsageResponse)(nil),    // 23: taskexecutor.runtime.v1.UsageResponse
+	(*TaskUsage)(nil),        // 24: taskexecutor.runtime.v1.TaskUsage
+	nil,                      // 25: taskexecutor.runtime.v1.InitRequest.SettingsEntry
 }
 var file_runtime_proto_depIdxs = []int32{
 	2,  // 0: taskexecutor.runtime.v1.TaskStatus.waiting:type_name -> taskexecutor.runtime.v1.Waiting
 	3,  // 1: taskexecutor.runtime.v1.TaskStatus.running:type_name -> taskexecutor.runtime.v1.Running
 	4,  // 2: taskexecutor.runtime.v1.TaskStatus.terminated:type_name -> taskexecutor.runtime.v1.Terminated
-	22, // 3: taskexecutor.runtime.v1.InitRequest.settings:type_name -> taskexecutor.runtime.v1.InitRequest.SettingsEntry
+	25, // 3: taskexecutor.runtime.v1.InitRequest.settings:type_name -> taskexecutor.runtime.v1.InitRequest.SettingsEntry
 	0,  // 4: taskexecutor.runtime.v1.StartRequest.task:type_name -> taskexecutor.runtime.v1.Task
 	1,  // 5: taskexecutor.runtime.v1.StartResponse.status:type_name -> taskexecutor.runtime.v1.TaskStatus
 	1,  // 6: taskexecutor.runtime.v1.StatusResponse.status:type_name -> taskexecutor.runtime.v1.TaskStatus
 	1,  // 7: taskexecutor.runtime.v1.ListResponse.statuses:type_name -> taskexecutor.runtime.v1.TaskStatus
 	0,  // 8: taskexecutor.runtime.v1.RecoverRequest.tasks:type_name -> taskexecutor.runtime.v1.Task
 	1,  // 9: taskexecutor.runtime.v1.RecoverResponse.statuses:type_name -> taskexecutor.runtime.v1.TaskStatus
-	5,  // 10: taskexecutor.runtime.v1.Runtime.Init:input_type -> taskexecutor.runtime.v1.InitRequest
-	7,  // 11: taskexecutor.runtime.v1.Runtime.Validate:input_type -> taskexecutor.runtime.v1.ValidateRequest
-	9,  // 12: taskexecutor.runtime.v1.Runtime.Start:input_type -> taskexecutor.runtime.v1.StartRequest
-	11, // 13: taskexecutor.runtime.v1.Runtime.Stop:input_type -> taskexecutor.runtime.v1.StopRequest
-	13, // 14: taskexecutor.runtime.v1.Runtime.Remove:input_type -> taskexecutor.runtime.v1.RemoveRequest
-	15, // 15: taskexecutor.runtime.v1.Runtime.Status:input_type -> taskexecutor.runtime.v1.StatusRequest
-	17, // 16: taskexecutor.runtime.v1.Runtime.List:input_type -> taskexecutor.runtime.v1.ListRequest
-	19, // 17: taskexecutor.runtime.v1.Runtime.Recover:input_type -> taskexecutor.runtime.v1.RecoverRequest
-	21, // 18: taskexecutor.runtime.v1.Runtime.Events:input_type -> taskexecutor.runtime.v1.EventsRequest
-	6,  // 19: taskexecutor.runtime.v1.Runtime.Init:output_type -> taskexecutor.runtime.v1.InitResponse
-	8,  // 20: taskexecutor.runtime.v1.Runtime.Validate:output_type -> taskexecutor.runtime.v1.ValidateResponse
-	10, // 21: taskexecutor.runtime.v1.Runtime.Start:output_type -> taskexecutor.runtime.v1.StartResponse
-	12, // 22: taskexecutor.runtime.v1.Runtime.Stop:output_type -> taskexecutor.runtime.v1.StopResponse
-	14, // 23: taskexecutor.runtime.v1.Runtime.Remove:output_type -> taskexecutor.runtime.v1.RemoveResponse
-	16, // 24: taskexecutor.runtime.v1.Runtime.Status:output_type -> taskexecutor.runtime.v1.StatusResponse
-	18, // 25: taskexecutor.runtime.v1.Runtime.List:output_type -> taskexecutor.runtime.v1.ListResponse
-	20, // 26: taskexecutor.runtime.v1.Runtime.Recover:output_type -> taskexecutor.runtime.v1.RecoverResponse
-	1,  // 27: taskexecutor.runtime.v1.Runtime.Events:output_type -> taskexecutor.runtime.v1.TaskStatus
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	24, // 10: taskexecutor.runtime.v1.UsageResponse.usage:type_name -> taskexecutor.runtime.v1.TaskUsage
+	5,  // 11: taskexecutor.runtime.v1.Runtime.Init:input_type -> taskexecutor.runtime.v1.InitRequest
+	7,  // 12: taskexecutor.runtime.v1.Runtime.Validate:input_type -> taskexecutor.runtime.v1.ValidateRequest
+	9,  // 13: taskexecutor.runtime.v1.Runtime.Start:input_type -> taskexecutor.runtime.v1.StartRequest
+	11, // 14: taskexecutor.runtime.v1.Runtime.Stop:input_type -> taskexecutor.runtime.v1.StopRequest
+	13, // 15: taskexecutor.runtime.v1.Runtime.Remove:input_type -> taskexecutor.runtime.v1.RemoveRequest
+	15, // 16: taskexecutor.runtime.v1.Runtime.Status:input_type -> taskexecutor.runtime.v1.StatusRequest
+	17, // 17: taskexecutor.runtime.v1.Runtime.List:input_type -> taskexecutor.runtime.v1.ListRequest
+	19, // 18: taskexecutor.runtime.v1.Runtime.Recover:input_type -> taskexecutor.runtime.v1.RecoverRequest
+	21, // 19: taskexecutor.runtime.v1.Runtime.Events:input_type -> taskexecutor.runtime.v1.EventsRequest
+	22, // 20: taskexecutor.runtime.v1.Runtime.Usage:input_type -> taskexecutor.runtime.v1.UsageRequest
+	6,  // 21: taskexecutor.runtime.v1.Runtime.Init:output_type -> taskexecutor.runtime.v1.InitResponse
+	8,  // 22: taskexecutor.runtime.v1.Runtime.Validate:output_type -> taskexecutor.runtime.v1.ValidateResponse
+	10, // 23: taskexecutor.runtime.v1.Runtime.Start:output_type -> taskexecutor.runtime.v1.StartResponse
+	12, // 24: taskexecutor.runtime.v1.Runtime.Stop:output_type -> taskexecutor.runtime.v1.StopResponse
+	14, // 25: taskexecutor.runtime.v1.Runtime.Remove:output_type -> taskexecutor.runtime.v1.RemoveResponse
+	16, // 26: taskexecutor.runtime.v1.Runtime.Status:output_type -> taskexecutor.runtime.v1.StatusResponse
+	18, // 27: taskexecutor.runtime.v1.Runtime.List:output_type -> taskexecutor.runtime.v1.ListResponse
+	20, // 28: taskexecutor.runtime.v1.Runtime.Recover:output_type -> taskexecutor.runtime.v1.RecoverResponse
+	1,  // 29: taskexecutor.runtime.v1.Runtime.Events:output_type -> taskexecutor.runtime.v1.TaskStatus
+	23, // 30: taskexecutor.runtime.v1.Runtime.Usage:output_type -> taskexecutor.runtime.v1.UsageResponse
+	21, // [21:31] is the sub-list for method output_type
+	11, // [11:21] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_runtime_proto_init() }
@@ -1319,7 +1496,7 @@ func file_runtime_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_runtime_proto_rawDesc), len(file_runtime_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	Runtime_List_FullMethodName     = "/taskexecutor.runtime.v1.Runtime/List"
 	Runtime_Recover_FullMethodName  = "/taskexecutor.runtime.v1.Runtime/Recover"
 	Runtime_Events_FullMethodName   = "/taskexecutor.runtime.v1.Runtime/Events"
+	Runtime_Usage_FullMethodName    = "/taskexecutor.runtime.v1.Runtime/Usage"
 )
 
 // RuntimeClient is the client API for Runtime service.
@@ -63,6 +64,10 @@ type RuntimeClient interface {
 	Recover(ctx context.Context, in *RecoverRequest, opts ...grpc.CallOption) (*RecoverResponse, error)
 	// Events streams status changes as they happen.
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TaskStatus], error)
+	// Usage reports what tasks have used (CPU, memory). Optional: a plugin
+	// that does not implement it answers UNIMPLEMENTED and the host shows no
+	// usage for its tasks.
+	Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error)
 }
 
 type runtimeClient struct {
@@ -172,6 +177,16 @@ func (c *runtimeClient) Events(ctx context.Context, in *EventsRequest, opts ...g
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Runtime_EventsClient = grpc.ServerStreamingClient[TaskStatus]
 
+func (c *runtimeClient) Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UsageResponse)
+	err := c.cc.Invoke(ctx, Runtime_Usage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RuntimeServer is the server API for Runtime service.
 // All implementations must embed UnimplementedRuntimeServer
 // for forward compatibility.
@@ -195,6 +210,10 @@ type RuntimeServer interface {
 	Recover(context.Context, *RecoverRequest) (*RecoverResponse, error)
 	// Events streams status changes as they happen.
 	Events(*EventsRequest, grpc.ServerStreamingServer[TaskStatus]) error
+	// Usage reports what tasks have used (CPU, memory). Optional: a plugin
+	// that does not implement it answers UNIMPLEMENTED and the host shows no
+	// usage for its tasks.
+	Usage(context.Context, *UsageRequest) (*UsageResponse, error)
 	mustEmbedUnimplementedRuntimeServer()
 }
 
@@ -231,6 +250,9 @@ func (UnimplementedRuntimeServer) Recover(context.Context, *RecoverRequest) (*Re
 }
 func (UnimplementedRuntimeServer) Events(*EventsRequest, grpc.ServerStreamingServer[TaskStatus]) error {
 	return status.Errorf(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedRuntimeServer) Usage(context.Context, *UsageRequest) (*UsageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Usage not implemented")
 }
 func (UnimplementedRuntimeServer) mustEmbedUnimplementedRuntimeServer() {}
 func (UnimplementedRuntimeServer) testEmbeddedByValue()                 {}
@@ -408,6 +430,24 @@ func _Runtime_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Runtime_EventsServer = grpc.ServerStreamingServer[TaskStatus]
 
+func _Runtime_Usage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RuntimeServer).Usage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Runtime_Usage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RuntimeServer).Usage(ctx, req.(*UsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Runtime_ServiceDesc is the grpc.ServiceDesc for Runtime service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -446,6 +486,10 @@ var Runtime_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Recover",
 			Handler:    _Runtime_Recover_Handler,
+		},
+		{
+			MethodName: "Usage",
+			Handler:    _Runtime_Usage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -124,7 +124,11 @@ type instance struct {
 
 func (s *suite) newEnv(t *testing.T) *env {
 	e := &env{s: s, dataDir: t.TempDir()}
-	// Registered first so it runs last, after every instance's cleanup.
+	if c, ok := s.h.(DataDirCleaner); ok {
+		t.Cleanup(func() { c.CleanDataDir(t, e.dataDir) })
+	}
+	// Registered first so it runs last (before only the cleaner), after
+	// every instance's cleanup.
 	t.Cleanup(func() { e.janitor(t) })
 	return e
 }

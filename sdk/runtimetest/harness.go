@@ -48,6 +48,16 @@ type StopSlacker interface {
 	StopSlack() time.Duration
 }
 
+// DataDirCleaner may be implemented by a Harness whose runtime keeps
+// something outside the data directory it was given (a parent cgroup named
+// for it, ...), to remove it once the kit is done with that directory: after
+// every task has been stopped and removed.
+type DataDirCleaner interface {
+	// CleanDataDir removes what the runtime kept for dataDir; it fails t
+	// if that cannot be done (something of a task was left).
+	CleanDataDir(t *testing.T, dataDir string)
+}
+
 // Instance is one running instance of a runtime.
 type Instance interface {
 	// Runtime is the instance's runtime, as the host would see it.

@@ -79,6 +79,7 @@ func (r Result) WaitExit(ctx context.Context, dir string) (Exit, error) {
 type Launcher struct {
 	path   string
 	spares int
+	opts   LauncherOptions
 
 	mu      sync.Mutex
 	idle    []*idleShim
@@ -88,16 +89,43 @@ type Launcher struct {
 
 // idleShim is a started shim that waits for a job on conn.
 type idleShim struct {
-	pid  int
-	conn *net.UnixConn
+	pid      int
+	conn     *net.UnixConn
+	prepared any // what LauncherOptions.Prepare returned for it
+}
+
+// LauncherOptions configure a Launcher beyond its spares.
+type LauncherOptions struct {
+	// Prepare, when set, is called with the PID of each shim the launcher
+	// starts, before the shim is given a job (for a spare, off the path of
+	// a task's start): for example to move it into a cgroup made ahead of
+	// time (see package cgroups' Spare). What it returns goes to the
+	// Spec.Claim of the Launch that uses the shim. An error drops the shim.
+	Prepare func(pid int) (any, error)
+	// Discard is called with what Prepare returned for a shim that is
+	// dropped without running a task.
+	Discard func(prepared any)
 }
 
 // NewLauncher returns a launcher that keeps spares idle shims of the
 // executable at path.
 func NewLauncher(path string, spares int) *Launcher {
-	l := &Launcher{path: path, spares: spares}
+	return NewLauncherWith(path, spares, LauncherOptions{})
+}
+
+// NewLauncherWith is NewLauncher with options.
+func NewLauncherWith(path string, spares int, opts LauncherOptions) *Launcher {
+	l := &Launcher{path: path, spares: spares, opts: opts}
 	l.refill()
 	return l
+}
+
+// discard drops an idle shim that will run no task.
+func (l *Launcher) discard(sh *idleShim) {
+	sh.conn.Close() // the shim reads EOF and exits
+	if sh.prepared != nil && l.opts.Discard != nil {
+		l.opts.Discard(sh.prepared)
+	}
 }
 
 // Launch starts a shim for spec with state directory dir (created if
@@ -134,8 +162,6 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	if err := os.Remove(filepath.Join(dir, ctlFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
 	}
-	job := encodeJob(dir, spec)
-
 	sh, err := l.take()
 	if err != nil {
 		return Result{}, err
@@ -144,12 +170,25 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	// now would compete for the CPU with the task just started and with
 	// the report of its exit, which short tasks send within milliseconds.
 	defer time.AfterFunc(refillDelay, l.refill)
-	keep := false
+	keep, claimed := false, false
 	defer func() {
-		if !keep {
+		switch {
+		case keep:
+		case claimed:
+			// What Prepare made is the task's now, and goes with it.
 			sh.conn.Close()
+		default:
+			l.discard(sh)
 		}
 	}()
+	if spec.Claim != nil {
+		if err := spec.Claim(sh.prepared, &spec); err != nil {
+			return Result{}, fmt.Errorf("while preparing the task's shim: %w", err)
+		}
+		claimed = true
+	}
+	// Encoded once Claim has said which cgroup files go with it.
+	job := encodeJob(dir, spec)
 	// Handing over the job is local and quick, and is not interrupted: once
 	// asked, the shim starts the task even if the caller stops waiting, and
 	// a later Inspect finds it.
@@ -347,6 +386,12 @@ func (l *Launcher) refill() {
 				return // Launch starts one itself and reports the error
 			}
 			l.mu.Lock()
+			if l.closed {
+				l.filling = false
+				l.mu.Unlock()
+				l.discard(sh)
+				return
+			}
 			l.idle = append(l.idle, sh)
 			l.mu.Unlock()
 		}
@@ -388,7 +433,14 @@ func (l *Launcher) spawn() (*idleShim, error) {
 	if err != nil {
 		return nil, fmt.Errorf("while wrapping the shim's socket: %w", err)
 	}
-	return &idleShim{pid: pid, conn: c.(*net.UnixConn)}, nil
+	sh := &idleShim{pid: pid, conn: c.(*net.UnixConn)}
+	if l.opts.Prepare != nil {
+		if sh.prepared, err = l.opts.Prepare(pid); err != nil {
+			sh.conn.Close()
+			return nil, fmt.Errorf("while preparing a shim: %w", err)
+		}
+	}
+	return sh, nil
 }
 
 // Close ends the idle shims. Shims running tasks are not affected.
@@ -399,7 +451,7 @@ func (l *Launcher) Close() {
 	l.idle = nil
 	l.mu.Unlock()
 	for _, sh := range idle {
-		sh.conn.Close() // the shim reads EOF and exits
+		l.discard(sh)
 	}
 }
 

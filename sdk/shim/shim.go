@@ -116,6 +116,12 @@ type Spec struct {
 	// cgroup the task runs in: a task killed by SIGKILL while that count
 	// rose ends as ReasonOOMKilled. The caller keeps the file.
 	OOMCounter *os.File `json:"-"`
+	// Claim, when set, is called by Launcher.Launch with what
+	// LauncherOptions.Prepare returned for the shim about to run the task
+	// (nil without Prepare), before the job is handed over; it may set
+	// Cgroups and OOMCounter (the caller keeps what it opens). An error
+	// fails the launch, and the shim is discarded.
+	Claim func(prepared any, spec *Spec) error `json:"-"`
 }
 
 // Credentials are who a task runs as and how it is confined, as a process

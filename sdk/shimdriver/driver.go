@@ -48,6 +48,12 @@ type Options struct {
 	Log hclog.Logger
 	// Placer decides where tasks run.
 	Placer Placer
+	// TaskCgroups gives each task a cgroup of its own (its resources'
+	// limits, usage and the kill of all it started), made under the
+	// plugin's own cgroup or the host's SettingCgroupParent, as the host's
+	// SettingTaskCgroups says. A task whose Place names cgroups (another
+	// container's) runs in those instead.
+	TaskCgroups bool
 }
 
 // Driver is an sdk.Runtime for process tasks.
@@ -58,6 +64,7 @@ type Driver struct {
 	shims  *shim.Launcher
 	grace  time.Duration
 	maxLog int64
+	cg     *taskCgroups // nil: tasks get no cgroups of their own
 
 	mu      sync.Mutex
 	handles map[string]*handle
@@ -70,7 +77,7 @@ func New(opts Options) *Driver {
 
 // Init reads the host's settings, finds the shim and initialises the
 // Placer.
-func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
+func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 	d.grace = defaultGrace
 	if v := cfg.Settings[sdk.SettingGracePeriod]; v != "" {
 		g, err := time.ParseDuration(v)
@@ -93,14 +100,31 @@ func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 	if err := d.opts.Placer.Init(cfg); err != nil {
 		return sdk.Info{}, err
 	}
-	d.shims = shim.NewLauncher(path, spareShims)
-	d.log.Debug("initialised", "shim", path, "grace", d.grace.String())
+	var cgWarnings []string
+	if d.opts.TaskCgroups {
+		cg, warnings, err := newTaskCgroups(cfg, d.opts.Name, d.log)
+		if err != nil {
+			return sdk.Info{}, err
+		}
+		d.cg, cgWarnings = cg, warnings
+	}
+	var launcherOpts shim.LauncherOptions
+	if d.cg != nil && d.cg.mgr.CanAdopt() {
+		// Spare shims wait in spare cgroups, which starts adopt.
+		if err := d.cg.mgr.RemoveSpares(ctx); err != nil {
+			d.log.Warn("cannot remove the spare cgroups of an earlier plugin process", "error", err)
+		}
+		launcherOpts = shim.LauncherOptions{Prepare: d.cg.prepare, Discard: d.cg.discard}
+	}
+	d.shims = shim.NewLauncherWith(path, spareShims, launcherOpts)
+	d.log.Debug("initialised", "shim", path, "grace", d.grace.String(), "cgroups", d.cg != nil)
 	// Validate refuses only what the host refuses too (see the HTTP API's
 	// checks), so the host need not ask.
 	info := sdk.Info{Name: d.opts.Name, Version: d.opts.Version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}
 	if w, ok := d.opts.Placer.(Warner); ok {
 		info.Warnings = w.Warnings()
 	}
+	info.Warnings = append(info.Warnings, cgWarnings...)
 	return info, nil
 }
 
@@ -155,7 +179,7 @@ func (d *Driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
 			return fmt.Errorf("env %q: valueFrom is not supported for process tasks: %w", e.Name, sdk.ErrInvalidSpec)
 		}
 	}
-	return nil
+	return sdk.ValidateResources("spec.process.resources", spec.Process.Resources)
 }
 
 // Start starts a task, or, if its Placer says it cannot start yet, accepts
@@ -167,7 +191,7 @@ func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 	d.mu.Lock()
 	h, ok := d.handles[task.Name]
 	if !ok {
-		h = newHandle(task)
+		h = d.newHandle(task)
 		d.handles[task.Name] = h
 	}
 	d.mu.Unlock()
@@ -206,7 +230,30 @@ func (d *Driver) launch(ctx context.Context, h *handle) (shim.Result, error) {
 	}
 	defer place.Close()
 	spec := d.shimSpec(h.task, place)
+	if d.cg != nil && len(place.Cgroups) == 0 {
+		// The shim is in the task's cgroup before it starts the task,
+		// which inherits it: the task never runs outside it.
+		var opened []*os.File
+		defer func() {
+			for _, f := range opened {
+				f.Close()
+			}
+		}()
+		spec.Claim = func(prepared any, s *shim.Spec) error {
+			procs, oom, err := d.cg.claim(ctx, h.task, prepared)
+			opened = append(procs, oom)
+			if err != nil {
+				return &cgroupError{err}
+			}
+			s.Cgroups, s.OOMCounter = procs, oom
+			return nil
+		}
+	}
 	res, err := d.shims.Launch(ctx, h.dir, spec)
+	if cerr := (*cgroupError)(nil); errors.As(err, &cerr) {
+		now := time.Now()
+		return shim.Result{Exit: &shim.Exit{ExitCode: 128, Reason: shim.ReasonStartError, Message: cerr.Error(), FinishedAt: now}}, nil
+	}
 	if errors.Is(err, shim.ErrLaunched) {
 		// A shim from before a plugin restart that was not followed by
 		// Recover (the host retried a Start whose answer it never got).
@@ -359,21 +406,49 @@ func (d *Driver) Stop(ctx context.Context, name string, grace time.Duration) err
 }
 
 // Remove forgets a terminated task (stopping it at once first if it is
-// not).
+// not) and removes its cgroup with anything still in it.
 func (d *Driver) Remove(ctx context.Context, name string) error {
 	h, err := d.lookup(name)
-	if errors.Is(err, sdk.ErrNotFound) {
-		return nil
-	}
-	if !h.terminated() {
+	if err == nil && !h.terminated() {
 		// Remove is meant for terminated tasks; make sure nothing of the
 		// task outlives its directory.
 		if err := d.Stop(ctx, name, 0); err != nil {
 			return err
 		}
 	}
-	d.forget(h)
+	// A terminated task is not recovered after a plugin restart, so its
+	// cgroup is found by name, handle or not.
+	if d.cg != nil {
+		d.cg.remove(ctx, name)
+	}
+	if h != nil {
+		d.forget(h)
+	}
 	return nil
+}
+
+// newHandle returns a handle whose terminated state tells what the task
+// used, when it has a cgroup.
+func (d *Driver) newHandle(task sdk.Task) *handle {
+	h := newHandle(task)
+	if d.cg != nil {
+		h.describeUsage = func() string { return d.cg.describe(task.Name) }
+	}
+	return h
+}
+
+// Usage reports what tasks' cgroups counted (sdk.UsageReporter).
+func (d *Driver) Usage(_ context.Context, names []string) ([]sdk.TaskUsage, error) {
+	if d.cg == nil {
+		return nil, fmt.Errorf("tasks of the %s runtime have no cgroups here: %w", d.opts.Name, sdk.ErrUnsupported)
+	}
+	out := make([]sdk.TaskUsage, 0, len(names))
+	for _, name := range names {
+		if u, ok := d.cg.usage(name); ok {
+			out = append(out, sdk.TaskUsage{Name: name, CPUSeconds: u.CPUSeconds, MemoryBytes: u.MemoryBytes, MemoryPeakBytes: u.MemoryPeakBytes})
+		}
+	}
+	return out, nil
 }
 
 // Status returns a task's status.
@@ -418,7 +493,7 @@ func (d *Driver) Recover(ctx context.Context, tasks []sdk.Task) ([]sdk.TaskStatu
 		d.mu.Lock()
 		h, ok := d.handles[task.Name]
 		if !ok {
-			h = newHandle(task)
+			h = d.newHandle(task)
 			d.handles[task.Name] = h
 		}
 		d.mu.Unlock()

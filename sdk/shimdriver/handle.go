@@ -31,6 +31,10 @@ type handle struct {
 	err       error // why launching failed, if it did
 	waiting   bool  // put to wait, not launched yet
 	readyOnce sync.Once
+
+	// describeUsage, when set, tells what the task used, for its
+	// terminated state's message.
+	describeUsage func() string
 }
 
 func newHandle(task sdk.Task) *handle {
@@ -43,8 +47,14 @@ func (h *handle) markReady() { h.readyOnce.Do(func() { close(h.ready) }) }
 // task, starts watching its shim. The outcome itself is not published: the
 // caller of Start or Recover gets it as the answer.
 func (h *handle) settle(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
+	var st sdk.TaskStatus
+	if res.Exit != nil {
+		st = h.exitStatus(*res.Exit)
+	} else {
+		st = statusOf(h.task.Name, res)
+	}
 	h.mu.Lock()
-	h.st = statusOf(h.task.Name, res)
+	h.st = st
 	h.waiting = false
 	h.mu.Unlock()
 	h.markReady()
@@ -100,9 +110,9 @@ func (h *handle) watch(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
 	for attempt := 0; ; attempt++ {
 		exit, err := res.WaitExit(context.Background(), h.dir)
 		if err == nil {
+			s := h.exitStatus(exit)
 			h.mu.Lock()
-			h.st = exitStatus(h.task.Name, exit)
-			s := h.st
+			h.st = s
 			h.mu.Unlock()
 			close(h.done)
 			pub.Publish(s)
@@ -111,6 +121,20 @@ func (h *handle) watch(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
 		log.Warn("cannot wait for a task's shim; retrying", "task", h.task.Name, "error", err)
 		time.Sleep(time.Duration(min(attempt+1, 10)) * 100 * time.Millisecond)
 	}
+}
+
+// exitStatus is the task's terminated status, its message telling what the
+// task used where that is known.
+func (h *handle) exitStatus(e shim.Exit) sdk.TaskStatus {
+	if h.describeUsage != nil {
+		if u := h.describeUsage(); u != "" {
+			if e.Message != "" {
+				e.Message += "; "
+			}
+			e.Message += u
+		}
+	}
+	return exitStatus(h.task.Name, e)
 }
 
 func (h *handle) snapshot() (sdk.TaskStatus, error) {

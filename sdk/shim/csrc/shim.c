@@ -1479,7 +1479,7 @@ static void supervise(struct exit_info *e) {
 		         "the container the task ran in has ended (its process %d exited), and the task with it", holder_pid);
 	} else if (oom) {
 		e->reason = "OOMKilled";
-		snprintf(e->message, sizeof e->message, "killed by the kernel for lack of memory in the container's cgroup");
+		snprintf(e->message, sizeof e->message, "killed by the kernel for lack of memory in its cgroup");
 	} else if (timed_out) {
 		char d[32];
 		duration(timeout_ns, d, sizeof d);

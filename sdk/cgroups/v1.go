@@ -1,0 +1,105 @@
+package cgroups
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// writeLimitsV1 sets l in a cgroup of v1 hierarchy t, for the controllers t
+// has. memory.memsw.* is left alone: the kubelet does not set it either, and
+// it does not exist where swap accounting is off.
+func writeLimitsV1(dir string, t tree, l Limits) error {
+	if t.has("memory") {
+		limit := "-1"
+		if l.MemoryBytes > 0 {
+			limit = strconv.FormatInt(l.MemoryBytes, 10)
+		}
+		if err := writeFile(dir, "memory.limit_in_bytes", limit); err != nil {
+			return err
+		}
+	}
+	if t.has("cpu") {
+		// The period first: the quota is checked against it.
+		if err := writeFile(dir, "cpu.cfs_period_us", strconv.FormatInt(l.period(), 10)); err != nil {
+			return err
+		}
+		quota := "-1"
+		if l.CPUQuotaMicros > 0 {
+			quota = strconv.FormatInt(l.CPUQuotaMicros, 10)
+		}
+		if err := writeFile(dir, "cpu.cfs_quota_us", quota); err != nil {
+			return err
+		}
+		shares := int64(defaultShares)
+		if l.CPUShares > 0 {
+			shares = min(max(l.CPUShares, minShares), maxShares)
+		}
+		if err := writeFile(dir, "cpu.shares", strconv.FormatInt(shares, 10)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// statsV1 adds what a cgroup of v1 hierarchy t counts to u.
+func statsV1(dir string, t tree, u *Usage) error {
+	if t.has("memory") {
+		var err error
+		if u.MemoryBytes, err = readInt(dir, "memory.usage_in_bytes"); err != nil {
+			return err
+		}
+		if u.MemoryPeakBytes, err = readInt(dir, "memory.max_usage_in_bytes"); err != nil {
+			return err
+		}
+	}
+	if t.has("cpuacct") {
+		ns, err := readInt(dir, "cpuacct.usage")
+		if err != nil {
+			return err
+		}
+		u.CPUSeconds = float64(ns) / 1e9
+	}
+	return nil
+}
+
+// inheritCpuset gives a new v1 cpuset cgroup its parent's CPUs and memory
+// nodes: the kernel leaves them empty, and a cgroup with an empty cpuset
+// takes no process (ENOSPC).
+func inheritCpuset(dir string) error {
+	for _, name := range []string{"cpuset.cpus", "cpuset.mems"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return fmt.Errorf("while reading the cpuset of %s: %w", dir, err)
+		}
+		if strings.TrimSpace(string(b)) != "" {
+			continue
+		}
+		b, err = os.ReadFile(filepath.Join(filepath.Dir(dir), name))
+		if err != nil {
+			return fmt.Errorf("while reading the cpuset of %s: %w", filepath.Dir(dir), err)
+		}
+		if err := writeFile(dir, name, strings.TrimSpace(string(b))); err != nil {
+			return fmt.Errorf("while copying the parent's cpuset: %w", err)
+		}
+	}
+	return nil
+}
+
+// accessWrite tells whether this process may make cgroups in dir: a
+// directory that existed already may be read-only, or someone else's.
+func accessWrite(dir string) error {
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EROFS) || errors.Is(err, unix.EPERM) {
+			return &fs.PathError{Op: "access", Path: dir, Err: err}
+		}
+		return fmt.Errorf("while checking %s: %w", dir, err)
+	}
+	return nil
+}
