@@ -42,12 +42,7 @@ func TestTaskLeavesNothingBehind(t *testing.T) {
 				script += "\nexec sleep 300"
 			}
 			h.mustDo(201, "POST", "/tasks", shTask(name, script))
-			out := filepath.Join(h.dataDir, name, "stdout.log")
-			var escaped map[int]string
-			eventually(t, 15*time.Second, func() bool {
-				escaped = escapees(out)
-				return len(escaped) == len(escapeScripts)
-			}, func() string { return fmt.Sprintf("the escapes did not all report: %v", escaped) })
+			escaped := awaitEscapees(t, h, name)
 			t.Cleanup(func() {
 				for pid, marker := range escaped {
 					if runs(pid, marker) {
@@ -78,6 +73,19 @@ func TestTaskLeavesNothingBehind(t *testing.T) {
 			}
 		})
 	}
+}
+
+// awaitEscapees waits for every escape of escapeScripts that task name
+// runs to report, and returns them.
+func awaitEscapees(t *testing.T, h *hostProc, name string) map[int]string {
+	t.Helper()
+	out := filepath.Join(h.dataDir, name, "stdout.log")
+	var escaped map[int]string
+	eventually(t, 15*time.Second, func() bool {
+		escaped = escapees(out)
+		return len(escaped) == len(escapeScripts)
+	}, func() string { return fmt.Sprintf("the escapes did not all report: %v", escaped) })
+	return escaped
 }
 
 // escapees reads "<pid> <marker>" lines.

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -140,12 +139,7 @@ func TestTaskCgroupLifecycle(t *testing.T) {
 	}
 	name := "tree"
 	h.mustDo(201, "POST", "/tasks", shTask(name, strings.Join(all, "\n")+"\nexec sleep 300"))
-	out := filepath.Join(h.dataDir, name, "stdout.log")
-	var escaped map[int]string
-	eventually(t, 15*time.Second, func() bool {
-		escaped = escapees(out)
-		return len(escaped) == len(escapeScripts)
-	}, func() string { return fmt.Sprintf("the escapes did not all report: %v", escaped) })
+	escaped := awaitEscapees(t, h, name)
 	g := taskCgroup(t, h.dataDir, name)
 	procs := map[int]bool{}
 	for _, d := range g.Dirs() {

@@ -321,26 +321,13 @@ func (g *Group) Create(l Limits) (procs []*os.File, oom *os.File, err error) {
 	}()
 	for _, t := range g.m.trees {
 		dir := t.dir(g.path(t))
-		err := mkdirCgroup(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			// The parent was removed since New (by an operator's
-			// cleanup): make it again rather than fail every task.
-			if err = t.makeParent(); err == nil {
-				err = mkdirCgroup(dir)
-			}
-		}
-		if err != nil {
+		if err := t.makeGroup(dir); err != nil {
 			return procs, oom, fmt.Errorf("while creating cgroup %s: %w", g.name, err)
-		}
-		if t.has("cpuset") {
-			if err := inheritCpuset(dir); err != nil {
-				return procs, oom, fmt.Errorf("while creating cgroup %s: %w", g.name, err)
-			}
 		}
 		if t.v2 {
 			err = writeLimitsV2(dir, l)
 		} else {
-			err = writeLimitsV1(dir, t, l)
+			err = writeLimitsV1(dir, t, nil, l)
 		}
 		if err != nil {
 			return procs, oom, fmt.Errorf("while setting the limits of cgroup %s: %w", g.name, err)
@@ -357,6 +344,26 @@ func (g *Group) Create(l Limits) (procs []*os.File, oom *os.File, err error) {
 		}
 	}
 	return procs, oom, nil
+}
+
+// makeGroup makes the cgroup directory dir in t (it existing is fine),
+// ready to take processes.
+func (t tree) makeGroup(dir string) error {
+	err := mkdirCgroup(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The parent was removed since New (by an operator's cleanup):
+		// make it again rather than fail every task.
+		if err = t.makeParent(); err == nil {
+			err = mkdirCgroup(dir)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if t.has("cpuset") {
+		return inheritCpuset(dir)
+	}
+	return nil
 }
 
 // validate rejects what the kernel would reject, with a message that names

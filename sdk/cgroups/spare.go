@@ -58,21 +58,10 @@ func (m *Manager) Spare(pid int, l Limits) (*Group, error) {
 	}()
 	for _, t := range m.trees {
 		dir := t.dir(g.path(t))
-		err := mkdirCgroup(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			if err = t.makeParent(); err == nil {
-				err = mkdirCgroup(dir)
-			}
-		}
-		if err != nil {
+		if err := t.makeGroup(dir); err != nil {
 			return nil, fmt.Errorf("while creating a spare cgroup: %w", err)
 		}
-		if t.has("cpuset") {
-			if err := inheritCpuset(dir); err != nil {
-				return nil, fmt.Errorf("while creating a spare cgroup: %w", err)
-			}
-		}
-		if err := writeChangedLimitsV1(dir, t, Limits{}, l); err != nil {
+		if err := writeLimitsV1(dir, t, &Limits{}, l); err != nil {
 			return nil, fmt.Errorf("while setting the limits of a spare cgroup: %w", err)
 		}
 		if err := writeFile(dir, "cgroup.procs", strconv.Itoa(pid)); err != nil {
@@ -110,7 +99,7 @@ func (g *Group) Adopt(ctx context.Context, spare *Group, l Limits) (oom *os.File
 	}
 	for _, t := range g.m.trees {
 		dir := t.dir(g.path(t))
-		if err := writeChangedLimitsV1(dir, t, spare.limits, l); err != nil {
+		if err := writeLimitsV1(dir, t, &spare.limits, l); err != nil {
 			return nil, fmt.Errorf("while setting the limits of cgroup %s: %w", g.name, err)
 		}
 		if counter := t.oomCounter(); counter != "" && oom == nil {
@@ -143,42 +132,6 @@ func (m *Manager) RemoveSpares(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// writeChangedLimitsV1 is writeLimitsV1 for a cgroup that has limits
-// have (a new cgroup: the zero Limits, the kernel's defaults): what is the
-// same is not written.
-func writeChangedLimitsV1(dir string, t tree, have, want Limits) error {
-	if t.has("memory") && want.MemoryBytes != have.MemoryBytes {
-		limit := "-1"
-		if want.MemoryBytes > 0 {
-			limit = strconv.FormatInt(want.MemoryBytes, 10)
-		}
-		if err := writeFile(dir, "memory.limit_in_bytes", limit); err != nil {
-			return err
-		}
-	}
-	if t.has("cpu") {
-		if want.period() != have.period() || want.CPUQuotaMicros != have.CPUQuotaMicros {
-			// The period first: the quota is checked against it.
-			if err := writeFile(dir, "cpu.cfs_period_us", strconv.FormatInt(want.period(), 10)); err != nil {
-				return err
-			}
-			quota := "-1"
-			if want.CPUQuotaMicros > 0 {
-				quota = strconv.FormatInt(want.CPUQuotaMicros, 10)
-			}
-			if err := writeFile(dir, "cpu.cfs_quota_us", quota); err != nil {
-				return err
-			}
-		}
-		if shares := want.shares(); shares != have.shares() {
-			if err := writeFile(dir, "cpu.shares", strconv.FormatInt(shares, 10)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 // shares is the cpu.shares that l sets.

@@ -12,36 +12,40 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// writeLimitsV1 sets l in a cgroup of v1 hierarchy t, for the controllers t
-// has. memory.memsw.* is left alone: the kubelet does not set it either, and
-// it does not exist where swap accounting is off.
-func writeLimitsV1(dir string, t tree, l Limits) error {
-	if t.has("memory") {
+// writeLimitsV1 sets want in a cgroup of v1 hierarchy t, for the
+// controllers t has. With have, the limits the cgroup has (a new one: the
+// zero Limits, the kernel's defaults), what is the same is not written:
+// every write is a system call on the path of a task's start.
+// memory.memsw.* is left alone: the kubelet does not set it either, and it
+// does not exist where swap accounting is off.
+func writeLimitsV1(dir string, t tree, have *Limits, want Limits) error {
+	if t.has("memory") && (have == nil || want.MemoryBytes != have.MemoryBytes) {
 		limit := "-1"
-		if l.MemoryBytes > 0 {
-			limit = strconv.FormatInt(l.MemoryBytes, 10)
+		if want.MemoryBytes > 0 {
+			limit = strconv.FormatInt(want.MemoryBytes, 10)
 		}
 		if err := writeFile(dir, "memory.limit_in_bytes", limit); err != nil {
 			return err
 		}
 	}
-	if t.has("cpu") {
+	if !t.has("cpu") {
+		return nil
+	}
+	if have == nil || want.period() != have.period() || want.CPUQuotaMicros != have.CPUQuotaMicros {
 		// The period first: the quota is checked against it.
-		if err := writeFile(dir, "cpu.cfs_period_us", strconv.FormatInt(l.period(), 10)); err != nil {
+		if err := writeFile(dir, "cpu.cfs_period_us", strconv.FormatInt(want.period(), 10)); err != nil {
 			return err
 		}
 		quota := "-1"
-		if l.CPUQuotaMicros > 0 {
-			quota = strconv.FormatInt(l.CPUQuotaMicros, 10)
+		if want.CPUQuotaMicros > 0 {
+			quota = strconv.FormatInt(want.CPUQuotaMicros, 10)
 		}
 		if err := writeFile(dir, "cpu.cfs_quota_us", quota); err != nil {
 			return err
 		}
-		shares := int64(defaultShares)
-		if l.CPUShares > 0 {
-			shares = min(max(l.CPUShares, minShares), maxShares)
-		}
-		if err := writeFile(dir, "cpu.shares", strconv.FormatInt(shares, 10)); err != nil {
+	}
+	if have == nil || want.shares() != have.shares() {
+		if err := writeFile(dir, "cpu.shares", strconv.FormatInt(want.shares(), 10)); err != nil {
 			return err
 		}
 	}
