@@ -610,8 +610,9 @@ func shTask(name, script string) map[string]any {
 }
 
 // cgroupRuntimes are the runtimes with task cgroups the tests run: the
-// process runtime, and the stuck plugin's copy of it.
-var cgroupRuntimes = []string{"process", "stuck"}
+// process runtime, the stuck plugin's copy of it, and nsenter (below the
+// cgroup of a test's main process, which is the test's own).
+var cgroupRuntimes = []string{"process", "stuck", "nsenter"}
 
 // removeTaskCgroups removes what a host on dataDir left of its task
 // cgroups: a host killed with its tasks leaves their cgroups, as a killed

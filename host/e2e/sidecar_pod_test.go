@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/opensandbox/task-executor/internal/containerdtest"
 	"github.com/opensandbox/task-executor/internal/podtest"
@@ -126,7 +128,9 @@ func (p *sidecarPod) output(name string) string {
 }
 
 // run runs script as a task and in main through the runtime (ExecSync), and
-// returns both outputs.
+// returns both outputs. A task has a cgroup of its own below main's memory
+// cgroup (and main's others at that path): in what it prints of
+// /proc/self/cgroup that cgroup is checked and cut back to main's.
 func (p *sidecarPod) run(name, script string) (task, exec string) {
 	p.t.Helper()
 	p.create(name, script)
@@ -137,7 +141,17 @@ func (p *sidecarPod) run(name, script string) (task, exec string) {
 	if err != nil || res.ExitCode != 0 {
 		p.t.Fatalf("exec in main: %v, %+v", err, res)
 	}
-	return p.output(name), string(res.Stdout)
+	task = p.output(name)
+	own := regexp.MustCompile(`(?m)^([0-9]+:[^:]*memory[^:]*:.*)/task-executor-[0-9a-f]+-nsenter/` + regexp.QuoteMeta(name) + `$`)
+	if strings.Contains(script, "/proc/self/cgroup") && !own.MatchString(task) {
+		p.t.Fatalf("task %s has no memory cgroup of its own below main's:\n%s", name, task)
+	}
+	below := regexp.MustCompile(`/task-executor-[0-9a-f]+-nsenter/` + regexp.QuoteMeta(name) + `$`)
+	lines := strings.Split(task, "\n")
+	for i, l := range lines {
+		lines[i] = below.ReplaceAllString(l, "")
+	}
+	return strings.Join(lines, "\n"), string(res.Stdout)
 }
 
 // nodePID finds, on the node, the process a pod's PID namespace (the one
@@ -304,6 +318,29 @@ func TestSidecarTaskOOMKilledInMain(t *testing.T) {
 	p.create("modest", "exec dd if=/dev/zero of=/dev/null bs=16M count=1")
 	if term := p.wait("modest").Status.State.Terminated; term.Reason != sdk.ReasonSucceeded {
 		t.Fatalf("a task within the limit: %+v", term)
+	}
+}
+
+// TestSidecarTaskOwnLimits: in a main without a memory limit, a task's own
+// limits.memory holds (its cgroup is below main's): OOMKilled, while the
+// same in main runs through; the task's usage is in its message.
+func TestSidecarTaskOwnLimits(t *testing.T) {
+	p := startSidecarPod(t)
+	const hog = "exec dd if=/dev/zero of=/dev/null bs=100M count=1"
+	_, err := p.c.Create(t.Context(), client.Task{Name: "limited", Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{
+		Command:   []string{"sh", "-c", hog},
+		Resources: &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	term := p.wait("limited").Status.State.Terminated
+	if term.Reason != sdk.ReasonOOMKilled || term.ExitCode != 137 || !strings.Contains(term.Message, "CPU seconds") {
+		t.Fatalf("task: %+v, want OOMKilled 137, its usage told", term)
+	}
+	res, err := p.Exec(t.Context(), podtest.MainContainer, "sh", "-c", hog)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("the same in main: %+v, %v; want it to run through", res, err)
 	}
 }
 

@@ -6,12 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 )
 
 // hierarchy is one line of /proc/<pid>/cgroup: a cgroup hierarchy (its
@@ -63,9 +68,23 @@ func parseCgroups(b []byte) ([]hierarchy, error) {
 // container's cgroup needs (with CAP_SYS_ADMIN, and on cgroup v2 a cgroup
 // namespace that holds both containers).
 type cgroupMounts struct {
+	// taskID names the cgroup below main's in which tasks get cgroups of
+	// their own (see shimdriver.CgroupID); "": none, tasks run in main's.
+	taskID string
+
+	// warnedTasks: the log has said why tasks cannot have cgroups of
+	// their own.
+	warnedTasks atomic.Bool
+
 	mu     sync.Mutex
 	mounts map[string]int // hierarchy key -> mount fd
 }
+
+// taskControllers are the v1 controllers of the hierarchies in which a task
+// gets a cgroup of its own, below main's: where its limits and usage are.
+// On cgroup v2 a task stays in main's cgroup: main's processes are in it,
+// and the kernel lets a cgroup with processes hand no controller down.
+var taskControllers = []string{"memory", "cpu", "cpuacct"}
 
 // mount returns the fd of a detached mount of h's hierarchy.
 func (m *cgroupMounts) mount(h hierarchy) (int, error) {
@@ -112,8 +131,23 @@ func (m *cgroupMounts) mount(h hierarchy) (int, error) {
 
 // open returns, for every hierarchy process pid is in, its cgroup's
 // cgroup.procs opened for writing, and the file that counts OOM kills in
-// its memory cgroup (nil without a memory controller).
-func (m *cgroupMounts) open(pid int) (procs []*os.File, oom *os.File, err error) {
+// its memory cgroup (nil without a memory controller). With a taskID, the
+// hierarchies of taskControllers are left out of procs and given instead
+// as tasks, the Manager of task cgroups below pid's (nil where they cannot
+// be made there: the task then runs in pid's, and log says why once).
+func (m *cgroupMounts) open(pid int, log hclog.Logger) (procs []*os.File, oom *os.File, tasks *cgroups.Manager, err error) {
+	procs, oom, tasks, err = m.openAll(pid, m.taskID != "", log)
+	if errors.Is(err, errNoTaskCgroups) {
+		return m.openAll(pid, false, log)
+	}
+	return procs, oom, tasks, err
+}
+
+// errNoTaskCgroups: tasks cannot have cgroups below main's.
+var errNoTaskCgroups = errors.New("no task cgroups below the main container's")
+
+// openAll is open, with task cgroups or without.
+func (m *cgroupMounts) openAll(pid int, withTasks bool, log hclog.Logger) (procs []*os.File, oom *os.File, tasks *cgroups.Manager, err error) {
 	defer func() {
 		if err != nil {
 			for _, f := range append(procs, oom) {
@@ -126,20 +160,38 @@ func (m *cgroupMounts) open(pid int) (procs []*os.File, oom *os.File, err error)
 	}()
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
 	if err != nil {
-		return nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
+		return nil, nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
 	}
 	hs, err := parseCgroups(b)
 	if err != nil {
-		return nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
+		return nil, nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
 	}
 	v1Memory := slices.ContainsFunc(hs, func(h hierarchy) bool { return slices.Contains(h.controllers, "memory") })
+	var (
+		taskHs []cgroups.Hierarchy
+		// mainPath is main's cgroup in the hierarchies its tasks get
+		// cgroups of their own in: its memory cgroup's, and those of
+		// the other taskControllers that are at the same path (a
+		// container's are; a process's that is no container's may not
+		// be).
+		mainPath string
+	)
+	for _, h := range hs {
+		if !h.v2 && slices.Contains(h.controllers, "memory") {
+			mainPath = h.path
+		}
+	}
 	for _, h := range hs {
 		if strings.HasPrefix(h.path, "/..") {
-			return nil, nil, fmt.Errorf("the main container's cgroup %s is outside the executor's cgroup namespace (cgroup v2 gives each unprivileged container one of its own)", h.path)
+			return nil, nil, nil, fmt.Errorf("the main container's cgroup %s is outside the executor's cgroup namespace (cgroup v2 gives each unprivileged container one of its own)", h.path)
 		}
 		fd, err := m.mount(h)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
+		}
+		if withTasks && !h.v2 && h.path == mainPath && slices.ContainsFunc(h.controllers, func(c string) bool { return slices.Contains(taskControllers, c) }) {
+			taskHs = append(taskHs, cgroups.Hierarchy{Dir: fmt.Sprintf("/proc/self/fd/%d", fd), Controllers: h.controllers})
+			continue
 		}
 		dir := strings.TrimPrefix(h.path, "/")
 		if dir == "" {
@@ -147,7 +199,7 @@ func (m *cgroupMounts) open(pid int) (procs []*os.File, oom *os.File, err error)
 		}
 		f, err := openAt(fd, dir+"/cgroup.procs", unix.O_WRONLY)
 		if err != nil {
-			return nil, nil, fmt.Errorf("while opening the main container's cgroup %s in %q: %w", h.path, h.key(), err)
+			return nil, nil, nil, fmt.Errorf("while opening the main container's cgroup %s in %q: %w", h.path, h.key(), err)
 		}
 		procs = append(procs, f)
 		counter := ""
@@ -165,7 +217,17 @@ func (m *cgroupMounts) open(pid int) (procs []*os.File, oom *os.File, err error)
 			}
 		}
 	}
-	return procs, oom, nil
+	if len(taskHs) == 0 {
+		return procs, oom, nil, nil
+	}
+	tasks, err = cgroups.NewAt(taskHs, path.Join(mainPath, "task-executor-"+m.taskID))
+	if err != nil {
+		if m.warnedTasks.CompareAndSwap(false, true) {
+			log.Warn("tasks run in the main container's cgroups, without cgroups of their own (no limits, usage or kill of their own)", "error", err)
+		}
+		return procs, oom, nil, fmt.Errorf("%w: %w", errNoTaskCgroups, err)
+	}
+	return procs, oom, tasks, nil
 }
 
 func openAt(dirfd int, path string, flags int) (*os.File, error) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/opensandbox/task-executor/internal/seccomp"
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/shim"
 	"github.com/opensandbox/task-executor/sdk/shimdriver"
 )
@@ -87,6 +88,9 @@ func (m *mainContainer) Init(cfg sdk.Config) error {
 	m.name = cfg.Settings[sdk.SettingMainContainerName]
 	if m.name == "" {
 		m.name = "main"
+	}
+	if cfg.Settings[sdk.SettingTaskCgroups] != "off" {
+		m.cgroups.taskID = shimdriver.CgroupID(cfg.DataDir, Name)
 	}
 	m.marker = []byte(markerVar + "=" + m.name)
 	m.ours = map[string]bool{}
@@ -162,6 +166,26 @@ func (m *mainContainer) checkSelf() []string {
 		w = append(w, fmt.Sprintf("tasks cannot be placed in the main container's cgroups (%v): %s", err, consequence))
 	}
 	return w
+}
+
+// TaskCgroups is where tasks get cgroups of their own now, below the main
+// container's (shimdriver.CgroupFinder): how a restarted plugin finds the
+// cgroups of tasks an earlier one started.
+func (m *mainContainer) TaskCgroups(context.Context) (*cgroups.Manager, error) {
+	mp := m.find()
+	if mp == nil {
+		return nil, errors.New("no process of the main container is running")
+	}
+	procs, oom, tasks, err := m.cgroups.open(mp.pid, m.log)
+	for _, f := range append(procs, oom) {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if err == nil && tasks == nil {
+		err = errors.New("tasks have no cgroups of their own here")
+	}
+	return tasks, err
 }
 
 func (m *mainContainer) Place(_ context.Context, task sdk.Task) (shimdriver.Place, error) {
@@ -240,11 +264,11 @@ func (m *mainContainer) confine(mp *mainProcess, place *shimdriver.Place) error 
 		return err
 	}
 	shortfalls = append(shortfalls, nsShort...)
-	procs, oom, err := m.cgroups.open(mp.pid)
+	procs, oom, tasks, err := m.cgroups.open(mp.pid, m.log)
 	if err != nil {
 		shortfalls = append(shortfalls, fmt.Sprintf("the task cannot be placed in its cgroups: %v", err))
 	}
-	place.Credentials, place.NamespaceFlags, place.Cgroups, place.OOMCounter = &cred, flags, procs, oom
+	place.Credentials, place.NamespaceFlags, place.Cgroups, place.OOMCounter, place.TaskCgroups = &cred, flags, procs, oom, tasks
 	if len(shortfalls) == 0 {
 		return nil
 	}

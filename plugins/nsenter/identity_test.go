@@ -3,8 +3,11 @@ package nsenter
 import (
 	"context"
 	"fmt"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -158,6 +161,22 @@ func TestParseCgroups(t *testing.T) {
 	}
 }
 
+// removeCgroupTree removes cgroup dir and the cgroups below it.
+func removeCgroupTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := removeCgroupTree(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return os.Remove(dir)
+}
+
 // memoryCgroup makes a memory cgroup below this test's own, limited to
 // limit bytes, moves the container's main process into it, and removes it
 // when the test ends (the container ended first).
@@ -190,7 +209,9 @@ func memoryCgroup(t *testing.T, c *runtimetest.Container, limit int64) string {
 	t.Cleanup(func() {
 		c.Stop()
 		deadline := time.Now().Add(20 * time.Second)
-		for err := os.Remove(dir); err != nil && !os.IsNotExist(err); err = os.Remove(dir) {
+		// Deepest first, as a container runtime removes a container's
+		// cgroup: the tasks' cgroups are below it.
+		for err := removeCgroupTree(dir); err != nil && !os.IsNotExist(err); err = removeCgroupTree(dir) {
 			if time.Now().After(deadline) {
 				t.Errorf("removing %s: %v", dir, err)
 				return
@@ -264,8 +285,11 @@ func TestTaskGetsMainsIdentity(t *testing.T) {
 	if want["Uid"] != "1000 1000 1000 1000" || want["CapBnd"] != "0000000000000000" {
 		t.Fatalf("the main process is not confined as the test meant: %v", want)
 	}
-	if parts[1] != string(mainCgroup) || !strings.Contains(parts[1], filepath.Base(cg)) {
-		t.Errorf("task's cgroups\n%s\nmain's\n%s", parts[1], mainCgroup)
+	// Main's cgroups, but for its memory cgroup (and those at the same
+	// path), where the task has one of its own below main's.
+	own := regexp.MustCompile(`/task-executor-[0-9a-f]+-nsenter/` + task.Name + `\n`)
+	if own.ReplaceAllString(parts[1], "\n") != string(mainCgroup) || !strings.Contains(parts[1], filepath.Base(cg)+"/task-executor-") {
+		t.Errorf("task's cgroups\n%s\nmain's\n%s\nwant main's, with a cgroup of the task's own below main's memory cgroup", parts[1], mainCgroup)
 	}
 	if strings.Contains(parts[2], "wrote-etc") {
 		t.Error("the task could write to /etc, which main's user cannot")
@@ -303,5 +327,38 @@ func TestMainGoneEndsTask(t *testing.T) {
 	term := waitTerminated(t, rt, task.Name)
 	if term.Reason != reasonMainRestarted || term.ExitCode != 137 || !strings.Contains(term.Message, "container") {
 		t.Fatalf("task: %+v, want %s 137", term, reasonMainRestarted)
+	}
+}
+
+// TestTaskLimitsBelowMains: a task's own memory limit holds in a cgroup
+// below main's (main's limit is far above it): the task is OOMKilled, its
+// usage told in its terminated message, and its cgroup goes at Remove.
+func TestTaskLimitsBelowMains(t *testing.T) {
+	name := fmt.Sprintf("limits-%d", os.Getpid())
+	c := runtimetest.StartContainer(t, "limits-box", "SANDBOX_MAIN_CONTAINER="+name)
+	cg := memoryCgroup(t, c, 512<<20)
+	rt := launchRuntime(t, name)
+	task := newTask(t, "hog", "exec dd if=/dev/zero of=/dev/null bs=100M count=1")
+	task.Spec.Process.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")}}
+	if _, err := rt.Start(context.Background(), task); err != nil {
+		t.Fatal(err)
+	}
+	term := waitTerminated(t, rt, task.Name)
+	if term.Reason != sdk.ReasonOOMKilled || term.ExitCode != 137 || !strings.Contains(term.Message, "used ") {
+		t.Fatalf("task: %+v, want OOMKilled 137 with its usage", term)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(cg, "task-executor-*", task.Name))
+	if len(dirs) != 1 {
+		t.Fatalf("the task's cgroup below main's: %v", dirs)
+	}
+	b, err := os.ReadFile(filepath.Join(dirs[0], "memory.limit_in_bytes"))
+	if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(32<<20) {
+		t.Errorf("the task's memory limit: %q, %v", b, err)
+	}
+	if err := rt.Remove(context.Background(), task.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dirs[0]); !os.IsNotExist(err) {
+		t.Errorf("the removed task's cgroup %s: %v", dirs[0], err)
 	}
 }

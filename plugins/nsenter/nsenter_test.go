@@ -13,7 +13,9 @@ import (
 
 	"github.com/opensandbox/task-executor/internal/testbin"
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
+	"github.com/opensandbox/task-executor/sdk/shimdriver"
 )
 
 // binDir holds task-executor, which serves the runtime as a built-in
@@ -73,7 +75,9 @@ func launchRuntime(t *testing.T, name string) sdk.Runtime {
 	t.Helper()
 	inst := launchPlugin(t)
 	rt := inst.Runtime()
-	info, err := rt.Init(context.Background(), sdk.Config{DataDir: t.TempDir(), Settings: map[string]string{
+	dataDir := t.TempDir()
+	t.Cleanup(func() { removeTaskCgroups(t, dataDir) })
+	info, err := rt.Init(context.Background(), sdk.Config{DataDir: dataDir, Settings: map[string]string{
 		sdk.SettingGracePeriod: "2s", sdk.SettingMainContainerName: name,
 	}})
 	if err != nil || info.Name != "nsenter" {
@@ -81,6 +85,37 @@ func launchRuntime(t *testing.T, name string) sdk.Runtime {
 	}
 	return rt
 }
+
+// removeTaskCgroups ends and removes the task cgroups a runtime on dataDir
+// made below the test's own cgroups, where the main processes of these
+// tests run (unless a test moved one, and removes that cgroup itself): a
+// container's go with the container.
+func removeTaskCgroups(t *testing.T, dataDir string) {
+	mgr, err := cgroups.New("", shimdriver.CgroupID(dataDir, Name))
+	if err != nil {
+		t.Errorf("task cgroups: %v", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, p := range mgr.Parents() {
+		entries, _ := os.ReadDir(p)
+		for _, e := range entries {
+			if g, err := mgr.Group(e.Name()); err == nil && e.IsDir() {
+				if err := g.Remove(ctx); err != nil {
+					t.Errorf("removing a task cgroup: %v", err)
+				}
+			}
+		}
+	}
+	if err := mgr.RemoveParents(); err != nil {
+		t.Errorf("removing the task cgroups' parents: %v", err)
+	}
+}
+
+// CleanDataDir removes the task cgroups' parents below main's (the
+// test's own) once the kit has removed every task.
+func (harness) CleanDataDir(t *testing.T, dataDir string) { removeTaskCgroups(t, dataDir) }
 
 func newTask(t *testing.T, name, script string, env ...corev1.EnvVar) sdk.Task {
 	dir := filepath.Join(t.TempDir(), name)

@@ -733,3 +733,35 @@ func readKey(dir, name, key string) (int64, error) {
 	}
 	return 0, fmt.Errorf("while reading %s: no %q line", file, key)
 }
+
+// Hierarchy is a cgroup hierarchy reached at a directory of this process's
+// choosing: a mount of it, or /proc/self/fd/N of a detached mount (one a
+// container's own /sys/fs/cgroup does not show, see NewAt).
+type Hierarchy struct {
+	// Dir shows the hierarchy's root cgroup.
+	Dir string
+	// V2 is the unified hierarchy; Controllers are a v1 one's, as
+	// /proc/<pid>/cgroup names them.
+	V2          bool
+	Controllers []string
+}
+
+// NewAt is New for hierarchies the caller reaches itself, with the parent
+// cgroup at parent (a path from each hierarchy's root) in every one: for
+// example task groups below another container's cgroup, reached through
+// mounts only the caller holds. It makes the parents as New does; a v2
+// hierarchy is taken only if the parent can enable the memory and cpu
+// controllers for its groups.
+func NewAt(hs []Hierarchy, parent string) (*Manager, error) {
+	if !strings.HasPrefix(parent, "/") || strings.ContainsAny(parent, "\x00\n") {
+		return nil, fmt.Errorf("while choosing the parent cgroup: %q is not an absolute cgroup path", parent)
+	}
+	trees := make([]tree, 0, len(hs))
+	for _, h := range hs {
+		trees = append(trees, tree{v2: h.V2, controllers: slices.Clone(h.Controllers), mountRoot: "/", mountPoint: h.Dir, parent: path.Clean(parent)})
+	}
+	if len(trees) == 0 {
+		return nil, fmt.Errorf("%w: no hierarchy given", ErrUnavailable)
+	}
+	return newManager(trees, nil)
+}

@@ -21,19 +21,22 @@ import (
 // removeTimeout bounds the kill and removal of a task's cgroup at Remove.
 const removeTimeout = 10 * time.Second
 
-// taskCgroups gives each task placed on the host a cgroup of its own, as
-// the kubelet gives each container one: its limits, the count of what it
-// used, and a kill of everything it started however it detached.
+// taskCgroups gives each task a cgroup of its own, as the kubelet gives
+// each container one: its limits, the count of what it used, and a kill of
+// everything it started however it detached. Tasks placed on the host get
+// theirs from mgr; a Placer may name another Manager for its tasks
+// (Place.TaskCgroups).
 type taskCgroups struct {
-	mgr      *cgroups.Manager
+	mgr      *cgroups.Manager    // nil: none for tasks placed on the host
 	defaults corev1.ResourceList // limits of a task that sets none
 	log      hclog.Logger
 }
 
-// newTaskCgroups reads the host's settings. It returns nil cgroups with a
-// warning where they cannot be made and the operator did not require them,
-// and an error where they did.
-func newTaskCgroups(cfg sdk.Config, runtime string, log hclog.Logger) (*taskCgroups, []string, error) {
+// newTaskCgroups reads the host's settings; nil when the operator turned
+// task cgroups off. With own, it makes the Manager of tasks placed on the
+// host: where it cannot, it returns a warning, or an error if the operator
+// required cgroups.
+func newTaskCgroups(cfg sdk.Config, runtime string, own bool, log hclog.Logger) (*taskCgroups, []string, error) {
 	mode := cfg.Settings[sdk.SettingTaskCgroups]
 	switch mode {
 	case "off":
@@ -42,7 +45,7 @@ func newTaskCgroups(cfg sdk.Config, runtime string, log hclog.Logger) (*taskCgro
 	default:
 		return nil, nil, fmt.Errorf("while reading setting %s=%q: want auto, required or off", sdk.SettingTaskCgroups, mode)
 	}
-	defaults := corev1.ResourceList{}
+	c := &taskCgroups{defaults: corev1.ResourceList{}, log: log}
 	for name, key := range map[corev1.ResourceName]string{corev1.ResourceCPU: sdk.SettingDefaultTaskCPU, corev1.ResourceMemory: sdk.SettingDefaultTaskMemory} {
 		v := cfg.Settings[key]
 		if v == "" {
@@ -52,7 +55,10 @@ func newTaskCgroups(cfg sdk.Config, runtime string, log hclog.Logger) (*taskCgro
 		if err != nil || q.Sign() <= 0 {
 			return nil, nil, fmt.Errorf("while reading setting %s=%q: not a positive quantity", key, v)
 		}
-		defaults[name] = q
+		c.defaults[name] = q
+	}
+	if !own {
+		return c, nil, nil
 	}
 	// Each runtime of an executor has a parent of its own: their spares
 	// and task cgroups are never each other's.
@@ -65,9 +71,10 @@ func newTaskCgroups(cfg sdk.Config, runtime string, log hclog.Logger) (*taskCgro
 		if mode == "required" {
 			return nil, nil, fmt.Errorf("while preparing task cgroups (required by the operator): %w", err)
 		}
-		return nil, []string{fmt.Sprintf("tasks run without cgroups of their own, so without resource limits, usage figures or the kill of what they leave behind: %v", err)}, nil
+		return c, []string{fmt.Sprintf("tasks run without cgroups of their own, so without resource limits, usage figures or the kill of what they leave behind: %v", err)}, nil
 	}
-	return &taskCgroups{mgr: mgr, defaults: defaults, log: log}, mgr.Warnings(), nil
+	c.mgr = mgr
+	return c, mgr.Warnings(), nil
 }
 
 // CgroupID is what tells apart, in one parent cgroup, the task cgroups of
@@ -127,50 +134,76 @@ func (c *taskCgroups) discard(prepared any) {
 	}
 }
 
-// claim gives task its cgroup: the shim's spare cgroup (prepared), renamed
-// for the task, or one made now, whose cgroup.procs files the launcher
-// then moves the shim into. It returns those files (none for a spare) and
-// the file counting the cgroup's OOM kills.
-func (c *taskCgroups) claim(ctx context.Context, task sdk.Task, prepared any) ([]*os.File, *os.File, error) {
-	g, err := c.mgr.Group(task.Name)
+// claim gives task its cgroup in mgr: the shim's spare cgroup (prepared,
+// from c.mgr), renamed for the task, or one made now, whose cgroup.procs
+// files the launcher then moves the shim into. It returns the group, those
+// files (none for a spare) and the file counting the cgroup's OOM kills.
+func (c *taskCgroups) claim(ctx context.Context, mgr *cgroups.Manager, task sdk.Task, prepared any) (*cgroups.Group, []*os.File, *os.File, error) {
+	g, err := mgr.Group(task.Name)
 	if err != nil {
-		return nil, nil, fmt.Errorf("while naming the task's cgroup: %w", err)
+		return nil, nil, nil, fmt.Errorf("while naming the task's cgroup: %w", err)
 	}
 	limits := c.limits(task.Spec.Process)
-	if spare, ok := prepared.(*cgroups.Group); ok {
+	if spare, ok := prepared.(*cgroups.Group); ok && mgr == c.mgr {
 		oom, err := g.Adopt(ctx, spare, limits)
 		if err != nil {
 			c.discard(spare)
-			return nil, nil, fmt.Errorf("while making the task's cgroup: %w", err)
+			return nil, nil, nil, fmt.Errorf("while making the task's cgroup: %w", err)
 		}
-		return nil, oom, nil
+		return g, nil, oom, nil
 	}
 	procs, oom, err := g.Create(limits)
 	if err != nil {
-		return nil, nil, fmt.Errorf("while making the task's cgroup: %w", err)
+		return nil, nil, nil, fmt.Errorf("while making the task's cgroup: %w", err)
 	}
-	return procs, oom, nil
+	return g, procs, oom, nil
 }
 
-// usage returns what task name's cgroup counted, false if it has none.
-func (c *taskCgroups) usage(name string) (cgroups.Usage, bool) {
-	g, err := c.mgr.Group(name)
+// group is task name's cgroup: the one it was given at its start (h, when
+// known), or its name's in c.mgr, or in where finder (if any) says; nil if
+// none.
+func (c *taskCgroups) group(ctx context.Context, h *handle, name string, finder CgroupFinder) *cgroups.Group {
+	if h != nil {
+		if g := h.cgroup(); g != nil {
+			return g
+		}
+	}
+	mgr := c.mgr
+	if mgr == nil && finder != nil {
+		var err error
+		if mgr, err = finder.TaskCgroups(ctx); err != nil {
+			c.log.Debug("cannot find a task's cgroup", "task", name, "error", err)
+			return nil
+		}
+	}
+	if mgr == nil {
+		return nil
+	}
+	g, err := mgr.Group(name)
 	if err != nil {
+		return nil
+	}
+	return g
+}
+
+// usage returns what g counted, false if it has no figures.
+func (c *taskCgroups) usage(g *cgroups.Group) (cgroups.Usage, bool) {
+	if g == nil {
 		return cgroups.Usage{}, false
 	}
 	u, err := g.Stats()
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
-			c.log.Debug("cannot read a task's usage", "task", name, "error", err)
+			c.log.Debug("cannot read a task's usage", "dirs", g.Dirs(), "error", err)
 		}
 		return cgroups.Usage{}, false
 	}
 	return u, true
 }
 
-// describe is the final usage, as the terminated state's message tells it.
-func (c *taskCgroups) describe(name string) string {
-	u, ok := c.usage(name)
+// describe is g's final usage, as the terminated state's message tells it.
+func (c *taskCgroups) describe(g *cgroups.Group) string {
+	u, ok := c.usage(g)
 	if !ok {
 		return ""
 	}
@@ -181,10 +214,9 @@ func (c *taskCgroups) describe(name string) string {
 	return s
 }
 
-// remove ends everything left in task name's cgroup and removes it.
-func (c *taskCgroups) remove(ctx context.Context, name string) {
-	g, err := c.mgr.Group(name)
-	if err != nil {
+// remove ends everything left in g and removes it.
+func (c *taskCgroups) remove(ctx context.Context, g *cgroups.Group) {
+	if g == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, removeTimeout)
@@ -193,6 +225,6 @@ func (c *taskCgroups) remove(ctx context.Context, name string) {
 		// The task's end is recorded and its directory goes: a cgroup that
 		// will not go is the operator's to see, not a reason to keep the
 		// task.
-		c.log.Warn("cannot remove a task's cgroup", "task", name, "dirs", g.Dirs(), "error", err)
+		c.log.Warn("cannot remove a task's cgroup", "dirs", g.Dirs(), "error", err)
 	}
 }

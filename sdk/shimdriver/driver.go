@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
@@ -100,16 +101,13 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 	if err := d.opts.Placer.Init(cfg); err != nil {
 		return sdk.Info{}, err
 	}
-	var cgWarnings []string
-	if d.opts.TaskCgroups {
-		cg, warnings, err := newTaskCgroups(cfg, d.opts.Name, d.log)
-		if err != nil {
-			return sdk.Info{}, err
-		}
-		d.cg, cgWarnings = cg, warnings
+	cg, cgWarnings, err := newTaskCgroups(cfg, d.opts.Name, d.opts.TaskCgroups, d.log)
+	if err != nil {
+		return sdk.Info{}, err
 	}
+	d.cg = cg
 	var launcherOpts shim.LauncherOptions
-	if d.cg != nil && d.cg.mgr.CanAdopt() {
+	if d.cg != nil && d.cg.mgr != nil && d.cg.mgr.CanAdopt() {
 		// Spare shims wait in spare cgroups, which starts adopt.
 		if err := d.cg.mgr.RemoveSpares(ctx); err != nil {
 			d.log.Warn("cannot remove the spare cgroups of an earlier plugin process", "error", err)
@@ -117,7 +115,7 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 		launcherOpts = shim.LauncherOptions{Prepare: d.cg.prepare, Discard: d.cg.discard}
 	}
 	d.shims = shim.NewLauncherWith(path, spareShims, launcherOpts)
-	d.log.Debug("initialised", "shim", path, "grace", d.grace.String(), "cgroups", d.cg != nil)
+	d.log.Debug("initialised", "shim", path, "grace", d.grace.String(), "cgroups", d.cg != nil && d.cg.mgr != nil)
 	// Validate refuses only what the host refuses too (see the HTTP API's
 	// checks), so the host need not ask.
 	info := sdk.Info{Name: d.opts.Name, Version: d.opts.Version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}
@@ -230,7 +228,7 @@ func (d *Driver) launch(ctx context.Context, h *handle) (shim.Result, error) {
 	}
 	defer place.Close()
 	spec := d.shimSpec(h.task, place)
-	if d.cg != nil && len(place.Cgroups) == 0 {
+	if mgr := d.taskCgroups(place); mgr != nil {
 		// The shim is in the task's cgroup before it starts the task,
 		// which inherits it: the task never runs outside it.
 		var opened []*os.File
@@ -240,12 +238,18 @@ func (d *Driver) launch(ctx context.Context, h *handle) (shim.Result, error) {
 			}
 		}()
 		spec.Claim = func(prepared any, s *shim.Spec) error {
-			procs, oom, err := d.cg.claim(ctx, h.task, prepared)
+			g, procs, oom, err := d.cg.claim(ctx, mgr, h.task, prepared)
 			opened = append(procs, oom)
 			if err != nil {
 				return &cgroupError{err}
 			}
-			s.Cgroups, s.OOMCounter = procs, oom
+			h.group.Store(g)
+			// Beside the Place's own cgroups, in the hierarchies the
+			// task's cgroup is not in.
+			s.Cgroups = append(s.Cgroups, procs...)
+			if oom != nil {
+				s.OOMCounter = oom
+			}
 			return nil
 		}
 	}
@@ -419,7 +423,7 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	// A terminated task is not recovered after a plugin restart, so its
 	// cgroup is found by name, handle or not.
 	if d.cg != nil {
-		d.cg.remove(ctx, name)
+		d.cg.remove(ctx, d.cg.group(ctx, h, name, d.finder()))
 	}
 	if h != nil {
 		d.forget(h)
@@ -432,19 +436,55 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 func (d *Driver) newHandle(task sdk.Task) *handle {
 	h := newHandle(task)
 	if d.cg != nil {
-		h.describeUsage = func() string { return d.cg.describe(task.Name) }
+		h.describeUsage = func() string {
+			return d.cg.describe(d.cg.group(context.Background(), h, task.Name, d.finder()))
+		}
 	}
 	return h
 }
 
+// finder is the Placer, if it finds its tasks' cgroups.
+func (d *Driver) finder() CgroupFinder {
+	f, _ := d.opts.Placer.(CgroupFinder)
+	return f
+}
+
+// foundCgroups is a CgroupFinder's answer, kept for a batch of tasks.
+type foundCgroups struct{ mgr *cgroups.Manager }
+
+func (f foundCgroups) TaskCgroups(context.Context) (*cgroups.Manager, error) { return f.mgr, nil }
+
+// taskCgroups is where a task placed at place gets its cgroup: where the
+// Placer says, else (placed on the host, in no cgroup of the Placer's)
+// the driver's own; nil for none.
+func (d *Driver) taskCgroups(place Place) *cgroups.Manager {
+	switch {
+	case d.cg == nil:
+		return nil
+	case place.TaskCgroups != nil:
+		return place.TaskCgroups
+	case len(place.Cgroups) == 0:
+		return d.cg.mgr
+	}
+	return nil
+}
+
 // Usage reports what tasks' cgroups counted (sdk.UsageReporter).
-func (d *Driver) Usage(_ context.Context, names []string) ([]sdk.TaskUsage, error) {
+func (d *Driver) Usage(ctx context.Context, names []string) ([]sdk.TaskUsage, error) {
 	if d.cg == nil {
 		return nil, fmt.Errorf("tasks of the %s runtime have no cgroups here: %w", d.opts.Name, sdk.ErrUnsupported)
 	}
 	out := make([]sdk.TaskUsage, 0, len(names))
+	finder := d.finder()
+	if finder != nil {
+		// Asked once for all: it looks for the main container.
+		if mgr, err := finder.TaskCgroups(ctx); err == nil {
+			finder = foundCgroups{mgr}
+		}
+	}
 	for _, name := range names {
-		if u, ok := d.cg.usage(name); ok {
+		h, _ := d.lookup(name)
+		if u, ok := d.cg.usage(d.cg.group(ctx, h, name, finder)); ok {
 			out = append(out, sdk.TaskUsage{Name: name, CPUSeconds: u.CPUSeconds, MemoryBytes: u.MemoryBytes, MemoryPeakBytes: u.MemoryPeakBytes})
 		}
 	}

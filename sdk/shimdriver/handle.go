@@ -3,11 +3,13 @@ package shimdriver
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
@@ -35,7 +37,12 @@ type handle struct {
 	// describeUsage, when set, tells what the task used, for its
 	// terminated state's message.
 	describeUsage func() string
+	// group is the cgroup the task was given at its start (nil: none, or
+	// started by an earlier plugin process).
+	group atomic.Pointer[cgroups.Group]
 }
+
+func (h *handle) cgroup() *cgroups.Group { return h.group.Load() }
 
 func newHandle(task sdk.Task) *handle {
 	return &handle{task: task, dir: shimDir(task), ready: make(chan struct{}), done: make(chan struct{})}

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
 
@@ -29,6 +30,14 @@ type Warner interface {
 	Warnings() []string
 }
 
+// CgroupFinder is a Placer that gives tasks cgroups of its choosing
+// (Place.TaskCgroups) and can tell where they are now: the driver asks it
+// for the cgroup of a task an earlier plugin process started (its usage,
+// its removal).
+type CgroupFinder interface {
+	TaskCgroups(ctx context.Context) (*cgroups.Manager, error)
+}
+
 // Place is where a task's process runs.
 type Place struct {
 	// Env is the environment the task starts from; its own env goes on top.
@@ -47,6 +56,11 @@ type Place struct {
 	Credentials    *shim.Credentials
 	Cgroups        []*os.File
 	OOMCounter     *os.File
+	// TaskCgroups, when set, is where the task gets a cgroup of its own
+	// (its resources' limits, usage, the kill of all it started), below
+	// another container's for example; the shim joins it beside Cgroups,
+	// which then name the hierarchies it has none in.
+	TaskCgroups *cgroups.Manager
 }
 
 // Close closes the place's files. The driver calls it once the task has
