@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -296,18 +297,45 @@ func (h *handle) adopt(ctx context.Context, id string) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			h.startError(fmt.Errorf("cannot start the container: %w", err))
-			return nil
+			if !strings.Contains(err.Error(), "already in starting state") {
+				h.startError(fmt.Errorf("cannot start the container: %w", err))
+				return nil
+			}
+			// A start of this container asked by an earlier plugin
+			// process, killed while it waited, is still under way in the
+			// runtime: it ends with the container running or exited.
 		}
-		if cs, err = h.d.cri.containerStatus(ctx, id); err != nil {
+		if cs, err = h.awaitStarted(ctx, id); err != nil {
 			return err
-		}
-		if cs == nil {
-			return fmt.Errorf("container %s vanished", id)
 		}
 	}
 	h.observe(cs)
 	return nil
+}
+
+// startPoll is how often awaitStarted looks at a container being started.
+const startPoll = 50 * time.Millisecond
+
+// awaitStarted returns the container's status once it is no longer being
+// started (or ctx's error: the host asks again).
+func (h *handle) awaitStarted(ctx context.Context, id string) (*cri.ContainerStatus, error) {
+	for {
+		cs, err := h.d.cri.containerStatus(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if cs == nil {
+			return nil, fmt.Errorf("container %s vanished", id)
+		}
+		if cs.State != cri.ContainerState_CONTAINER_CREATED {
+			return cs, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("while waiting for container %s to start: %w", id, ctx.Err())
+		case <-time.After(startPoll):
+		}
+	}
 }
 
 // startError ends a task that cannot start, as the kubelet would report a
