@@ -289,7 +289,11 @@ func TestContainerTasksBesideTheKubelet(t *testing.T) {
 			t.Fatal(err)
 		}
 		term := task.Status.State.Terminated
-		if term == nil || term.Reason != sdk.ReasonSucceeded || term.FinishedAt.Sub(term.StartedAt.Time) < 59*time.Second {
+		// containerd records a container's startedAt once its start call
+		// returns, which under the whole suite's load came 2 s after the
+		// process began: a sleep that ran its 60 s can show 58. One killed
+		// early by the kubelet would not exit 0.
+		if term == nil || term.Reason != sdk.ReasonSucceeded || term.FinishedAt.Sub(term.StartedAt.Time) < 50*time.Second {
 			t.Fatalf("%s: %+v, want Succeeded after 60 s\nkubelet's log:\n%s", name, task.Status.State, tail(n.k.Log(), 40))
 		}
 	}
