@@ -86,6 +86,18 @@ func TestDiskFullAndReadOnly(t *testing.T) {
 
 	h.mustDo(http.StatusCreated, "POST", "/tasks", shTask("before", "echo hi"))
 	h.waitTerminated("before", 10*time.Second)
+	// The exit is seen before the shim has finished its records: a shim
+	// still at work when the disk fills writes a shim.log of its trouble.
+	// The shim is in the task's cgroup: it has ended when that is empty.
+	g := taskCgroup(t, h.dataDir, "before")
+	eventually(t, 10*time.Second, func() bool {
+		for _, d := range g.Dirs() {
+			if b, err := os.ReadFile(filepath.Join(d, "cgroup.procs")); err != nil || len(strings.TrimSpace(string(b))) > 0 {
+				return false
+			}
+		}
+		return true
+	}, func() string { return "the task's shim did not end" })
 
 	filler := fill(t, mnt)
 	before := dirListing(t, h.dataDir)

@@ -566,6 +566,12 @@ func TestLogCap(t *testing.T) {
 	var total int64
 	for _, name := range []string{"container.log", "container.log.1"} {
 		fi, err := os.Stat(filepath.Join(task.Dir, name))
+		if name == "container.log" && errors.Is(err, os.ErrNotExist) {
+			// Rotated just before the container ended: containerd wrote on
+			// into the renamed file, and a container that has exited gets
+			// no reopen.
+			continue
+		}
 		if err != nil {
 			t.Fatalf("%s: %v (a 4 MB output under a 1 MiB cap must have been rotated)", name, err)
 		}
