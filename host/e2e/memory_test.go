@@ -98,8 +98,11 @@ func TestLargeSpecsBoundedMemory(t *testing.T) {
 	if peak > budget {
 		t.Errorf("RSS peaked at %d MiB, over the budget of %d MiB", peak>>10, budget>>10)
 	}
-	if p99 > 100*time.Millisecond {
-		t.Errorf("/health p99 %s during the lists, want at most 100ms", p99)
+	// A host stalled by the lists (swapping, or a collector holding it)
+	// answers in seconds; under the whole suite on 2 cores a free host's
+	// p99 came at 100 ms.
+	if p99 > 250*time.Millisecond {
+		t.Errorf("/health p99 %s during the lists, want at most 250ms", p99)
 	}
 
 	// The answer is whole and readable, for a client that reads it.
