@@ -20,24 +20,7 @@ import (
 // would build it, beside the built-in runtimes.
 func examplePluginHost(t *testing.T) *hostProc {
 	t.Helper()
-	root, err := testbin.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "plugins")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "retry"), "./examples/plugins/retry")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./examples/plugins/retry: %v\n%s", err, out)
-	}
-	// The host refuses plugins others may write to, which a umask of 002
-	// would make.
-	if err := os.Chmod(filepath.Join(dir, "retry"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := pluginDir(t, "retry", "./examples/plugins/retry")
 	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: dir}
 	h.start()
 	t.Cleanup(h.cleanup)
@@ -189,4 +172,30 @@ func TestExamplePluginSurvivesItsCrash(t *testing.T) {
 	if term.ExitCode != 4 || term.Reason != "Failed" {
 		t.Errorf("survivor terminated with exitCode %d, reason %q; want 4, Failed", term.ExitCode, term.Reason)
 	}
+}
+
+// pluginDir builds the plugin in package pkg (a path from the module's
+// root) as a third party would, into a new plugin directory as name, and
+// returns the directory.
+func pluginDir(t *testing.T, name, pkg string) string {
+	t.Helper()
+	root, err := testbin.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "plugins")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	// The host refuses plugins others may write to, which a umask of 002
+	// would make.
+	if err := os.Chmod(filepath.Join(dir, name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/host/api"
-	"github.com/opensandbox/task-executor/internal/testbin"
 )
 
 // deleteBound is how long after its grace period a DELETE is carried out
@@ -28,22 +26,7 @@ const deleteBound = 35 * time.Second
 // restarted, and every DELETE completes within its grace period and the
 // stated bound, leaving none of the task's processes.
 func TestStuckPlugin(t *testing.T) {
-	root, err := testbin.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "plugins")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	build := exec.Command("go", "build", "-o", filepath.Join(dir, "stuck"), "./internal/stuckplugin")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./internal/stuckplugin: %v\n%s", err, out)
-	}
-	if err := os.Chmod(filepath.Join(dir, "stuck"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := pluginDir(t, "stuck", "./internal/stuckplugin")
 	for _, in := range []string{"init", "start", "stop", "sigstop"} {
 		t.Run(in, func(t *testing.T) {
 			t.Parallel()
