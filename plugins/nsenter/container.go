@@ -458,12 +458,20 @@ func procStart(pid int) uint64 {
 	return v
 }
 
+// pfExiting is the kernel's PF_EXITING task flag (/proc/<pid>/stat field 9).
+const pfExiting = 0x4
+
 // running reports whether pid is still the process that started at start,
 // and has not exited (a killed main process stays a zombie until its parent
 // reaps it, and cannot be entered).
 func running(pid int, start uint64) bool {
 	f := procStat(pid)
 	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return false
+	}
+	// A process on its way out (PF_EXITING) has already let go of its
+	// namespaces before it turns zombie: no task can enter them.
+	if flags, err := strconv.ParseUint(f[6], 10, 64); err != nil || flags&pfExiting != 0 {
 		return false
 	}
 	v, _ := strconv.ParseUint(f[19], 10, 64)
