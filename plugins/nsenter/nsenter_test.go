@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func testMain(m *testing.M) int {
 
 // launchPlugin starts the runtime as the host does: task-executor serving
 // it as a separate process, with the shim it carries.
-func launchPlugin(t *testing.T) runtimetest.Instance {
+func launchPlugin(t testing.TB) runtimetest.Instance {
 	return runtimetest.LaunchCommand(t, []string{filepath.Join(binDir, "task-executor"), "plugin", Name}, []string{"TASK_EXECUTOR_SHIM="})
 }
 
@@ -71,7 +72,7 @@ func TestConformance(t *testing.T) {
 }
 
 // launchRuntime launches the plugin for the main container name.
-func launchRuntime(t *testing.T, name string) sdk.Runtime {
+func launchRuntime(t testing.TB, name string) sdk.Runtime {
 	t.Helper()
 	inst := launchPlugin(t)
 	rt := inst.Runtime()
@@ -90,7 +91,7 @@ func launchRuntime(t *testing.T, name string) sdk.Runtime {
 // made below the test's own cgroups, where the main processes of these
 // tests run (unless a test moved one, and removes that cgroup itself): a
 // container's go with the container.
-func removeTaskCgroups(t *testing.T, dataDir string) {
+func removeTaskCgroups(t testing.TB, dataDir string) {
 	mgr, err := cgroups.New("", shimdriver.CgroupID(dataDir, Name))
 	if err != nil {
 		t.Errorf("task cgroups: %v", err)
@@ -117,7 +118,7 @@ func removeTaskCgroups(t *testing.T, dataDir string) {
 // test's own) once the kit has removed every task.
 func (harness) CleanDataDir(t *testing.T, dataDir string) { removeTaskCgroups(t, dataDir) }
 
-func newTask(t *testing.T, name, script string, env ...corev1.EnvVar) sdk.Task {
+func newTask(t testing.TB, name, script string, env ...corev1.EnvVar) sdk.Task {
 	dir := filepath.Join(t.TempDir(), name)
 	for _, f := range []string{"", "stdout.log", "stderr.log"} {
 		var err error
@@ -133,7 +134,7 @@ func newTask(t *testing.T, name, script string, env ...corev1.EnvVar) sdk.Task {
 	return sdk.Task{Name: name, Dir: dir, Spec: sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"sh", "-c", script}, Env: env}}}
 }
 
-func waitTerminated(t *testing.T, rt sdk.Runtime, name string) *corev1.ContainerStateTerminated {
+func waitTerminated(t testing.TB, rt sdk.Runtime, name string) *corev1.ContainerStateTerminated {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -291,4 +292,37 @@ func TestFollowsARestartedMainContainer(t *testing.T) {
 	if got := hostnameOf(newTask(t, "after", "hostname")); got != "second-box" {
 		t.Fatalf("task ran on %q after the main container restarted, want second-box", got)
 	}
+}
+
+// BenchmarkSidecarStart: Start of a task in the main container (found,
+// confined: credentials, namespaces, its cgroups and a cgroup of its own)
+// until the Start answer (the task runs), then its exit until Status shows
+// it, one task at a time.
+func BenchmarkSidecarStart(b *testing.B) {
+	name := fmt.Sprintf("bench-%d", os.Getpid())
+	runtimetest.StartContainer(b, "bench-box", "SANDBOX_MAIN_CONTAINER="+name)
+	rt := launchRuntime(b, name)
+	ctx := context.Background()
+	starts := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		task := newTask(b, fmt.Sprintf("t-%d", i), "exit 0")
+		began := time.Now()
+		if _, err := rt.Start(ctx, task); err != nil {
+			b.Fatal(err)
+		}
+		starts = append(starts, time.Since(began))
+		if term := waitTerminated(b, rt, task.Name); term.ExitCode != 0 {
+			b.Fatalf("task %s: %+v", task.Name, term)
+		}
+		b.StopTimer()
+		if err := rt.Remove(ctx, task.Name); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(starts)
+	b.ReportMetric(float64(starts[len(starts)/2].Microseconds())/1000, "start-p50-ms")
+	b.ReportMetric(float64(starts[len(starts)*9/10].Microseconds())/1000, "start-p90-ms")
 }

@@ -20,7 +20,7 @@ import (
 // PluginInstance is a runtime plugin executable launched with sdk.Launch,
 // as the host launches it. LaunchPlugin returns one.
 type PluginInstance struct {
-	t      *testing.T
+	t      testing.TB
 	path   string
 	plugin *sdk.Plugin
 	// pid is taken right after the handshake, while the plugin is known to
@@ -32,7 +32,7 @@ type PluginInstance struct {
 // LaunchPlugin starts the plugin executable at path with env added to its
 // environment, and closes it when t ends. The plugin's log goes to t's log.
 // It fails t if the plugin does not start.
-func LaunchPlugin(t *testing.T, path string, env []string) Instance {
+func LaunchPlugin(t testing.TB, path string, env []string) Instance {
 	t.Helper()
 	return LaunchCommand(t, []string{path}, env)
 }
@@ -40,7 +40,7 @@ func LaunchPlugin(t *testing.T, path string, env []string) Instance {
 // LaunchCommand is LaunchPlugin for an executable that serves the plugin
 // when given arguments: argv[0] is its path, the rest its arguments (as in
 // "task-executor plugin process").
-func LaunchCommand(t *testing.T, argv []string, env []string) Instance {
+func LaunchCommand(t testing.TB, argv []string, env []string) Instance {
 	t.Helper()
 	path := argv[0]
 	// Registered before the plugin's Close so that it runs after it: the
@@ -111,7 +111,7 @@ func (p *PluginInstance) Close() {
 // plugin's log reader may still be draining then.
 type testLogWriter struct {
 	mu     sync.Mutex
-	t      *testing.T
+	t      testing.TB
 	closed bool
 }
 
