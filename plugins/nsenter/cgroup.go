@@ -130,7 +130,7 @@ func (m *cgroupMounts) mount(h hierarchy) (int, error) {
 }
 
 // open returns, for every hierarchy process pid is in, its cgroup's
-// cgroup.procs opened for writing, and the file that counts OOM kills in
+// join file (cgroups.JoinFile) opened for writing, and the file that counts OOM kills in
 // its memory cgroup (nil without a memory controller). With a taskID, the
 // hierarchies of taskControllers are left out of procs and given instead
 // as tasks, the Manager of task cgroups below pid's (nil where they cannot
@@ -197,7 +197,7 @@ func (m *cgroupMounts) openAll(pid int, withTasks bool, log hclog.Logger) (procs
 		if dir == "" {
 			dir = "."
 		}
-		f, err := openAt(fd, dir+"/cgroup.procs", unix.O_WRONLY)
+		f, err := openAt(fd, dir+"/"+cgroups.JoinFile(h.v2), unix.O_WRONLY)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("while opening the main container's cgroup %s in %q: %w", h.path, h.key(), err)
 		}

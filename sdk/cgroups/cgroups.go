@@ -25,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -260,6 +261,9 @@ type Group struct {
 	name string
 	// limits are a spare's (see Spare).
 	limits Limits
+	// held are the group's counters opened when it was made (Spare), nil
+	// once released.
+	held atomic.Pointer[heldFiles]
 }
 
 // Group returns the task's cgroup, whether or not it exists yet: after a
@@ -283,7 +287,7 @@ func (g *Group) path(t tree) string {
 }
 
 // Dirs returns the group's directories, one per hierarchy, in the order of
-// Create's procs files.
+// Create's join files.
 func (g *Group) Dirs() []string {
 	dirs := make([]string, len(g.m.trees))
 	for i, t := range g.m.trees {
@@ -293,9 +297,9 @@ func (g *Group) Dirs() []string {
 }
 
 // Create makes the cgroup (it existing already is fine: a retried start),
-// sets the limits and returns the cgroup.procs file of each hierarchy opened
-// for writing: the caller moves a process in by writing its PID to each,
-// before the process starts the task's work, so that all it does is
+// sets the limits and returns, per hierarchy, the file through which a
+// process joins it, opened for writing (see JoinFile): the process that is
+// to start the task's work joins before it does, so that all it does is
 // counted. oom is the file that counts the cgroup's OOM kills (v1
 // memory.oom_control, v2 memory.events, both with an "oom_kill N" line),
 // opened for reading; nil when no hierarchy has the memory controller. The
@@ -304,25 +308,25 @@ func (g *Group) Dirs() []string {
 // Limits left at 0 are written as "no limit" and the kernel's default
 // weight, so that a cgroup left over from an earlier task of the same name
 // keeps nothing of that task's limits.
-func (g *Group) Create(l Limits) (procs []*os.File, oom *os.File, err error) {
+func (g *Group) Create(l Limits) (join []*os.File, oom *os.File, err error) {
 	if err := l.validate(); err != nil {
 		return nil, nil, fmt.Errorf("while creating cgroup %s: %w", g.name, err)
 	}
 	defer func() {
 		if err != nil {
-			for _, f := range procs {
+			for _, f := range join {
 				f.Close()
 			}
 			if oom != nil {
 				oom.Close()
 			}
-			procs, oom = nil, nil
+			join, oom = nil, nil
 		}
 	}()
 	for _, t := range g.m.trees {
 		dir := t.dir(g.path(t))
 		if err := t.makeGroup(dir); err != nil {
-			return procs, oom, fmt.Errorf("while creating cgroup %s: %w", g.name, err)
+			return join, oom, fmt.Errorf("while creating cgroup %s: %w", g.name, err)
 		}
 		if t.v2 {
 			err = writeLimitsV2(dir, l)
@@ -330,20 +334,34 @@ func (g *Group) Create(l Limits) (procs []*os.File, oom *os.File, err error) {
 			err = writeLimitsV1(dir, t, nil, l)
 		}
 		if err != nil {
-			return procs, oom, fmt.Errorf("while setting the limits of cgroup %s: %w", g.name, err)
+			return join, oom, fmt.Errorf("while setting the limits of cgroup %s: %w", g.name, err)
 		}
-		f, err := openFile(filepath.Join(dir, "cgroup.procs"), unix.O_WRONLY)
+		f, err := openFile(filepath.Join(dir, JoinFile(t.v2)), unix.O_WRONLY)
 		if err != nil {
-			return procs, oom, fmt.Errorf("while opening cgroup %s: %w", g.name, err)
+			return join, oom, fmt.Errorf("while opening cgroup %s: %w", g.name, err)
 		}
-		procs = append(procs, f)
+		join = append(join, f)
 		if counter := t.oomCounter(); counter != "" && oom == nil {
 			if oom, err = openFile(filepath.Join(dir, counter), unix.O_RDONLY); err != nil {
-				return procs, oom, fmt.Errorf("while opening the OOM counter of cgroup %s: %w", g.name, err)
+				return join, oom, fmt.Errorf("while opening the OOM counter of cgroup %s: %w", g.name, err)
 			}
 		}
 	}
-	return procs, oom, nil
+	return join, oom, nil
+}
+
+// JoinFile is the control file through which a process joins a cgroup of
+// v1 (v2 false) or v2: v1 "tasks", v2 "cgroup.procs". A single-threaded
+// process joins by writing "0" to it; through v1 tasks that costs it
+// microseconds, where writing another process's PID to cgroup.procs waits
+// for an RCU grace period (milliseconds) holding the machine's cgroup lock,
+// which every other cgroup change on the machine then waits for. On v1,
+// writing a PID to tasks moves only that thread.
+func JoinFile(v2 bool) string {
+	if v2 {
+		return "cgroup.procs"
+	}
+	return "tasks"
 }
 
 // makeGroup makes the cgroup directory dir in t (it existing is fine),
@@ -396,6 +414,11 @@ func (l Limits) period() int64 {
 // error wraps fs.ErrNotExist.
 func (g *Group) Stats() (Usage, error) {
 	var u Usage
+	held := g.held.Load()
+	if held != nil {
+		held.mu.Lock()
+		defer held.mu.Unlock()
+	}
 	for _, t := range g.m.trees {
 		dir := t.dir(g.path(t))
 		if !t.v2 && !t.has("memory") && !t.has("cpuacct") {
@@ -407,7 +430,7 @@ func (g *Group) Stats() (Usage, error) {
 		if t.v2 {
 			err = statsV2(dir, &u)
 		} else {
-			err = statsV1(dir, t, &u)
+			err = statsV1(t, held.reader(dir), &u)
 		}
 		if err != nil {
 			return Usage{}, fmt.Errorf("while reading the usage of cgroup %s: %w", g.name, err)
@@ -492,6 +515,7 @@ func (g *Group) killRound() (int, error) {
 // still calls a cgroup busy, which it may for a moment after the last process
 // exits, until ctx ends. A cgroup that does not exist is not an error.
 func (g *Group) Remove(ctx context.Context) error {
+	g.Release()
 	for {
 		if err := g.Kill(ctx); err != nil {
 			return fmt.Errorf("while removing cgroup %s: %w", g.name, err)

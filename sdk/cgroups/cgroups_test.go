@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -578,11 +579,11 @@ func TestFakeV1(t *testing.T) {
 	}
 	memDir, cpuDir := filepath.Join(memRoot, "te", "t1"), filepath.Join(cpuRoot, "te", "t1")
 	fakeCgroup(t, memDir, map[string]string{
-		"memory.limit_in_bytes": "", "cgroup.procs": "", "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+		"memory.limit_in_bytes": "", "cgroup.procs": "", "tasks": "", "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
 		"memory.usage_in_bytes": "100\n", "memory.max_usage_in_bytes": "200\n",
 	})
 	fakeCgroup(t, cpuDir, map[string]string{
-		"cpu.cfs_period_us": "", "cpu.cfs_quota_us": "", "cpu.shares": "", "cgroup.procs": "", "cpuacct.usage": "2500000000\n",
+		"cpu.cfs_period_us": "", "cpu.cfs_quota_us": "", "cpu.shares": "", "cgroup.procs": "", "tasks": "", "cpuacct.usage": "2500000000\n",
 	})
 	tests := []struct {
 		name     string
@@ -613,8 +614,8 @@ func TestFakeV1(t *testing.T) {
 			for _, f := range procs {
 				names = append(names, f.Name())
 			}
-			if want := []string{filepath.Join(memDir, "cgroup.procs"), filepath.Join(cpuDir, "cgroup.procs")}; !slices.Equal(names, want) {
-				t.Errorf("procs = %q, want %q", names, want)
+			if want := []string{filepath.Join(memDir, "tasks"), filepath.Join(cpuDir, "tasks")}; !slices.Equal(names, want) {
+				t.Errorf("join files = %q, want %q", names, want)
 			}
 			if oom == nil || oom.Name() != filepath.Join(memDir, "memory.oom_control") {
 				t.Fatalf("oom = %v", oom)
@@ -646,7 +647,7 @@ func TestFakeV1Cpuset(t *testing.T) {
 	g, _ := m.Group("t1")
 	dir := filepath.Join(root, "te", "t1")
 	fakeCgroup(t, dir, map[string]string{
-		"cpuset.cpus": "", "cpuset.mems": "", "cpu.cfs_period_us": "", "cpu.cfs_quota_us": "", "cpu.shares": "", "cgroup.procs": "",
+		"cpuset.cpus": "", "cpuset.mems": "", "cpu.cfs_period_us": "", "cpu.cfs_quota_us": "", "cpu.shares": "", "cgroup.procs": "", "tasks": "",
 	})
 	procs, oom, err := g.Create(Limits{})
 	if err != nil {
@@ -902,7 +903,8 @@ func startGated(t *testing.T, script string) *gated {
 	return p
 }
 
-// moveIn writes the shell's PID to every procs file.
+// moveIn writes the shell's PID to every join file (it is single-threaded:
+// through a v1 tasks file that moves it whole).
 func (p *gated) moveIn(t *testing.T, procs []*os.File) {
 	t.Helper()
 	for _, f := range procs {
@@ -1181,10 +1183,12 @@ func TestRealSpareAdopt(t *testing.T) {
 		t.Fatalf("cgroup v1 here, yet no spares: %v", m.Parents())
 	}
 	p := startGated(t, "exec sleep 1000")
-	spare, err := m.Spare(p.cmd.Process.Pid, Limits{CPUShares: 2})
+	spare, join, err := m.Spare(Limits{CPUShares: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.moveIn(t, join)
+	closeAll(join, nil)
 	checkMember(t, m, spare, p.cmd.Process.Pid)
 	g, err := m.Group("adopter")
 	if err != nil {
@@ -1225,10 +1229,12 @@ func TestRealSpareAdopt(t *testing.T) {
 	}
 	// A second spare, never adopted.
 	q := startGated(t, "exec sleep 1000")
-	left, err := m.Spare(q.cmd.Process.Pid, Limits{})
+	left, join, err := m.Spare(Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	q.moveIn(t, join)
+	closeAll(join, nil)
 	if err := m.RemoveSpares(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -1240,4 +1246,74 @@ func TestRealSpareAdopt(t *testing.T) {
 	if ws := q.wait(t, 10*time.Second); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Errorf("the process of a removed spare: %v, want killed", ws)
 	}
+}
+
+// TestRealHeldCounters: the counters a spare opens ahead read, after Adopt's
+// rename, what the cgroup's files say by path; after Release, and for a
+// group without held files, Stats reads by path; Remove releases them.
+func TestRealHeldCounters(t *testing.T) {
+	m, _ := realManager(t)
+	if !m.CanAdopt() {
+		t.Fatalf("cgroup v1 here, yet no spares: %v", m.Parents())
+	}
+	// 32 MiB touched, a little CPU, then idle: the figures stay put.
+	p := startGated(t, "dd if=/dev/zero of=/dev/null bs=32M count=8 2>/dev/null; exec sleep 1000")
+	spare, join, err := m.Spare(Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.moveIn(t, join)
+	closeAll(join, nil)
+	g, err := m.Group("held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g.Remove(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	oom, err := g.Adopt(context.Background(), spare, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if oom == nil {
+		t.Fatal("no OOM counter handed over")
+	}
+	oom.Close()
+	if g.held.Load() == nil || spare.held.Load() != nil {
+		t.Fatal("the spare's held files did not go to the group")
+	}
+	p.open(t)
+	byPath, _ := m.Group("held")
+	var held, read Usage
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var err error
+		if held, err = g.Stats(); err != nil {
+			t.Fatal(err)
+		}
+		if read, err = byPath.Stats(); err != nil {
+			t.Fatal(err)
+		}
+		// dd has run once the shell is sleep.
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.cmd.Process.Pid))
+		if strings.TrimSpace(string(comm)) == "sleep" && held.MemoryPeakBytes == read.MemoryPeakBytes && held.CPUSeconds == read.CPUSeconds {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("held %+v, by path %+v, process %q", held, read, comm)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if held.MemoryPeakBytes < 32<<20 || held.CPUSeconds <= 0 {
+		t.Errorf("usage %+v: want a peak of at least 32 MiB and some CPU", held)
+	}
+	g.Release()
+	if g.held.Load() != nil {
+		t.Error("files still held after Release")
+	}
+	if after, err := g.Stats(); err != nil || after.MemoryPeakBytes != held.MemoryPeakBytes {
+		t.Errorf("Stats after Release: %+v, %v; want the peak %d", after, err, held.MemoryPeakBytes)
+	}
+	g.Release() // twice is fine
 }

@@ -14,13 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Moving a process into a cgroup (a write to cgroup.procs) makes the
-// writer wait for an RCU grace period, milliseconds on a busy machine: on
-// the path of a task's start that is most of what a cgroup costs. A spare
-// is a cgroup made, and a process (an idle shim) moved into, ahead of time;
-// Adopt then makes it a task's by renaming it, which costs microseconds.
-// cgroup v1 renames cgroups within their parent; v2 does not, and there a
-// task's cgroup is made when it starts.
+// Making a cgroup and moving a process in costs tens of microseconds to
+// milliseconds (see JoinFile), and takes the machine's cgroup lock. A
+// spare is a cgroup made, and joined by a process (an idle shim), ahead of
+// time; Adopt then makes it a task's by renaming it, which costs
+// microseconds. cgroup v1 renames cgroups within their parent; v2 does not,
+// and there a task's cgroup is made when it starts.
 
 // spareOrdinal tells apart the spares of one process's lifetime.
 var spareOrdinal atomic.Uint64
@@ -41,35 +40,46 @@ func (m *Manager) CanAdopt() bool {
 }
 
 // Spare makes a cgroup no task has yet, with limits l (those most tasks
-// will have: Adopt then writes nothing), and moves process pid into it.
-func (m *Manager) Spare(pid int, l Limits) (*Group, error) {
+// will have: Adopt then writes nothing). It returns it with its join files
+// (see JoinFile), opened for writing, which the caller has the spare's
+// process join through, and closes.
+func (m *Manager) Spare(l Limits) (g *Group, join []*os.File, err error) {
 	if err := l.validate(); err != nil {
-		return nil, fmt.Errorf("while creating a spare cgroup: %w", err)
+		return nil, nil, fmt.Errorf("while creating a spare cgroup: %w", err)
 	}
 	if !m.CanAdopt() {
-		return nil, errors.New("cgroups cannot be renamed on cgroup v2: no spares")
+		return nil, nil, errors.New("cgroups cannot be renamed on cgroup v2: no spares")
 	}
-	g := &Group{m: m, name: sparePrefix + strconv.Itoa(pid) + "-" + strconv.FormatUint(spareOrdinal.Add(1), 10), limits: l}
-	ok := false
+	g = &Group{m: m, name: sparePrefix + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(spareOrdinal.Add(1), 10), limits: l}
+	held := &heldFiles{}
+	g.held.Store(held)
 	defer func() {
-		if !ok {
+		if err != nil {
+			for _, f := range join {
+				f.Close()
+			}
 			_ = g.Remove(context.Background())
+			g, join = nil, nil
 		}
 	}()
 	for _, t := range m.trees {
 		dir := t.dir(g.path(t))
 		if err := t.makeGroup(dir); err != nil {
-			return nil, fmt.Errorf("while creating a spare cgroup: %w", err)
+			return g, join, fmt.Errorf("while creating a spare cgroup: %w", err)
 		}
 		if err := writeLimitsV1(dir, t, &Limits{}, l); err != nil {
-			return nil, fmt.Errorf("while setting the limits of a spare cgroup: %w", err)
+			return g, join, fmt.Errorf("while setting the limits of a spare cgroup: %w", err)
 		}
-		if err := writeFile(dir, "cgroup.procs", strconv.Itoa(pid)); err != nil {
-			return nil, fmt.Errorf("while moving process %d into a spare cgroup: %w", pid, err)
+		if err := held.holdCounters(t, dir); err != nil {
+			return g, join, err
 		}
+		f, err := openFile(filepath.Join(dir, JoinFile(false)), unix.O_WRONLY)
+		if err != nil {
+			return g, join, fmt.Errorf("while opening a spare cgroup: %w", err)
+		}
+		join = append(join, f)
 	}
-	ok = true
-	return g, nil
+	return g, join, nil
 }
 
 // Adopt makes spare (from Spare) the group's own cgroup, with the process
@@ -97,6 +107,18 @@ func (g *Group) Adopt(ctx context.Context, spare *Group, l Limits) (oom *os.File
 			return nil, fmt.Errorf("while adopting a spare cgroup for %s: %w", g.name, &fs.PathError{Op: "rename", Path: from, Err: err})
 		}
 	}
+	// The files the spare holds are the group's now; its OOM counter is
+	// the caller's.
+	if held := spare.held.Swap(nil); held != nil {
+		oom, held.oom = held.oom, nil
+		g.held.Store(held)
+	}
+	defer func() {
+		if err != nil && oom != nil {
+			oom.Close()
+			oom = nil
+		}
+	}()
 	for _, t := range g.m.trees {
 		dir := t.dir(g.path(t))
 		if err := writeLimitsV1(dir, t, &spare.limits, l); err != nil {

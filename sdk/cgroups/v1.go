@@ -52,19 +52,27 @@ func writeLimitsV1(dir string, t tree, have *Limits, want Limits) error {
 	return nil
 }
 
-// statsV1 adds what a cgroup of v1 hierarchy t counts to u.
-func statsV1(dir string, t tree, u *Usage) error {
+// counterFilesV1 are the control files statsV1 reads in a hierarchy with
+// controller.
+var counterFilesV1 = map[string][]string{
+	"memory":  {"memory.usage_in_bytes", "memory.max_usage_in_bytes"},
+	"cpuacct": {"cpuacct.usage"},
+}
+
+// statsV1 adds what a cgroup of v1 hierarchy t counts to u, reading its
+// counters with read.
+func statsV1(t tree, read func(name string) (int64, error), u *Usage) error {
 	if t.has("memory") {
 		var err error
-		if u.MemoryBytes, err = readInt(dir, "memory.usage_in_bytes"); err != nil {
+		if u.MemoryBytes, err = read("memory.usage_in_bytes"); err != nil {
 			return err
 		}
-		if u.MemoryPeakBytes, err = readInt(dir, "memory.max_usage_in_bytes"); err != nil {
+		if u.MemoryPeakBytes, err = read("memory.max_usage_in_bytes"); err != nil {
 			return err
 		}
 	}
 	if t.has("cpuacct") {
-		ns, err := readInt(dir, "cpuacct.usage")
+		ns, err := read("cpuacct.usage")
 		if err != nil {
 			return err
 		}

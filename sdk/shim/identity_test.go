@@ -2,6 +2,7 @@ package shim
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -243,7 +244,13 @@ func testCgroup(t *testing.T, limit int64) (procs, oom *os.File, dir string) {
 	if err := os.WriteFile(filepath.Join(dir, limitFile), []byte(strconv.FormatInt(limit, 10)), 0); err != nil {
 		t.Fatalf("limiting the cgroup: %v", err)
 	}
-	if procs, err = os.OpenFile(filepath.Join(dir, "cgroup.procs"), os.O_WRONLY, 0); err != nil {
+	// The file the shim joins through (v1: tasks, where the shim moving
+	// itself waits for no RCU grace period).
+	join := "tasks"
+	if v1 == "" {
+		join = "cgroup.procs"
+	}
+	if procs, err = os.OpenFile(filepath.Join(dir, join), os.O_WRONLY, 0); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { procs.Close() })
@@ -291,6 +298,34 @@ func TestCgroupsAndOOMKilled(t *testing.T) {
 				t.Errorf("the task did not run in the cgroup %s: %s", dir, out)
 			}
 		})
+	}
+}
+
+// TestCgroupJoinFails: a cgroup the shim cannot join fails the launch with
+// the file's name and the kernel's reason, and the task never runs.
+func TestCgroupJoinFails(t *testing.T) {
+	t.Parallel()
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	k := newTask(t)
+	marker := k.path("ran")
+	spec := k.sh("touch " + marker)
+	spec.Cgroups = []*os.File{full}
+	ctx, cancel := context.WithTimeout(t.Context(), patience)
+	defer cancel()
+	_, err = Launch(ctx, shimBin, k.dir, spec)
+	if err == nil || !strings.Contains(err.Error(), "/dev/full") || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Launch: %v, want the join of /dev/full failing with ENOSPC", err)
+	}
+	// The job is handed over only after the join: no shim took it.
+	if _, _, err := Inspect(ctx, k.dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Inspect after the failed launch: %v, want none launched", err)
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the task ran: %v", err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -96,12 +97,14 @@ type idleShim struct {
 
 // LauncherOptions configure a Launcher beyond its spares.
 type LauncherOptions struct {
-	// Prepare, when set, is called with the PID of each shim the launcher
-	// starts, before the shim is given a job (for a spare, off the path of
-	// a task's start): for example to move it into a cgroup made ahead of
-	// time (see package cgroups' Spare). What it returns goes to the
-	// Spec.Claim of the Launch that uses the shim. An error drops the shim.
-	Prepare func(pid int) (any, error)
+	// Prepare, when set, is called for each shim the launcher starts,
+	// before the shim is given a job (for a spare, off the path of a task's
+	// start): for example to make a cgroup ahead of time (see package
+	// cgroups' Spare). The shim joins the cgroups of the files in join at
+	// once, as it joins Spec.Cgroups; the launcher closes them. prepared
+	// goes to the Spec.Claim of the Launch that uses the shim. An error
+	// drops the shim.
+	Prepare func() (prepared any, join []*os.File, err error)
 	// Discard is called with what Prepare returned for a shim that is
 	// dropped without running a task.
 	Discard func(prepared any)
@@ -192,10 +195,8 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	// Handing over the job is local and quick, and is not interrupted: once
 	// asked, the shim starts the task even if the caller stops waiting, and
 	// a later Inspect finds it.
-	for _, cg := range spec.Cgroups {
-		if _, err := cg.WriteString(strconv.Itoa(sh.pid)); err != nil {
-			return Result{}, fmt.Errorf("while moving the shim into the cgroup %s: %w", cg.Name(), err)
-		}
+	if err := join(sh.conn, spec.Cgroups); err != nil {
+		return Result{}, err
 	}
 	fds := []int{int(lock.Fd())}
 	if spec.Namespaces != nil {
@@ -435,12 +436,49 @@ func (l *Launcher) spawn() (*idleShim, error) {
 	}
 	sh := &idleShim{pid: pid, conn: c.(*net.UnixConn)}
 	if l.opts.Prepare != nil {
-		if sh.prepared, err = l.opts.Prepare(pid); err != nil {
+		prepared, files, err := l.opts.Prepare()
+		if err != nil {
 			sh.conn.Close()
+			return nil, fmt.Errorf("while preparing a shim: %w", err)
+		}
+		sh.prepared = prepared
+		err = join(sh.conn, files)
+		for _, f := range files {
+			f.Close()
+		}
+		if err != nil {
+			l.discard(sh)
 			return nil, fmt.Errorf("while preparing a shim: %w", err)
 		}
 	}
 	return sh, nil
+}
+
+// join has the shim on conn join the cgroups of files (see Spec.Cgroups)
+// and waits for its answer.
+func join(conn *net.UnixConn, files []*os.File) error {
+	if len(files) == 0 {
+		return nil
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	if _, _, err := conn.WriteMsgUnix([]byte{'C'}, unix.UnixRights(fds...), nil); err != nil {
+		return fmt.Errorf("while asking the shim to join its cgroups: %w", err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return fmt.Errorf("while waiting for the shim to join its cgroups: %w", err)
+	}
+	if b[0] != 0 {
+		names := make([]string, len(files))
+		for i, f := range files {
+			names[i] = f.Name()
+		}
+		return fmt.Errorf("while the shim joined the cgroups of %s: %w", strings.Join(names, ", "), syscall.Errno(b[0]))
+	}
+	return nil
 }
 
 // Close ends the idle shims. Shims running tasks are not affected.

@@ -105,11 +105,14 @@ type Spec struct {
 	// Credentials, when set, is who the task runs as; otherwise it runs as
 	// the shim does.
 	Credentials *Credentials `json:"-"`
-	// Cgroups are cgroup.procs files (opened for writing) of the cgroups
-	// the task is to run in: the launcher moves the shim into each before
-	// it starts the task, so the task is in them from its first
-	// instruction, and the shim lives and dies with them. The caller keeps
-	// the files.
+	// Cgroups are files, opened for writing, of the cgroups the task is to
+	// run in: cgroup v1 "tasks" files, or cgroup.procs. The shim joins
+	// each (writes "0" to it) before it starts the task, so the task is in
+	// them from its first instruction, and the shim lives and dies with
+	// them. The shim is single-threaded: through a v1 tasks file it moves
+	// itself whole, without the RCU grace period a move of another process
+	// waits for with the machine's cgroup lock held. The caller keeps the
+	// files.
 	Cgroups []*os.File `json:"-"`
 	// OOMCounter, when set, is a cgroup file with an "oom_kill N" line
 	// (cgroup v1 memory.oom_control, v2 memory.events) of the memory

@@ -116,11 +116,15 @@ type cgroupError struct{ err error }
 func (e *cgroupError) Error() string { return e.err.Error() }
 func (e *cgroupError) Unwrap() error { return e.err }
 
-// prepare moves a spare shim into a spare cgroup (shim.LauncherOptions).
-// A spare has the limits of a task without resources: the most common
-// kind has nothing written at its start.
-func (c *taskCgroups) prepare(pid int) (any, error) {
-	return c.mgr.Spare(pid, c.limits(&sdk.ProcessSpec{}))
+// prepare makes a spare cgroup for a spare shim to join
+// (shim.LauncherOptions). A spare has the limits of a task without
+// resources: the most common kind has nothing written at its start.
+func (c *taskCgroups) prepare() (any, []*os.File, error) {
+	g, join, err := c.mgr.Spare(c.limits(&sdk.ProcessSpec{}))
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, join, nil
 }
 
 // discard removes the spare cgroup of a shim that ran no task.
@@ -135,8 +139,8 @@ func (c *taskCgroups) discard(prepared any) {
 }
 
 // claim gives task its cgroup in mgr: the shim's spare cgroup (prepared,
-// from c.mgr), renamed for the task, or one made now, whose cgroup.procs
-// files the launcher then moves the shim into. It returns the group, those
+// from c.mgr), renamed for the task, or one made now, whose join files
+// the shim then joins through. It returns the group, those
 // files (none for a spare) and the file counting the cgroup's OOM kills.
 func (c *taskCgroups) claim(ctx context.Context, mgr *cgroups.Manager, task sdk.Task, prepared any) (*cgroups.Group, []*os.File, *os.File, error) {
 	g, err := mgr.Group(task.Name)

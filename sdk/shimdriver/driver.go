@@ -206,6 +206,7 @@ func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 	case err != nil:
 		d.forget(h)
 		h.fail(err)
+		h.release()
 		return sdk.TaskStatus{}, fmt.Errorf("while starting task %q: %w", task.Name, err)
 	default:
 		h.settle(res, &d.events, d.log)

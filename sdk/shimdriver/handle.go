@@ -67,9 +67,18 @@ func (h *handle) settle(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
 	h.markReady()
 	if res.Exit != nil {
 		close(h.done)
+		h.release()
 		return
 	}
 	go h.watch(res, pub, log)
+}
+
+// release lets go of what the task's cgroup holds open to read its final
+// usage (see cgroups.Group.Release), once that is read or will never be.
+func (h *handle) release() {
+	if g := h.cgroup(); g != nil {
+		g.Release()
+	}
 }
 
 // wait records that the task cannot start yet, and why; it reports whether
@@ -123,6 +132,9 @@ func (h *handle) watch(res shim.Result, pub *sdk.Publisher, log hclog.Logger) {
 			h.mu.Unlock()
 			close(h.done)
 			pub.Publish(s)
+			// Its final usage is in s, read before the report; what was
+			// held open for it goes after.
+			h.release()
 			return
 		}
 		log.Warn("cannot wait for a task's shim; retrying", "task", h.task.Name, "error", err)

@@ -75,6 +75,9 @@
 #include <unistd.h>
 
 #define JOB_FD 3
+/* The most descriptors one message brings: a job's are at most 3, the
+ * cgroups to join one per hierarchy. */
+#define MAX_JOIN 32
 #define MAX_JOB (64u << 20)
 #define RECORD_DELAY_NS 10000000LL /* see recordDelay in shim.go */
 /* A stop request: this real-time signal, queued (sigqueue, SI_QUEUE) with
@@ -577,27 +580,62 @@ static int parse_option(char *opt) {
 
 /* receive_job returns 1 with the job read, 0 on EOF (no job will come), -1
  * on error. */
+/* join_cgroups writes "0" to each of fds (cgroup v1 tasks files, or
+ * cgroup.procs), which moves this process into their cgroups, and closes
+ * them; it returns 0 or the first errno. A single-threaded process moving
+ * itself through a v1 tasks file is not made to wait for the RCU grace
+ * period (milliseconds, with the cgroup lock of the whole machine held) that
+ * moving another process costs. */
+static int join_cgroups(const int *fds, int n) {
+	int e = 0;
+	for (int i = 0; i < n; i++) {
+		ssize_t w;
+		do {
+			w = write(fds[i], "0", 1);
+		} while (w < 0 && errno == EINTR);
+		if (w < 0 && !e)
+			e = errno ? errno : EIO;
+		close(fds[i]);
+	}
+	return e;
+}
+
 static int receive_job(void) {
 	char one;
-	char cbuf[CMSG_SPACE(3 * sizeof(int))];
+	char cbuf[CMSG_SPACE(MAX_JOIN * sizeof(int))];
 	struct iovec iov = {&one, 1};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
-	ssize_t n;
-	do {
-		n = recvmsg(JOB_FD, &msg, MSG_CMSG_CLOEXEC);
-	} while (n < 0 && errno == EINTR);
-	if (n == 0)
-		return 0;
-	if (n < 0 || (msg.msg_flags & MSG_CTRUNC))
+	struct msghdr msg;
+	struct cmsghdr *c;
+	int nfd;
+	int fds[MAX_JOIN];
+	for (;;) {
+		msg = (struct msghdr){.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+		ssize_t n;
+		do {
+			n = recvmsg(JOB_FD, &msg, MSG_CMSG_CLOEXEC);
+		} while (n < 0 && errno == EINTR);
+		if (n == 0)
+			return 0;
+		if (n < 0 || (msg.msg_flags & MSG_CTRUNC))
+			return -1;
+		c = CMSG_FIRSTHDR(&msg);
+		if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			return -1;
+		nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		if (nfd < 1 || nfd > MAX_JOIN)
+			return -1;
+		memcpy(fds, CMSG_DATA(c), nfd * sizeof(int));
+		if (one != 'C')
+			break;
+		/* Cgroups to join, before a job or while idle as a spare: the
+		 * answer is one byte, 0 or the errno. */
+		int e = join_cgroups(fds, nfd);
+		unsigned char r = e > 255 ? 255 : (unsigned char)e;
+		if (write_all(JOB_FD, (const char *)&r, 1) < 0)
+			return -1;
+	}
+	if (nfd > 3)
 		return -1;
-	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-	if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-		return -1;
-	int nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-	int fds[3] = {-1, -1, -1};
-	if (nfd < 1 || nfd > 3)
-		return -1;
-	memcpy(fds, CMSG_DATA(c), nfd * sizeof(int));
 	dir_fd = fds[0]; /* kept open, its flock held, until we exit */
 	int next_fd = 1;
 
