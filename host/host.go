@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -79,6 +81,9 @@ type Config struct {
 	// Volumes are host directories offered to every container task by
 	// name (--volume NAME=HOSTPATH).
 	Volumes map[string]string
+	// DefaultRuntimes are the operator's runtimes for tasks whose spec
+	// names none, by kind (--default-runtime); see reconcile.Config.
+	DefaultRuntimes map[sdk.Kind]string
 }
 
 // recoveryWait bounds how long a start waits for the runtimes to say what
@@ -197,7 +202,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		}
 	}
 
-	ctrl, err := reconcile.New(reconcile.Config{
+	ctrlCfg := reconcile.Config{
 		SidecarMode:       cfg.SidecarMode,
 		ContainerMode:     cfg.ContainerMode,
 		MaxConcurrent:     cfg.MaxConcurrent,
@@ -207,7 +212,9 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		MaxTasks:          cfg.MaxTasks,
 		Downward:          cfg.Downward,
 		Stuck:             mgr.Restart,
-	}, st, mgr, log.Named("reconcile"))
+		DefaultRuntimes:   cfg.DefaultRuntimes,
+	}
+	ctrl, err := reconcile.New(ctrlCfg, st, mgr, log.Named("reconcile"))
 	if err != nil {
 		shutdown()
 		return err
@@ -218,6 +225,12 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	if err := mgr.Start(ctrl); err != nil {
 		shutdown()
 		ctrl.Close()
+		return err
+	}
+	if err := checkDefaultRuntimes(cfg, mgr); err != nil {
+		shutdown()
+		ctrl.Close()
+		mgr.Close()
 		return err
 	}
 	var up []string
@@ -233,7 +246,8 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	}
 	cancelWait()
 	g.open(api.Handler(ctrl, log.Named("api"),
-		api.WithLogs(st, stopStreams), api.WithMetrics(met), api.WithRuntimes(mgr), api.WithMaxSpecBytes(cfg.MaxSpecBytes)))
+		api.WithLogs(st, stopStreams), api.WithMetrics(met), api.WithRuntimes(mgr), api.WithMaxSpecBytes(cfg.MaxSpecBytes),
+		api.WithDefaultRuntimes(ctrlCfg.DefaultRuntime)))
 	log.Info("serving", "addr", ln.Addr().String(), "dataDir", st.Root(), "pluginDir", cfg.PluginDir, "pluginSockets", sockets,
 		"tls", cfg.TLS != nil, "auth", cfg.AuthToken != "")
 
@@ -247,6 +261,47 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	mgr.Close()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("while serving HTTP: %w", err)
+	}
+	return nil
+}
+
+// checkDefaultRuntimes refuses to start when an operator's default runtime
+// (--default-runtime) is not there or does not run its kind of task: a
+// typo would otherwise turn every task of that kind into a 400.
+func checkDefaultRuntimes(cfg Config, mgr *dispatch.Manager) error {
+	kinds := make([]sdk.Kind, 0, len(cfg.DefaultRuntimes))
+	for k := range cfg.DefaultRuntimes {
+		kinds = append(kinds, k)
+	}
+	slices.Sort(kinds)
+	for _, kind := range kinds {
+		name := cfg.DefaultRuntimes[kind]
+		if why, off := disabledPlugins(cfg)[name]; off {
+			return fmt.Errorf("--default-runtime %s=%s: that runtime is off: %s", kind, name, why)
+		}
+		if why, refused := mgr.Refused()[name]; refused {
+			return fmt.Errorf("--default-runtime %s=%s: its plugin was refused: %s", kind, name, why)
+		}
+		var names []string
+		found := false
+		for _, rt := range mgr.Status() {
+			rtName := rt.Name
+			if rtName == "" {
+				rtName = filepath.Base(rt.Path) // not up yet: named as its file
+			}
+			names = append(names, rtName)
+			if rtName != name {
+				continue
+			}
+			found = true
+			if rt.Healthy && !slices.Contains(rt.Kinds, kind) {
+				return fmt.Errorf("--default-runtime %s=%s: that runtime runs %v tasks, not %s ones", kind, name, rt.Kinds, kind)
+			}
+		}
+		if !found {
+			slices.Sort(names)
+			return fmt.Errorf("--default-runtime %s=%s: no such runtime (installed: %v)", kind, name, names)
+		}
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/opensandbox/task-executor/host"
 	"github.com/opensandbox/task-executor/host/dispatch"
 	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 func main() {
@@ -103,6 +104,7 @@ var envOf = map[string]string{
 	"allowed-host-path":                             "ALLOWED_HOST_PATHS",
 	"reconcile-interval":                            "RECONCILE_INTERVAL",
 	"plugin-dir":                                    "PLUGIN_DIR",
+	"default-runtime":                               "DEFAULT_RUNTIMES",
 	"log-level":                                     "LOG_LEVEL",
 	"log-format":                                    "LOG_FORMAT",
 	"max-concurrent-tasks":                          "MAX_CONCURRENT_TASKS",
@@ -138,9 +140,11 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.StringVar(&cfg.CRISocket, "cri-socket", "/var/run/containerd/containerd.sock", "CRI runtime socket for container tasks")
 	fs.StringVar(&cfg.PodUID, "pod-uid", "", "container mode: the UID of the executor's own pod (downward API metadata.uid); container tasks then run in its sandbox, beside the node's kubelet, instead of in sandboxes of their own")
 	cfg.Volumes = map[string]string{}
+	cfg.DefaultRuntimes = map[sdk.Kind]string{}
 	fs.Var(volumeFlag(cfg.Volumes), "volume", "NAME=HOSTPATH: a host directory every container task may mount by NAME (repeatable; the variable takes NAME=PATH,NAME=PATH)")
 	fs.Var((*pathsFlag)(&cfg.AllowedHostPaths), "allowed-host-path", "PREFIX: a container task's hostPath volume must be this directory or below it (repeatable; the variable takes PREFIX,PREFIX); none by default, so no hostPath volume is allowed")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", reconcile.DefaultReconcileInterval, "how often to compare the task table with what the runtimes list (a safety net: status changes are pushed)")
+	fs.Var(defaultRuntimeFlag(cfg.DefaultRuntimes), "default-runtime", "KIND=NAME: tasks of KIND (process or container) whose spec names no runtime run on runtime NAME, a built-in one or a plugin's (repeatable; the variable takes KIND=NAME,KIND=NAME); by default process tasks run on process (nsenter in sidecar mode) and container tasks on cri")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", "", "directory of third-party runtime plugin executables, which add runtimes or replace built-in ones by name (none by default)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -189,6 +193,9 @@ func parseFlags(args []string) (host.Config, string, error) {
 	})
 	if envErr != nil {
 		return cfg, "", envErr
+	}
+	if cfg.SidecarMode && cfg.DefaultRuntimes[sdk.KindProcess] == "process" {
+		return cfg, "", errors.New("invalid --default-runtime process=process: sidecar mode turns the process runtime off (it would run tasks in the executor's own container, with its privileges)")
 	}
 	cfg.MaxTaskLogBytes = int64(logCap)
 	cfg.MaxSpecBytes = int(specCap)
@@ -329,6 +336,40 @@ func (p *pathsFlag) Set(s string) error {
 			return fmt.Errorf("%q is not an absolute path", item)
 		}
 		*p = append(*p, filepath.Clean(item))
+	}
+	return nil
+}
+
+// defaultRuntimeFlag collects --default-runtime KIND=NAME; one value may
+// also hold several, comma-separated, as the environment variable does.
+type defaultRuntimeFlag map[sdk.Kind]string
+
+func (d defaultRuntimeFlag) String() string {
+	var pairs []string
+	for k, n := range d {
+		pairs = append(pairs, string(k)+"="+n)
+	}
+	sort.Strings(pairs)
+	return strings.Join(pairs, ",")
+}
+
+func (d defaultRuntimeFlag) Set(s string) error {
+	for _, item := range strings.Split(s, ",") {
+		kind, name, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if !ok || name == "" {
+			return fmt.Errorf("%q: want KIND=NAME", item)
+		}
+		k := sdk.Kind(kind)
+		if k != sdk.KindProcess && k != sdk.KindContainer {
+			return fmt.Errorf("%q: unknown kind %q (want process or container)", item, kind)
+		}
+		if strings.ContainsAny(name, "/ \t") {
+			return fmt.Errorf("%q: %q is not a runtime name", item, name)
+		}
+		if had, dup := d[k]; dup && had != name {
+			return fmt.Errorf("%q: the default runtime of %s tasks is given twice (%s and %s)", item, kind, had, name)
+		}
+		d[k] = name
 	}
 	return nil
 }

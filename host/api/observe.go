@@ -79,6 +79,9 @@ type Runtime struct {
 	LastError string `json:"lastError,omitempty"`
 	// Warnings: what the plugin found wrong in its environment at start.
 	Warnings []string `json:"warnings,omitempty"`
+	// DefaultFor: the kinds of task that run on this runtime when their
+	// spec names none (the built-in defaults, or --default-runtime).
+	DefaultFor []sdk.Kind `json:"defaultFor,omitempty"`
 }
 
 // ready answers 200 once every runtime the executor found is up, and 503
@@ -119,10 +122,18 @@ func (s *server) listRuntimes(w http.ResponseWriter, _ *http.Request, _ httprout
 		if kinds == nil {
 			kinds = []sdk.Kind{}
 		}
+		var defaultFor []sdk.Kind
+		if s.defaultRuntime != nil {
+			for _, k := range []sdk.Kind{sdk.KindProcess, sdk.KindContainer} {
+				if st.Name != "" && s.defaultRuntime(k) == st.Name {
+					defaultFor = append(defaultFor, k)
+				}
+			}
+		}
 		out = append(out, Runtime{
 			Name: st.Name, PluginPath: st.Path, Builtin: st.Builtin, ProtocolVersion: st.ProtocolVersion,
 			PluginVersion: st.Version, Kinds: kinds, Healthy: st.Healthy,
-			Restarts: st.Restarts, LastError: st.LastError, Warnings: st.Warnings,
+			Restarts: st.Restarts, LastError: st.LastError, Warnings: st.Warnings, DefaultFor: defaultFor,
 		})
 	}
 	sort.SliceStable(out, func(i, j int) bool {

@@ -21,6 +21,7 @@ import (
 	"github.com/opensandbox/task-executor/host/metrics"
 	"github.com/opensandbox/task-executor/host/reconcile"
 	"github.com/opensandbox/task-executor/host/store"
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -73,6 +74,15 @@ type server struct {
 	runtimes Runtimes
 	// maxSpecBytes bounds a task's spec, as JSON (0: no bound).
 	maxSpecBytes int
+	// defaultRuntime names the runtime of a kind's tasks whose spec
+	// names none (nil: not shown).
+	defaultRuntime func(sdk.Kind) string
+}
+
+// WithDefaultRuntimes has GET /runtimes tell, for each runtime, the kinds
+// of task it runs by default: those for which of names it.
+func WithDefaultRuntimes(of func(sdk.Kind) string) Option {
+	return func(s *server) { s.defaultRuntime = of }
 }
 
 // WithMaxSpecBytes refuses tasks whose spec, as JSON, is larger than n

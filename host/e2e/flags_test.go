@@ -25,6 +25,10 @@ func TestBadFlagsExitWithOneLine(t *testing.T) {
 		{"negative cap", []string{"--max-concurrent-tasks", "-1"}, nil, "max-concurrent-tasks"},
 		{"unknown flag", []string{"--frobnicate"}, nil, "frobnicate"},
 		{"stray argument", []string{"serve"}, nil, "unexpected argument"},
+		{"default runtime without a name", []string{"--default-runtime", "process="}, nil, "KIND=NAME"},
+		{"default runtime of an unknown kind", []string{"--default-runtime", "gpu=x"}, nil, "unknown kind"},
+		{"default runtime given twice", nil, []string{"DEFAULT_RUNTIMES=process=a,process=b"}, "given twice"},
+		{"process runtime in sidecar mode", []string{"--default-runtime", "process=process", "--enable-sidecar-mode"}, nil, "sidecar mode"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -61,6 +61,29 @@ type Config struct {
 	// Stuck, when set, is told of a runtime whose plugin did not answer a
 	// call in time, and why (the dispatcher restarts it).
 	Stuck func(runtime, why string)
+	// DefaultRuntimes are the operator's runtimes for tasks whose spec
+	// names none, by kind; a kind not in it gets the built-in default
+	// (see DefaultRuntime).
+	DefaultRuntimes map[sdk.Kind]string
+}
+
+// DefaultRuntime is the runtime a task of kind runs on when its spec names
+// none: the operator's (DefaultRuntimes), else process tasks on process
+// (nsenter in sidecar mode) and container tasks on cri.
+func (cfg Config) DefaultRuntime(kind sdk.Kind) string {
+	if name := cfg.DefaultRuntimes[kind]; name != "" {
+		return name
+	}
+	switch kind {
+	case sdk.KindProcess:
+		if cfg.SidecarMode {
+			return "nsenter"
+		}
+		return "process"
+	case sdk.KindContainer:
+		return "cri"
+	}
+	return ""
 }
 
 // DefaultReconcileInterval is the ReconcileInterval of a zero Config.
@@ -329,7 +352,7 @@ func (c *Controller) List() []Task {
 // and runs specs of that kind.
 func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 	kind := spec.Kind()
-	if kind == sdk.KindContainer && !c.cfg.ContainerMode && spec.Runtime == "" {
+	if kind == sdk.KindContainer && !c.cfg.ContainerMode && spec.Runtime == "" && c.cfg.DefaultRuntimes[kind] == "" {
 		return "", fmt.Errorf("container tasks need container mode: start the executor with --enable-container-mode (or ENABLE_CONTAINER_MODE=true): %w", ErrInvalid)
 	}
 	name := spec.Runtime
@@ -337,15 +360,7 @@ func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 		return "", fmt.Errorf("runtime %q is off in sidecar mode: it would run the task in the executor's own container, with the executor's privileges, not in the main container: %w", name, ErrInvalid)
 	}
 	if name == "" {
-		switch kind {
-		case sdk.KindProcess:
-			name = "process"
-			if c.cfg.SidecarMode {
-				name = "nsenter"
-			}
-		case sdk.KindContainer:
-			name = "cri"
-		}
+		name = c.cfg.DefaultRuntime(kind)
 	}
 	installed := c.runtimes.Installed()
 	var names []string

@@ -665,3 +665,26 @@ func TestAwaitRecovered(t *testing.T) {
 		})
 	}
 }
+
+func TestDefaultRuntime(t *testing.T) {
+	cases := []struct {
+		name               string
+		cfg                Config
+		process, container string
+	}{
+		{"built-in", Config{}, "process", "cri"},
+		{"sidecar mode", Config{SidecarMode: true}, "nsenter", "cri"},
+		{"the operator's for process tasks", Config{DefaultRuntimes: map[sdk.Kind]string{sdk.KindProcess: "bwrap"}}, "bwrap", "cri"},
+		{"the operator's win over sidecar mode's", Config{SidecarMode: true, DefaultRuntimes: map[sdk.Kind]string{sdk.KindProcess: "bwrap", sdk.KindContainer: "kata"}}, "bwrap", "kata"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.cfg.DefaultRuntime(sdk.KindProcess); got != tc.process {
+				t.Errorf("process tasks on %q, want %q", got, tc.process)
+			}
+			if got := tc.cfg.DefaultRuntime(sdk.KindContainer); got != tc.container {
+				t.Errorf("container tasks on %q, want %q", got, tc.container)
+			}
+		})
+	}
+}
