@@ -53,7 +53,7 @@ func (s *grpcServer) Init(ctx context.Context, req *runtimepb.InitRequest) (*run
 	for i, k := range info.Kinds {
 		kinds[i] = string(k)
 	}
-	return &runtimepb.InitResponse{Name: info.Name, Version: info.Version, Kinds: kinds, NoValidate: info.NoValidate, Warnings: info.Warnings}, nil
+	return &runtimepb.InitResponse{Name: info.Name, Version: info.Version, Kinds: kinds, NoValidate: info.NoValidate, Warnings: info.Warnings, RuntimeOptions: info.RuntimeOptions}, nil
 }
 
 func (s *grpcServer) Validate(ctx context.Context, req *runtimepb.ValidateRequest) (*runtimepb.ValidateResponse, error) {
@@ -156,7 +156,7 @@ func (c *grpcClient) Init(ctx context.Context, cfg Config) (Info, error) {
 	if err != nil {
 		return Info{}, fromGRPCError(err)
 	}
-	info := Info{Name: resp.GetName(), Version: resp.GetVersion(), NoValidate: resp.GetNoValidate(), Warnings: resp.GetWarnings()}
+	info := Info{Name: resp.GetName(), Version: resp.GetVersion(), NoValidate: resp.GetNoValidate(), Warnings: resp.GetWarnings(), RuntimeOptions: resp.GetRuntimeOptions()}
 	for _, k := range resp.GetKinds() {
 		info.Kinds = append(info.Kinds, Kind(k))
 	}

@@ -49,6 +49,14 @@ type TaskSpec struct {
 	// Runtime names the runtime plugin explicitly. Empty means the host's
 	// default for the spec's kind.
 	Runtime string `json:"runtime,omitempty"`
+	// RuntimeOptions configure the runtime for this task (for example
+	// whether a sandboxing runtime gives it a network). Their meaning is
+	// the runtime's: only a runtime whose Info says it takes options gets
+	// a spec with some (the host refuses it for others), and its Validate
+	// refuses the options it does not know. They are stored with the task
+	// and never reach its environment. Keys are qualified names, as
+	// Kubernetes label keys are ("network", "example.com/profile").
+	RuntimeOptions map[string]string `json:"runtimeOptions,omitempty"`
 	// Process runs a command as a process.
 	Process *ProcessSpec `json:"process,omitempty"`
 	// Container runs a container image.
@@ -140,6 +148,12 @@ type Info struct {
 	// every spec of its kinds that passes the host's own checks. It saves a
 	// round trip to the plugin on every create.
 	NoValidate bool
+	// RuntimeOptions says the runtime reads TaskSpec.RuntimeOptions. The
+	// host refuses a spec with options for a runtime without it (so an
+	// option is never silently ignored, by a runtime built before options
+	// existed for one), and asks Validate of every spec with options, even
+	// with NoValidate set.
+	RuntimeOptions bool
 	// Warnings say what the runtime found wrong in its environment when it
 	// started, for operators: the host logs them and GET /runtimes shows
 	// them. A runtime that can run no task at all should fail Init instead.

@@ -79,6 +79,8 @@ type Runtime struct {
 	LastError string `json:"lastError,omitempty"`
 	// Warnings: what the plugin found wrong in its environment at start.
 	Warnings []string `json:"warnings,omitempty"`
+	// RuntimeOptions: the runtime takes spec.runtimeOptions.
+	RuntimeOptions bool `json:"runtimeOptions"`
 	// DefaultFor: the kinds of task that run on this runtime when their
 	// spec names none (the built-in defaults, or --default-runtime).
 	DefaultFor []sdk.Kind `json:"defaultFor,omitempty"`
@@ -134,6 +136,7 @@ func (s *server) listRuntimes(w http.ResponseWriter, _ *http.Request, _ httprout
 			Name: st.Name, PluginPath: st.Path, Builtin: st.Builtin, ProtocolVersion: st.ProtocolVersion,
 			PluginVersion: st.Version, Kinds: kinds, Healthy: st.Healthy,
 			Restarts: st.Restarts, LastError: st.LastError, Warnings: st.Warnings, DefaultFor: defaultFor,
+			RuntimeOptions: st.RuntimeOptions,
 		})
 	}
 	sort.SliceStable(out, func(i, j int) bool {

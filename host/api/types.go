@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"reflect"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,6 +30,8 @@ type taskOut struct {
 	Status            TaskStatus             `json:"status"`
 	Process           *sdk.ProcessSpec       `json:"process,omitempty"`
 	ProcessStatus     *corev1.ContainerState `json:"processStatus,omitempty"`
+	// RuntimeOptions are spec.runtimeOptions in the compatibility format.
+	RuntimeOptions map[string]string `json:"runtimeOptions,omitempty"`
 }
 
 // TaskStatus is a task's status: its state in the shape of Kubernetes'
@@ -41,12 +44,15 @@ type TaskStatus = client.TaskStatus
 // accepted and ignored, as the Kubernetes API server ignores status on
 // create.
 type taskIn struct {
-	Name              string           `json:"name"`
-	Spec              *sdk.TaskSpec    `json:"spec"`
-	Process           *sdk.ProcessSpec `json:"process,omitempty"`
-	Status            json.RawMessage  `json:"status,omitempty"`
-	ProcessStatus     json.RawMessage  `json:"processStatus,omitempty"`
-	DeletionTimestamp json.RawMessage  `json:"deletionTimestamp,omitempty"`
+	Name    string           `json:"name"`
+	Spec    *sdk.TaskSpec    `json:"spec"`
+	Process *sdk.ProcessSpec `json:"process,omitempty"`
+	// RuntimeOptions go beside process in the compatibility format, which
+	// has no spec to hold them.
+	RuntimeOptions    map[string]string `json:"runtimeOptions,omitempty"`
+	Status            json.RawMessage   `json:"status,omitempty"`
+	ProcessStatus     json.RawMessage   `json:"processStatus,omitempty"`
+	DeletionTimestamp json.RawMessage   `json:"deletionTimestamp,omitempty"`
 	// format is the format it came in (store.Format*; "": both, as a task
 	// read from an older version carries them).
 	format string
@@ -58,13 +64,16 @@ type taskIn struct {
 func (t *taskIn) resolve() error {
 	switch {
 	case t.Process == nil:
+		if t.RuntimeOptions != nil {
+			return fmt.Errorf("task %q: runtimeOptions beside spec: in the nested format they are spec.runtimeOptions (beside process, in the compatibility format)", t.Name)
+		}
 		t.format = store.FormatNested
 		return nil
 	case t.Spec == nil:
-		t.Spec = &sdk.TaskSpec{Process: t.Process}
+		t.Spec = &sdk.TaskSpec{Process: t.Process, RuntimeOptions: t.RuntimeOptions}
 		t.format = store.FormatCompat
 		return nil
-	case t.Spec.Kind() == sdk.KindProcess && reflect.DeepEqual(*t.Spec.Process, *t.Process):
+	case t.Spec.Kind() == sdk.KindProcess && reflect.DeepEqual(*t.Spec.Process, *t.Process) && maps.Equal(t.Spec.RuntimeOptions, t.RuntimeOptions):
 		return nil
 	}
 	return fmt.Errorf("task %q: set either spec (the nested format) or process (the compatibility format), not both", t.Name)
@@ -83,7 +92,7 @@ func toAPI(t reconcile.Task) taskOut {
 	}
 	if t.Format != store.FormatNested && t.Spec.Kind() == sdk.KindProcess {
 		state := t.State
-		out.Process, out.ProcessStatus = t.Spec.Process, &state
+		out.Process, out.ProcessStatus, out.RuntimeOptions = t.Spec.Process, &state, t.Spec.RuntimeOptions
 	}
 	if t.DeletionTimestamp != nil {
 		ts := metav1.NewTime(*t.DeletionTimestamp)

@@ -23,6 +23,9 @@ func validate(t taskIn) error {
 	if t.Spec == nil {
 		return fmt.Errorf("task %q: spec is required (or process, in the compatibility format)", t.Name)
 	}
+	if err := validateRuntimeOptions(t.Name, t.Spec.RuntimeOptions); err != nil {
+		return err
+	}
 	switch t.Spec.Kind() {
 	case sdk.KindProcess:
 		if t.Spec.TimeoutSeconds != nil || len(t.Spec.Volumes) > 0 {
@@ -128,6 +131,25 @@ func validateProcess(name string, p *sdk.ProcessSpec) error {
 	}
 	if err := sdk.ValidateResources("spec.process.resources", p.Resources); err != nil {
 		return fmt.Errorf("task %q: %s", name, strings.TrimSuffix(err.Error(), ": "+sdk.ErrInvalidSpec.Error()))
+	}
+	return nil
+}
+
+// maxRuntimeOptions bounds how many runtime options a task may set; their
+// size is bounded with the rest of the spec (--max-spec-bytes).
+const maxRuntimeOptions = 64
+
+// validateRuntimeOptions checks the shape of a task's runtime options:
+// keys as Kubernetes label keys are (qualified names). What they mean, and
+// whether the runtime takes them at all, is the runtime's to say.
+func validateRuntimeOptions(name string, opts map[string]string) error {
+	if len(opts) > maxRuntimeOptions {
+		return fmt.Errorf("task %q: spec.runtimeOptions has %d options, more than %d", name, len(opts), maxRuntimeOptions)
+	}
+	for k := range opts {
+		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+			return fmt.Errorf("task %q: spec.runtimeOptions key %q: %s", name, k, strings.Join(errs, "; "))
+		}
 	}
 	return nil
 }

@@ -18,10 +18,10 @@ import (
 // examplePluginHost starts a host whose plugin directory holds the example
 // retry plugin (examples/plugins/retry), built from source as a third party
 // would build it, beside the built-in runtimes.
-func examplePluginHost(t *testing.T) *hostProc {
+func examplePluginHost(t *testing.T, args ...string) *hostProc {
 	t.Helper()
 	dir := pluginDir(t, "retry", "./examples/plugins/retry")
-	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: dir}
+	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: dir, args: args}
 	h.start()
 	t.Cleanup(h.cleanup)
 	// Registered after h.cleanup, so it runs before: the supervisors are
@@ -59,15 +59,13 @@ func killRetrySupervisors(dataDir string) {
 	}
 }
 
-// retryTask is a process task for the retry runtime, its policy in env.
-func retryTask(name, script string, env map[string]string) map[string]any {
-	var vars []map[string]string
-	for k, v := range env {
-		vars = append(vars, map[string]string{"name": k, "value": v})
-	}
+// retryTask is a process task for the retry runtime, its policy in its
+// runtime options.
+func retryTask(name, script string, opts map[string]string) map[string]any {
 	return map[string]any{"name": name, "spec": map[string]any{
-		"runtime": "retry",
-		"process": map[string]any{"command": []string{"sh", "-c", script}, "env": vars},
+		"runtime":        "retry",
+		"process":        map[string]any{"command": []string{"sh", "-c", script}},
+		"runtimeOptions": opts,
 	}}
 }
 
@@ -84,7 +82,7 @@ func TestExamplePluginRetries(t *testing.T) {
 	for _, r := range rts {
 		if r.Name == "retry" {
 			found = r.Healthy && r.PluginPath == filepath.Join(h.pluginDir, "retry") && r.PluginVersion != "" &&
-				len(r.Kinds) == 1 && r.Kinds[0] == "process"
+				len(r.Kinds) == 1 && r.Kinds[0] == "process" && r.RuntimeOptions
 			if !found {
 				t.Errorf("runtime retry: %+v", r)
 			}
@@ -97,7 +95,7 @@ func TestExamplePluginRetries(t *testing.T) {
 	// Fails twice, then succeeds: one task, three attempts.
 	h.mustDo(201, "POST", "/tasks", retryTask("flaky",
 		`echo "attempt $RETRY_ATTEMPT"; [ "$RETRY_ATTEMPT" -ge 3 ] || exit 75`,
-		map[string]string{"RETRY_MAX_ATTEMPTS": "5", "RETRY_BACKOFF": "20ms"}))
+		map[string]string{"maxAttempts": "5", "backoff": "20ms"}))
 	term := h.waitTerminated("flaky", 30*time.Second).Status.State.Terminated
 	if term.ExitCode != 0 || term.Reason != "Succeeded" || term.Message != "succeeded on attempt 3 of 5" {
 		t.Errorf("flaky terminated with exitCode %d, reason %q, message %q; want 0, Succeeded, \"succeeded on attempt 3 of 5\"",
@@ -110,25 +108,88 @@ func TestExamplePluginRetries(t *testing.T) {
 	// Always fails: the last attempt's exit code, and every one of them in
 	// the message.
 	h.mustDo(201, "POST", "/tasks", retryTask("hopeless", `exit $((RETRY_ATTEMPT + 1))`,
-		map[string]string{"RETRY_MAX_ATTEMPTS": "2", "RETRY_BACKOFF": "0s"}))
+		map[string]string{"maxAttempts": "2", "backoff": "0s"}))
 	term = h.waitTerminated("hopeless", 30*time.Second).Status.State.Terminated
 	if term.ExitCode != 3 || term.Reason != "Failed" || term.Message != "failed 2 of 2 attempts (exit codes 2, 3)" {
 		t.Errorf("hopeless terminated with exitCode %d, reason %q, message %q", term.ExitCode, term.Reason, term.Message)
 	}
 
-	// The runtime's Validate answers for it: a bad policy is a 400 and
-	// creates nothing.
-	code, body := h.do("POST", "/tasks", retryTask("bad-policy", "true", map[string]string{"RETRY_MAX_ATTEMPTS": "zero"}))
-	if code != 400 || !strings.Contains(string(body), "RETRY_MAX_ATTEMPTS") {
-		t.Errorf("a bad retry policy got %d %s; want 400 naming RETRY_MAX_ATTEMPTS", code, body)
+	// The runtime's Validate answers for it: a bad policy, or an option it
+	// does not know, is a 400 and creates nothing; so are options for a
+	// runtime that takes none, and keys that are not qualified names.
+	refused := []struct {
+		name string
+		task map[string]any
+		says string
+	}{
+		{"bad-policy", retryTask("bad-policy", "true", map[string]string{"maxAttempts": "zero"}), "maxAttempts"},
+		{"unknown-option", retryTask("unknown-option", "true", map[string]string{"retries": "3"}), `runtime option \"retries\"`},
+		{"options-for-process", map[string]any{"name": "options-for-process", "spec": map[string]any{
+			"process": map[string]any{"command": []string{"true"}}, "runtimeOptions": map[string]string{"maxAttempts": "2"}}},
+			`runtime \"process\" takes no runtime options`},
+		{"bad-key", retryTask("bad-key", "true", map[string]string{"max attempts": "2"}), "spec.runtimeOptions key"},
 	}
-	if _, ok := h.get("bad-policy"); ok {
-		t.Error("the refused task exists")
+	for _, r := range refused {
+		code, body := h.do("POST", "/tasks", r.task)
+		if code != 400 || !strings.Contains(string(body), r.says) {
+			t.Errorf("%s: got %d %s; want 400 saying %s", r.name, code, body, r.says)
+		}
+		if _, ok := h.get(r.name); ok {
+			t.Errorf("the refused task %s exists", r.name)
+		}
+	}
+
+	// The options are stored with the task, and in its answer.
+	var nested struct {
+		Spec struct {
+			RuntimeOptions map[string]string `json:"runtimeOptions"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(h.mustDo(200, "GET", "/tasks/flaky", nil), &nested); err != nil || nested.Spec.RuntimeOptions["maxAttempts"] != "5" {
+		t.Errorf("GET flaky: runtime options %v (%v), want maxAttempts 5", nested.Spec.RuntimeOptions, err)
 	}
 
 	h.mustDo(204, "DELETE", "/tasks/flaky", nil)
 	eventually(t, 15*time.Second, func() bool { _, ok := h.get("flaky"); return !ok },
 		func() string { return "flaky was never deleted" })
+}
+
+// TestRuntimeOptionsCompatFormat: the compatibility format ({"name",
+// "process"}), which names no runtime, carries runtime options beside
+// process, to the operator's default runtime; they come back in the same
+// place, and a task sent back as read is the same task.
+func TestRuntimeOptionsCompatFormat(t *testing.T) {
+	h := examplePluginHost(t, "--default-runtime", "process=retry")
+	task := map[string]any{"name": "compat", "process": map[string]any{"command": []string{"sh", "-c", `echo "attempt $RETRY_ATTEMPT"; exit 7`}},
+		"runtimeOptions": map[string]string{"maxAttempts": "2", "backoff": "0s"}}
+	h.mustDo(201, "POST", "/tasks", task)
+	term := h.waitTerminated("compat", 30*time.Second).Status.State.Terminated
+	if term.ExitCode != 7 || term.Message != "failed 2 of 2 attempts (exit codes 7, 7)" {
+		t.Errorf("compat terminated %+v: want two attempts, exit code 7", term)
+	}
+	read := h.mustDo(200, "GET", "/tasks/compat", nil)
+	var compat struct {
+		Spec           json.RawMessage   `json:"spec"`
+		RuntimeOptions map[string]string `json:"runtimeOptions"`
+	}
+	if err := json.Unmarshal(read, &compat); err != nil || compat.RuntimeOptions["maxAttempts"] != "2" || compat.Spec != nil {
+		t.Errorf("GET compat: %s: want the options beside process, no spec", read)
+	}
+	// Sent back as read, in a setTasks: the same task, nothing changes.
+	var back map[string]any
+	if err := json.Unmarshal(read, &back); err != nil {
+		t.Fatal(err)
+	}
+	h.mustDo(200, "POST", "/setTasks", []any{back})
+	if tk, ok := h.get("compat"); !ok || tk.Status.Message != "" {
+		t.Errorf("after sending the task back: %+v", tk)
+	}
+	// Beside a spec, the top-level options are a 400.
+	code, body := h.do("POST", "/tasks", map[string]any{"name": "both", "spec": map[string]any{"process": map[string]any{"command": []string{"true"}}},
+		"runtimeOptions": map[string]string{"maxAttempts": "2"}})
+	if code != 400 || !strings.Contains(string(body), "spec.runtimeOptions") {
+		t.Errorf("options beside spec: %d %s, want 400", code, body)
+	}
 }
 
 // TestExamplePluginSurvivesItsCrash: the example plugin is killed while a
@@ -139,7 +200,7 @@ func TestExamplePluginSurvivesItsCrash(t *testing.T) {
 	gate := filepath.Join(t.TempDir(), "gate")
 	h.mustDo(201, "POST", "/tasks", retryTask("survivor",
 		fmt.Sprintf(`echo waiting; while [ ! -e %s ]; do sleep 0.05; done; exit 4`, gate),
-		map[string]string{"RETRY_MAX_ATTEMPTS": "1"}))
+		map[string]string{"maxAttempts": "1"}))
 	eventually(t, 15*time.Second, func() bool {
 		tk, ok := h.get("survivor")
 		return ok && tk.Status.State.Running != nil

@@ -395,13 +395,18 @@ func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store
 		return store.Record{}, fmt.Errorf("task %q: %w", t.Name, err)
 	}
 	info, rt, up := c.runtimes.Runtime(name)
-	if !info.NoValidate {
+	// Options are the runtime's to check, whatever it says of the rest.
+	options := len(t.Spec.RuntimeOptions) > 0
+	if !info.NoValidate || options {
 		if !up {
 			why := "it is restarting"
 			if reason, ok := c.runtimes.Failing()[name]; ok {
 				why = reason
 			}
 			return store.Record{}, fmt.Errorf("task %q: runtime %q is not running right now (%s); retry shortly: %w", t.Name, name, why, ErrUnavailable)
+		}
+		if options && !info.RuntimeOptions {
+			return store.Record{}, fmt.Errorf("task %q: runtime %q takes no runtime options (spec.runtimeOptions): %w", t.Name, name, ErrInvalid)
 		}
 		// A reference that cannot be resolved is the task's StartError, not
 		// the request's: the runtime checks the rest.

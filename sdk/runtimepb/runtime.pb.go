@@ -445,9 +445,13 @@ type InitResponse struct {
 	NoValidate bool `protobuf:"varint,4,opt,name=no_validate,json=noValidate,proto3" json:"no_validate,omitempty"`
 	// What the plugin found wrong in its environment at start (see
 	// sdk.Info.Warnings).
-	Warnings      []string `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Warnings []string `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// The runtime reads a spec's runtimeOptions (see
+	// sdk.Info.RuntimeOptions); an older plugin leaves it false, and the host
+	// then refuses specs with options for it.
+	RuntimeOptions bool `protobuf:"varint,6,opt,name=runtime_options,json=runtimeOptions,proto3" json:"runtime_options,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *InitResponse) Reset() {
@@ -513,6 +517,13 @@ func (x *InitResponse) GetWarnings() []string {
 		return x.Warnings
 	}
 	return nil
+}
+
+func (x *InitResponse) GetRuntimeOptions() bool {
+	if x != nil {
+		return x.RuntimeOptions
+	}
+	return false
 }
 
 type ValidateRequest struct {
@@ -1344,14 +1355,15 @@ const file_runtime_proto_rawDesc = "" +
 	"\bsettings\x18\x02 \x03(\v22.taskexecutor.runtime.v1.InitRequest.SettingsEntryR\bsettings\x1a;\n" +
 	"\rSettingsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x01\n" +
 	"\fInitResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05kinds\x18\x03 \x03(\tR\x05kinds\x12\x1f\n" +
 	"\vno_validate\x18\x04 \x01(\bR\n" +
 	"noValidate\x12\x1a\n" +
-	"\bwarnings\x18\x05 \x03(\tR\bwarnings\".\n" +
+	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12'\n" +
+	"\x0fruntime_options\x18\x06 \x01(\bR\x0eruntimeOptions\".\n" +
 	"\x0fValidateRequest\x12\x1b\n" +
 	"\tspec_json\x18\x01 \x01(\fR\bspecJson\"\x12\n" +
 	"\x10ValidateResponse\"A\n" +

@@ -55,6 +55,15 @@ type Options struct {
 	// SettingTaskCgroups says. A task whose Place names cgroups (another
 	// container's) runs in those instead.
 	TaskCgroups bool
+	// ValidateSpec, when set, checks a process spec beyond the driver's
+	// own checks, in particular its runtime options: the runtime then takes
+	// options (sdk.Info.RuntimeOptions) and the host asks it to validate
+	// every spec (sdk.Info.NoValidate is false), so what it refuses is the
+	// client's 400 at create time. Return an error wrapping
+	// sdk.ErrInvalidSpec for a bad spec; refuse options you do not know.
+	// Without it the driver refuses every runtime option, and the host,
+	// whose checks are then the driver's, does not ask it (NoValidate).
+	ValidateSpec func(ctx context.Context, spec sdk.TaskSpec) error
 }
 
 // Driver is an sdk.Runtime for process tasks.
@@ -116,9 +125,10 @@ func (d *Driver) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
 	}
 	d.shims = shim.NewLauncherWith(path, spareShims, launcherOpts)
 	d.log.Debug("initialised", "shim", path, "grace", d.grace.String(), "cgroups", d.cg != nil && d.cg.mgr != nil)
-	// Validate refuses only what the host refuses too (see the HTTP API's
-	// checks), so the host need not ask.
-	info := sdk.Info{Name: d.opts.Name, Version: d.opts.Version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: true}
+	// Without ValidateSpec, Validate refuses only what the host refuses
+	// too (see the HTTP API's checks), so the host need not ask.
+	custom := d.opts.ValidateSpec != nil
+	info := sdk.Info{Name: d.opts.Name, Version: d.opts.Version, Kinds: []sdk.Kind{sdk.KindProcess}, NoValidate: !custom, RuntimeOptions: custom}
 	if w, ok := d.opts.Placer.(Warner); ok {
 		info.Warnings = w.Warnings()
 	}
@@ -168,7 +178,7 @@ func HostEnv() []string {
 }
 
 // Validate accepts process specs whose env has only plain values.
-func (d *Driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
+func (d *Driver) Validate(ctx context.Context, spec sdk.TaskSpec) error {
 	if spec.Process == nil {
 		return fmt.Errorf("the %s runtime runs only process tasks: %w", d.opts.Name, sdk.ErrInvalidSpec)
 	}
@@ -177,7 +187,16 @@ func (d *Driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
 			return fmt.Errorf("env %q: valueFrom is not supported for process tasks: %w", e.Name, sdk.ErrInvalidSpec)
 		}
 	}
-	return sdk.ValidateResources("spec.process.resources", spec.Process.Resources)
+	if err := sdk.ValidateResources("spec.process.resources", spec.Process.Resources); err != nil {
+		return err
+	}
+	if d.opts.ValidateSpec == nil {
+		if len(spec.RuntimeOptions) > 0 {
+			return fmt.Errorf("the %s runtime takes no runtime options: %w", d.opts.Name, sdk.ErrInvalidSpec)
+		}
+		return nil
+	}
+	return d.opts.ValidateSpec(ctx, spec)
 }
 
 // Start starts a task, or, if its Placer says it cannot start yet, accepts

@@ -63,7 +63,7 @@ func (d *Driver) Init(_ context.Context, cfg sdk.Config) (sdk.Info, error) {
 	d.exe = exe
 	d.env = baseEnv()
 	d.log.Debug("initialised", "grace", d.grace.String())
-	return sdk.Info{Name: name, Version: version, Kinds: []sdk.Kind{sdk.KindProcess}}, nil
+	return sdk.Info{Name: name, Version: version, Kinds: []sdk.Kind{sdk.KindProcess}, RuntimeOptions: true}, nil
 }
 
 // baseEnv is the plugin's environment (the host's) minus what go-plugin and
@@ -82,7 +82,8 @@ func baseEnv() []string {
 }
 
 // Validate accepts process specs with a command, plain env values, an
-// absolute working directory and a well-formed retry policy.
+// absolute working directory and a well-formed retry policy (its runtime
+// options).
 func (d *Driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
 	p := spec.Process
 	if p == nil {
@@ -99,7 +100,7 @@ func (d *Driver) Validate(_ context.Context, spec sdk.TaskSpec) error {
 			return fmt.Errorf("env %q: valueFrom is not supported: %w", e.Name, sdk.ErrInvalidSpec)
 		}
 	}
-	_, err := parseOptions(p)
+	_, err := parseOptions(spec)
 	return err
 }
 
@@ -184,7 +185,7 @@ func (d *Driver) adopt(ctx context.Context, h *handle) (found bool, err error) {
 func (d *Driver) launch(ctx context.Context, h *handle) error {
 	task := h.task
 	p := task.Spec.Process
-	opts, err := parseOptions(p)
+	opts, err := parseOptions(task.Spec)
 	if err != nil {
 		return err
 	}

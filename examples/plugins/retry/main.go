@@ -1,7 +1,7 @@
 // Command retry is an example task-executor runtime plugin, built against
 // the SDK alone: it runs process tasks and runs a failed one again, up to
-// RETRY_MAX_ATTEMPTS times in all with an exponential backoff, as the
-// task's own env asks (see options.go). A task's status stays running
+// maxAttempts times in all with an exponential backoff, as the task's
+// runtime options ask (see options.go). A task's status stays running
 // through its retries; its terminated state's message tells how many
 // attempts it took.
 //

@@ -10,19 +10,19 @@ import (
 	"github.com/opensandbox/task-executor/sdk"
 )
 
-// The retry policy of a task is set in its own env, so that it travels
-// with the spec through the HTTP API unchanged; the task sees the variables
-// too, which does no harm and lets a script know its budget.
+// The retry policy of a task is set in its runtime options
+// (spec.runtimeOptions): the host passes them to Validate and Start and
+// stores them with the task, and they never reach the task's environment.
 const (
-	// EnvMaxAttempts is how many times the command may run in all.
-	EnvMaxAttempts = "RETRY_MAX_ATTEMPTS"
-	// EnvBackoff is the wait before the second attempt, a Go duration; it
+	// OptMaxAttempts is how many times the command may run in all.
+	OptMaxAttempts = "maxAttempts"
+	// OptBackoff is the wait before the second attempt, a Go duration; it
 	// doubles for every further attempt, up to maxBackoff.
-	EnvBackoff = "RETRY_BACKOFF"
-	// EnvOnExitCodes, a comma-separated list of exit codes, restricts
+	OptBackoff = "backoff"
+	// OptOnExitCodes, a comma-separated list of exit codes, restricts
 	// retries to those codes (EX_TEMPFAIL, 75, say); by default every
 	// failure is retried.
-	EnvOnExitCodes = "RETRY_ON_EXIT_CODES"
+	OptOnExitCodes = "onExitCodes"
 	// EnvAttempt is set by the runtime in every attempt's environment: 1
 	// for the first run, 2 for the first retry, and so on.
 	EnvAttempt = "RETRY_ATTEMPT"
@@ -44,33 +44,36 @@ type options struct {
 	OnExitCodes []int32 `json:"onExitCodes,omitempty"`
 }
 
-// parseOptions reads the retry policy from a process spec's env; a later
-// entry of the same name wins, as it does for the task's environment.
-func parseOptions(p *sdk.ProcessSpec) (options, error) {
+// parseOptions reads the retry policy from a spec's runtime options; an
+// option it does not know is refused, so that a typo is a 400 rather than
+// a policy silently not applied.
+func parseOptions(spec sdk.TaskSpec) (options, error) {
 	o := options{MaxAttempts: defaultMaxAttempts, Backoff: defaultBackoff}
-	for _, e := range p.Env {
-		switch e.Name {
-		case EnvMaxAttempts:
-			n, err := strconv.Atoi(e.Value)
+	for k, v := range spec.RuntimeOptions {
+		switch k {
+		case OptMaxAttempts:
+			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > maxAttemptsLimit {
-				return o, fmt.Errorf("env %s=%q: want a whole number from 1 to %d: %w", e.Name, e.Value, maxAttemptsLimit, sdk.ErrInvalidSpec)
+				return o, fmt.Errorf("runtime option %s=%q: want a whole number from 1 to %d: %w", k, v, maxAttemptsLimit, sdk.ErrInvalidSpec)
 			}
 			o.MaxAttempts = n
-		case EnvBackoff:
-			d, err := time.ParseDuration(e.Value)
+		case OptBackoff:
+			d, err := time.ParseDuration(v)
 			if err != nil || d < 0 || d > maxBackoff {
-				return o, fmt.Errorf("env %s=%q: want a duration such as 500ms or 10s, at most %s: %w", e.Name, e.Value, maxBackoff, sdk.ErrInvalidSpec)
+				return o, fmt.Errorf("runtime option %s=%q: want a duration such as 500ms or 10s, at most %s: %w", k, v, maxBackoff, sdk.ErrInvalidSpec)
 			}
 			o.Backoff = d
-		case EnvOnExitCodes:
-			o.OnExitCodes = nil
-			for f := range strings.SplitSeq(e.Value, ",") {
+		case OptOnExitCodes:
+			for f := range strings.SplitSeq(v, ",") {
 				c, err := strconv.Atoi(strings.TrimSpace(f))
 				if err != nil || c < 1 || c > 255 {
-					return o, fmt.Errorf("env %s=%q: want exit codes from 1 to 255, comma-separated: %w", e.Name, e.Value, sdk.ErrInvalidSpec)
+					return o, fmt.Errorf("runtime option %s=%q: want exit codes from 1 to 255, comma-separated: %w", k, v, sdk.ErrInvalidSpec)
 				}
 				o.OnExitCodes = append(o.OnExitCodes, int32(c))
 			}
+			slices.Sort(o.OnExitCodes)
+		default:
+			return o, fmt.Errorf("runtime option %q: the %s runtime knows %s, %s and %s: %w", k, name, OptMaxAttempts, OptBackoff, OptOnExitCodes, sdk.ErrInvalidSpec)
 		}
 	}
 	return o, nil

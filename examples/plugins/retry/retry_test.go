@@ -226,14 +226,12 @@ func (s *started) task(t *testing.T, name, script string, env ...string) sdk.Tas
 	return task
 }
 
-// makeTask is task without the stop at the end.
-func (s *started) makeTask(t *testing.T, name, script string, env ...string) sdk.Task {
+// makeTask is task without the stop at the end; opts are its runtime
+// options, as KEY=VALUE.
+func (s *started) makeTask(t *testing.T, name, script string, opts ...string) sdk.Task {
 	t.Helper()
 	spec := runtimetest.ShellSpec(script, runtimetest.SpecOptions{})
-	for _, kv := range env {
-		k, v, _ := strings.Cut(kv, "=")
-		spec.Process.Env = append(spec.Process.Env, corev1.EnvVar{Name: k, Value: v})
-	}
+	spec.RuntimeOptions = optionsOf(opts)
 	task := sdk.Task{Name: name, Spec: spec, Dir: filepath.Join(s.dataDir, name)}
 	if err := os.Mkdir(task.Dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -308,7 +306,7 @@ func TestRetryPolicy(t *testing.T) {
 	tests := []struct {
 		name   string
 		script string
-		env    []string
+		opts   []string
 		// The terminated state wanted, and the output: one line per
 		// attempt.
 		code        int32
@@ -316,24 +314,26 @@ func TestRetryPolicy(t *testing.T) {
 		out         string
 	}{
 		{
+			// The options are not in the environment: grep prints
+			// nothing.
 			name:   "succeeds-on-third-attempt",
-			script: `echo "attempt $RETRY_ATTEMPT"; [ "$RETRY_ATTEMPT" -ge 3 ] || exit 75`,
-			env:    []string{"RETRY_MAX_ATTEMPTS=4", "RETRY_BACKOFF=10ms"},
+			script: `echo "attempt $RETRY_ATTEMPT"; env | grep -e maxAttempts -e backoff; [ "$RETRY_ATTEMPT" -ge 3 ] || exit 75`,
+			opts:   []string{"maxAttempts=4", "backoff=10ms"},
 			code:   0, reason: sdk.ReasonSucceeded, msg: "succeeded on attempt 3 of 4",
 			out: "attempt 1\nattempt 2\nattempt 3\n",
 		},
 		{
 			name:   "gives-up",
 			script: `echo "attempt $RETRY_ATTEMPT"; exit $((RETRY_ATTEMPT + 1))`,
-			env:    []string{"RETRY_MAX_ATTEMPTS=2", "RETRY_BACKOFF=0s"},
+			opts:   []string{"maxAttempts=2", "backoff=0s"},
 			code:   3, reason: sdk.ReasonFailed, msg: "failed 2 of 2 attempts (exit codes 2, 3)",
 			out: "attempt 1\nattempt 2\n",
 		},
 		{
 			name:   "exit-code-not-retried",
 			script: `echo "attempt $RETRY_ATTEMPT"; exit 2`,
-			env:    []string{"RETRY_MAX_ATTEMPTS=5", "RETRY_BACKOFF=0s", "RETRY_ON_EXIT_CODES=75, 69"},
-			code:   2, reason: sdk.ReasonFailed, msg: "attempt 1 of 5 failed with exit code 2, which RETRY_ON_EXIT_CODES does not retry",
+			opts:   []string{"maxAttempts=5", "backoff=0s", "onExitCodes=75, 69"},
+			code:   2, reason: sdk.ReasonFailed, msg: "attempt 1 of 5 failed with exit code 2, which the runtime option onExitCodes does not retry",
 			out: "attempt 1\n",
 		},
 		{
@@ -346,7 +346,7 @@ func TestRetryPolicy(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			task := s.task(t, tc.name, tc.script, tc.env...)
+			task := s.task(t, tc.name, tc.script, tc.opts...)
 			s.start(t, task)
 			term := s.waitTerminated(t, task.Name)
 			if term.ExitCode != tc.code || term.Reason != tc.reason || term.Message != tc.msg {
@@ -362,7 +362,7 @@ func TestRetryPolicy(t *testing.T) {
 
 func TestStopWhileWaitingToRetry(t *testing.T) {
 	s := launch(t)
-	task := s.task(t, "backoff", "exit 1", "RETRY_BACKOFF=1m")
+	task := s.task(t, "backoff", "exit 1", "backoff=1m")
 	s.start(t, task)
 	// The first attempt has ended once the record says so; the next is a
 	// minute away.
@@ -442,12 +442,9 @@ func alive(pid int) bool {
 
 func TestValidate(t *testing.T) {
 	s := launch(t)
-	process := func(env ...string) sdk.TaskSpec {
+	process := func(opts ...string) sdk.TaskSpec {
 		spec := runtimetest.ShellSpec("true", runtimetest.SpecOptions{})
-		for _, kv := range env {
-			k, v, _ := strings.Cut(kv, "=")
-			spec.Process.Env = append(spec.Process.Env, corev1.EnvVar{Name: k, Value: v})
-		}
+		spec.RuntimeOptions = optionsOf(opts)
 		return spec
 	}
 	relative := process()
@@ -458,13 +455,14 @@ func TestValidate(t *testing.T) {
 		ok   bool
 	}{
 		{"defaults", process(), true},
-		{"full-policy", process("RETRY_MAX_ATTEMPTS=10", "RETRY_BACKOFF=250ms", "RETRY_ON_EXIT_CODES=75,69"), true},
-		{"zero-attempts", process("RETRY_MAX_ATTEMPTS=0"), false},
-		{"too-many-attempts", process("RETRY_MAX_ATTEMPTS=101"), false},
-		{"attempts-not-a-number", process("RETRY_MAX_ATTEMPTS=three"), false},
-		{"backoff-without-unit", process("RETRY_BACKOFF=5"), false},
-		{"backoff-too-long", process("RETRY_BACKOFF=2h"), false},
-		{"exit-code-zero", process("RETRY_ON_EXIT_CODES=0"), false},
+		{"full-policy", process("maxAttempts=10", "backoff=250ms", "onExitCodes=75,69"), true},
+		{"zero-attempts", process("maxAttempts=0"), false},
+		{"too-many-attempts", process("maxAttempts=101"), false},
+		{"attempts-not-a-number", process("maxAttempts=three"), false},
+		{"backoff-without-unit", process("backoff=5"), false},
+		{"backoff-too-long", process("backoff=2h"), false},
+		{"exit-code-zero", process("onExitCodes=0"), false},
+		{"unknown-option", process("maxAttempt=3"), false},
 		{"relative-working-dir", relative, false},
 		{"container", sdk.TaskSpec{Container: &corev1.Container{Name: "c", Image: "busybox"}}, false},
 	}
@@ -481,4 +479,17 @@ func TestValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// optionsOf makes runtime options of KEY=VALUE pairs.
+func optionsOf(pairs []string) map[string]string {
+	if len(pairs) == 0 {
+		return nil
+	}
+	opts := map[string]string{}
+	for _, kv := range pairs {
+		k, v, _ := strings.Cut(kv, "=")
+		opts[k] = v
+	}
+	return opts
 }

@@ -143,7 +143,7 @@ func (s *supervisor) run() error {
 		case n == s.job.Options.MaxAttempts:
 			res.Message = fmt.Sprintf("failed %d of %d attempts (exit codes %s)", n, s.job.Options.MaxAttempts, s.exitCodes())
 		case !s.job.Options.retries(a.ExitCode):
-			res.Message = fmt.Sprintf("attempt %d of %d failed with exit code %d, which %s does not retry", n, s.job.Options.MaxAttempts, a.ExitCode, EnvOnExitCodes)
+			res.Message = fmt.Sprintf("attempt %d of %d failed with exit code %d, which the runtime option %s does not retry", n, s.job.Options.MaxAttempts, a.ExitCode, OptOnExitCodes)
 		default:
 			if s.backOff(n) {
 				continue
