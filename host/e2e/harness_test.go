@@ -610,9 +610,10 @@ func shTask(name, script string) map[string]any {
 }
 
 // cgroupRuntimes are the runtimes with task cgroups the tests run: the
-// process runtime, the stuck plugin's copy of it, and nsenter (below the
-// cgroup of a test's main process, which is the test's own).
-var cgroupRuntimes = []string{"process", "stuck", "nsenter"}
+// process runtime, the stuck plugin's copy of it, the example bwrap
+// runtime, and nsenter (below the cgroup of a test's main process, which is
+// the test's own).
+var cgroupRuntimes = []string{"process", "stuck", "nsenter", "bwrap"}
 
 // removeTaskCgroups removes what a host on dataDir left of its task
 // cgroups: a host killed with its tasks leaves their cgroups, as a killed

@@ -144,6 +144,9 @@ func Launch(ctx context.Context, shimPath, dir string, spec Spec) (Result, error
 // an error wrapping ErrLaunched: Inspect tells what became of that task.
 // Only one Launch may run per directory at a time.
 func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, error) {
+	if len(spec.Wrap) > 0 && !filepath.IsAbs(spec.Wrap[0]) {
+		return Result{}, fmt.Errorf("the wrapper %q is not an absolute path", spec.Wrap[0])
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Result{}, fmt.Errorf("while creating the shim directory: %w", err)
 	}
@@ -275,6 +278,9 @@ func jobOptions(spec Spec) []string {
 	}
 	if spec.OOMCounter != nil {
 		opts = append(opts, "oom=1")
+	}
+	for _, w := range spec.Wrap {
+		opts = append(opts, "wrap="+w)
 	}
 	c := spec.Credentials
 	if c == nil {

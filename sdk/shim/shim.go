@@ -119,6 +119,19 @@ type Spec struct {
 	// cgroup the task runs in: a task killed by SIGKILL while that count
 	// rose ends as ReasonOOMKilled. The caller keeps the file.
 	OOMCounter *os.File `json:"-"`
+	// Wrap, when set, is a wrapper command the task runs through (a
+	// sandbox such as bwrap or firejail, "ip netns exec NAME"): Wrap[0] is
+	// its absolute path, and the shim executes Wrap, then the task's
+	// command as found in the task's PATH, then the task's arguments. The
+	// shim checks the task's own command and working directory first, so a
+	// missing command is still a StartError 127 (126, 128) saying so, not
+	// the wrapper's failure. A stop's SIGTERM goes to every process of the
+	// task's group but the wrapper, which would otherwise die of it before
+	// the task could handle it; the SIGKILL after the grace period, to the
+	// whole group. The wrapper is expected to exit as its command does,
+	// a death by signal N as the exit code 128+N, as shells report it: the
+	// shim reports such an exit code of the wrapper as that signal.
+	Wrap []string `json:"-"`
 	// Claim, when set, is called by Launcher.Launch with what
 	// LauncherOptions.Prepare returned for the shim about to run the task
 	// (nil without Prepare), before the job is handed over; it may set

@@ -364,6 +364,7 @@ func (d *Driver) shimSpec(task sdk.Task, place Place) shim.Spec {
 		Credentials:    place.Credentials,
 		Cgroups:        place.Cgroups,
 		OOMCounter:     place.OOMCounter,
+		Wrap:           place.Wrap,
 	}
 	if p.WorkingDir == "" {
 		spec.Dir = place.Dir

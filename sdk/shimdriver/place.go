@@ -56,6 +56,13 @@ type Place struct {
 	Credentials    *shim.Credentials
 	Cgroups        []*os.File
 	OOMCounter     *os.File
+	// Wrap, when set, is a wrapper command the task's command runs through
+	// (a sandbox: bwrap, firejail, "ip netns exec NAME"), Wrap[0] an
+	// absolute path; see shim.Spec.Wrap. The shim still reports the task's
+	// own command missing (127), not executable (126) or its working
+	// directory bad (128), and a stop's SIGTERM goes to the task, not to
+	// the wrapper.
+	Wrap []string
 	// TaskCgroups, when set, is where the task gets a cgroup of its own
 	// (its resources' limits, usage, the kill of all it started), below
 	// another container's for example; the shim joins it beside Cgroups,

@@ -118,6 +118,13 @@ static int dir_fd = -1;  /* the state directory (and its lock) */
 static int proc_fd = -1; /* the executor's /proc */
 static int ns_fd = -1;   /* pidfd of the process whose namespaces to enter */
 static int stop_fd = -1; /* signalfd of STOP_SIGNAL */
+/* A wrapper runtime's command (bwrap ..., firejail ...): the task's command,
+ * looked up and checked as usual, is run through it, appended to it. Stop
+ * signals go to the task's group but the wrapper, which would die of them
+ * before the task could handle them. */
+static char **wrap_argv;
+static int wrap_argc;
+static char **exec_argv; /* what is executed: the task's argv, or wrapped */
 static int oom_fd = -1;  /* a cgroup file with an "oom_kill N" line */
 static long long oom_base = -1; /* its count when the task started */
 static long long ns_flags; /* CLONE_NEW* to enter; 0: the five above */
@@ -519,6 +526,17 @@ static int parse_option(char *opt) {
 	}
 	if (strcmp(opt, "oom") == 0)
 		return strcmp(v, "1") == 0 ? 0 : -1;
+	if (strcmp(opt, "wrap") == 0) {
+		char **w = realloc(wrap_argv, (wrap_argc + 2) * sizeof *w);
+		if (!w)
+			return -1;
+		wrap_argv = w;
+		wrap_argv[wrap_argc++] = v;
+		wrap_argv[wrap_argc] = NULL;
+		/* The wrapper is named by an absolute path: looking it up in the
+		 * task's PATH would let the task choose it. */
+		return wrap_argc == 1 && v[0] != '/' ? -1 : 0;
+	}
 	cred.set = 1;
 	if (strcmp(opt, "uid") == 0) {
 		cred.ids |= 1;
@@ -1077,7 +1095,7 @@ static void become(int efd, const char *path, const char *wd, int devnull, int o
 	}
 	if (cred.nfilters && cred.nnp && load_filters() < 0)
 		child_fail(efd, 128, "while installing the main container's seccomp filter", errno);
-	execve(path, task_argv, task_env);
+	execve(path, exec_argv, task_env);
 	int e = errno;
 	char what[4200];
 	snprintf(what, sizeof what, "exec %s", path);
@@ -1182,6 +1200,28 @@ static pid_t start_task(struct start_err *se) {
 		return -1;
 	}
 
+	exec_argv = task_argv;
+	if (wrap_argc > 0) {
+		/* The wrapper, then the command as found, then its arguments. */
+		int argc = 0;
+		while (task_argv[argc])
+			argc++;
+		exec_argv = calloc(wrap_argc + argc + 1, sizeof *exec_argv);
+		char *found = strdup(path); /* path is reused for the wrapper's */
+		if (!exec_argv || !found) {
+			se->code = 128;
+			snprintf(se->msg, sizeof se->msg, "while starting the task: out of memory");
+			close(devnull);
+			close(out);
+			close(err);
+			return -1;
+		}
+		memcpy(exec_argv, wrap_argv, wrap_argc * sizeof *exec_argv);
+		exec_argv[wrap_argc] = found;
+		for (int i = 1; i < argc; i++)
+			exec_argv[wrap_argc + i] = task_argv[i];
+		snprintf(path, sizeof path, "%s", wrap_argv[0]);
+	}
 	if (oom_fd >= 0)
 		oom_base = oom_kills();
 	if (cred.set) {
@@ -1210,7 +1250,7 @@ static pid_t start_task(struct start_err *se) {
 	posix_spawnattr_setpgroup(&at, 0);
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 	pid_t pid;
-	int rc = posix_spawn(&pid, path, &fa, &at, task_argv, task_env);
+	int rc = posix_spawn(&pid, path, &fa, &at, exec_argv, task_env);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
 	close(devnull);
@@ -1231,6 +1271,49 @@ static void signal_task(int sig) {
 	 * belong to someone else. */
 	if (task_pid > 0 && !reaped && kill(-task_pid, sig) < 0 && errno != ESRCH)
 		logmsg("WARN", "cannot signal the task with %d: %s", sig, errstr(errno));
+}
+
+/* signal_wrapped sends sig to every process of the task's group but the
+ * wrapper's: the group's leader (task_pid), and any other process running
+ * the wrapper's executable (bwrap's init in a PID namespace, say), found in
+ * the executor's /proc. */
+static void signal_wrapped(int sig) {
+	if (task_pid <= 0 || reaped)
+		return;
+	struct stat wst;
+	int know_wrapper = stat(wrap_argv[0], &wst) == 0;
+	int fd = openat(proc_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		logmsg("WARN", "cannot list processes to signal the wrapped task; signalling its whole group");
+		signal_task(sig);
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		char *end;
+		long pid = strtol(e->d_name, &end, 10);
+		if (*end || pid <= 0 || pid == task_pid)
+			continue;
+		char p[64], st[1024];
+		snprintf(p, sizeof p, "%ld/stat", pid);
+		if (read_proc(p, st, sizeof st) <= 0)
+			continue;
+		/* After the command's name: state, ppid, pgrp. */
+		char *q = strrchr(st, ')');
+		char state;
+		long ppid, pgrp;
+		if (!q || sscanf(q + 1, " %c %ld %ld", &state, &ppid, &pgrp) != 3 || pgrp != task_pid)
+			continue;
+		struct stat est;
+		snprintf(p, sizeof p, "%ld/exe", pid);
+		if (know_wrapper && fstatat(proc_fd, p, &est, 0) == 0 && est.st_dev == wst.st_dev && est.st_ino == wst.st_ino)
+			continue;
+		kill((pid_t)pid, sig);
+	}
+	closedir(d);
 }
 
 /* children_of_shim lists up to n of the shim's live children, from the
@@ -1315,7 +1398,10 @@ static void terminate(long long grace, int kill_tfd) {
 		signal_task(SIGKILL);
 		return;
 	}
-	signal_task(SIGTERM);
+	if (wrap_argc > 0)
+		signal_wrapped(SIGTERM);
+	else
+		signal_task(SIGTERM);
 	long long at = mono_ns() + grace;
 	if (kill_armed && at >= kill_at)
 		return;
@@ -1489,7 +1575,12 @@ static void supervise(struct exit_info *e) {
 	/* Output is complete once the exit is known. */
 	drain();
 	clock_gettime(CLOCK_REALTIME, &e->finished);
-	int sigkilled = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+	int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+	/* A wrapper reports its command's death by a signal as the exit code
+	 * 128+N, as shells do: that is the only account of it there is. */
+	if (!sig && wrap_argc > 0 && WEXITSTATUS(status) > 128 && WEXITSTATUS(status) <= 128 + 64)
+		sig = WEXITSTATUS(status) - 128;
+	int sigkilled = sig == SIGKILL;
 	int oom = sigkilled && oom_fd >= 0 && oom_base >= 0 && oom_kills() > oom_base;
 	if (gone_reason && !holder_gone && ns_fd >= 0) {
 		/* A task SIGKILLed at the moment its container ends was killed
@@ -1502,8 +1593,8 @@ static void supervise(struct exit_info *e) {
 	}
 	e->started = 1;
 	e->message[0] = 0;
-	if (WIFSIGNALED(status)) {
-		e->signal = WTERMSIG(status);
+	if (sig) {
+		e->signal = sig;
 		e->code = 128 + e->signal;
 		e->reason = "Failed";
 		snprintf(e->message, sizeof e->message, "killed by signal %d (%s)", e->signal, signame(e->signal));
