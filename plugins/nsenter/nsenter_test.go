@@ -57,6 +57,10 @@ func (harness) Spec(script string, opts runtimetest.SpecOptions) sdk.TaskSpec {
 	return runtimetest.ShellSpec(script, opts)
 }
 func (harness) StartErrorSpec() sdk.TaskSpec { return runtimetest.MissingCommandSpec() }
+
+// DefaultDir: a task without a working directory runs in the main
+// process's (runtimetest.StartContainer's main process runs in /tmp/wd).
+func (harness) DefaultDir(sdk.Task) string { return "/tmp/wd" }
 func (harness) Output(t *testing.T, task sdk.Task) string {
 	return runtimetest.ReadTaskFiles(t, task)
 }

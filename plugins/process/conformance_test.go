@@ -217,6 +217,9 @@ func (processHarness) Spec(script string, opts runtimetest.SpecOptions) sdk.Task
 
 func (processHarness) StartErrorSpec() sdk.TaskSpec { return runtimetest.MissingCommandSpec() }
 
+// DefaultDir: a task without a working directory runs in its own.
+func (processHarness) DefaultDir(task sdk.Task) string { return task.Dir }
+
 func (processHarness) Output(t *testing.T, task sdk.Task) string {
 	return runtimetest.ReadTaskFiles(t, task)
 }

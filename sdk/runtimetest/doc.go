@@ -14,6 +14,14 @@
 //		runtimetest.Run(t, myHarness{})
 //	}
 //
+// A harness may say more, and the kit checks that too: where a task that
+// names no working directory runs (DefaultDirer), the specs its runtime
+// refuses that the host would let through, such as bad runtime options
+// (Refuser: Validate must refuse them, and Init must let the host ask),
+// what the runtime keeps outside the data directory (DataDirCleaner), and
+// how slow its stops may be (StopSlacker). BuildPlugin builds a plugin and
+// the shim for a test main, with the race detector when the tests have it.
+//
 // The kit plays the host's part: it creates a data directory and one
 // directory per task in it, gives tasks unique DNS-1123 names, calls Init on
 // every instance it launches, and stops every task it started (and closes

@@ -119,7 +119,8 @@ type env struct {
 type instance struct {
 	Instance
 	rt     sdk.Runtime
-	killed bool // guarded by env.mu
+	info   sdk.Info // what Init returned
+	killed bool     // guarded by env.mu
 }
 
 func (s *suite) newEnv(t *testing.T) *env {
@@ -155,6 +156,7 @@ func (e *env) launch(t *testing.T) *instance {
 	if info.Name == "" || len(info.Kinds) == 0 {
 		t.Fatalf("Init returned %+v: a runtime must name itself and the spec kinds it runs", info)
 	}
+	inst.info = info
 	return inst
 }
 

@@ -58,6 +58,26 @@ type DataDirCleaner interface {
 	CleanDataDir(t *testing.T, dataDir string)
 }
 
+// Refuser may be implemented by a Harness whose runtime refuses specs the
+// host's own checks let through (runtime options it does not know, values
+// out of range, ...), each named for what is wrong with it. The kit checks
+// that Validate refuses each with an error wrapping sdk.ErrInvalidSpec,
+// which the host answers with a 400, and that the runtime lets the host
+// ask: with sdk.Info.NoValidate set the host never calls Validate, and such
+// a spec would be accepted, to fail later, as a StartError at best.
+type Refuser interface {
+	InvalidSpecs() map[string]sdk.TaskSpec
+}
+
+// DefaultDirer may be implemented by a Harness to say where a task that
+// names no working directory runs, as a path the task sees (the process
+// flavour: the task's directory). The kit checks it; when it is the task's
+// directory, also that a file the task writes by a relative path lands
+// there, beside its output.
+type DefaultDirer interface {
+	DefaultDir(task sdk.Task) string
+}
+
 // Instance is one running instance of a runtime.
 type Instance interface {
 	// Runtime is the instance's runtime, as the host would see it.

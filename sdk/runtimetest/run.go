@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +35,8 @@ func Run(t *testing.T, h Harness) {
 		{"exit-codes", testExitCodes},
 		{"env", testEnv},
 		{"working-dir", testWorkingDir},
+		{"default-dir", testDefaultDir},
+		{"validate", testValidate},
 		{"start-error", testStartError},
 		{"output", testOutput},
 		{"stop", testStop},
@@ -116,6 +120,52 @@ func testWorkingDir(t *testing.T, s *suite) {
 			start(t, rt, task)
 			exited(0).check(t, task.Name, waitTerminated(t, rt, task.Name, settleTimeout))
 		})
+	}
+}
+
+func testDefaultDir(t *testing.T, s *suite) {
+	d, ok := s.h.(DefaultDirer)
+	if !ok {
+		t.Skip("the harness does not say where a task without a working directory runs (DefaultDirer)")
+	}
+	e := s.newEnv(t)
+	rt := e.launch(t).rt
+	task := e.task(t, `pwd -P; echo landed > relative-file`, SpecOptions{})
+	want := d.DefaultDir(task)
+	start(t, rt, task)
+	exited(0).check(t, task.Name, waitTerminated(t, rt, task.Name, settleTimeout))
+	real, err := filepath.EvalSymlinks(want)
+	if err != nil {
+		real = want // not a path here: only the task sees it
+	}
+	if out := s.h.Output(t, task); out != real+"\n" {
+		t.Errorf("a task without a working directory ran in %q; want %s", strings.TrimSpace(out), want)
+	}
+	if want != task.Dir {
+		return
+	}
+	if b, err := os.ReadFile(filepath.Join(task.Dir, "relative-file")); err != nil || string(b) != "landed\n" {
+		t.Errorf("the file the task wrote by a relative path is not in its directory %s: %q, %v", task.Dir, b, err)
+	}
+}
+
+func testValidate(t *testing.T, s *suite) {
+	r, ok := s.h.(Refuser)
+	if !ok {
+		t.Skip("the harness names no spec its runtime refuses (Refuser)")
+	}
+	e := s.newEnv(t)
+	inst := e.launch(t)
+	if inst.info.NoValidate {
+		t.Errorf("Init returned NoValidate, so the host never asks Validate: specs the runtime refuses would be accepted (201) and fail later")
+	}
+	for name, spec := range r.InvalidSpecs() {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		err := inst.rt.Validate(ctx, spec)
+		cancel()
+		if !errors.Is(err, sdk.ErrInvalidSpec) {
+			t.Errorf("Validate of a spec with %s: %v; want an error wrapping sdk.ErrInvalidSpec (the host's 400)", name, err)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,7 +43,11 @@ func TestMain(m *testing.M) {
 type harness struct{}
 
 func (harness) Launch(t *testing.T) runtimetest.Instance {
-	return runtimetest.LaunchPlugin(t, plugin.Path, plugin.Env)
+	inst := runtimetest.LaunchPlugin(t, plugin.Path, plugin.Env)
+	if m := os.Getenv(envMutant); m != "" {
+		return mutantInstance{Instance: inst, rt: mutantRuntime{Runtime: inst.Runtime(), mutant: m}}
+	}
+	return inst
 }
 func (harness) Spec(script string, opts runtimetest.SpecOptions) sdk.TaskSpec {
 	return runtimetest.ShellSpec(script, opts)
@@ -71,7 +76,96 @@ func (harness) CleanDataDir(t *testing.T, dataDir string) {
 	}
 }
 
+// DefaultDir: a task without a working directory runs in its own.
+func (harness) DefaultDir(task sdk.Task) string { return task.Dir }
+
+// InvalidSpecs are refused by Validate: the create's 400.
+func (harness) InvalidSpecs() map[string]sdk.TaskSpec {
+	spec := func(opts map[string]string) sdk.TaskSpec {
+		s := runtimetest.ShellSpec("true", runtimetest.SpecOptions{})
+		s.RuntimeOptions = opts
+		return s
+	}
+	return map[string]sdk.TaskSpec{
+		"an unknown option":       spec(map[string]string{"netwrok": "on"}),
+		"a bad value for network": spec(map[string]string{OptNetwork: "yes"}),
+	}
+}
+
 func TestConformance(t *testing.T) { runtimetest.Run(t, harness{}) }
+
+// envMutant names the deliberate defect a child test process of
+// TestConformanceCatchesBrokenRuntimes layers over the plugin.
+const envMutant = "BWRAP_CONFORMANCE_MUTANT"
+
+// The defects; each must make the kit fail.
+const (
+	// mutantNoValidate says NoValidate, as a wrapper of shimdriver that
+	// kept its Info would: the host would never ask Validate.
+	mutantNoValidate = "no-validate"
+	// mutantAcceptAll accepts every spec.
+	mutantAcceptAll = "accept-all"
+	// mutantRootDir runs a task that names no working directory in /.
+	mutantRootDir = "root-dir"
+)
+
+type mutantInstance struct {
+	runtimetest.Instance
+	rt sdk.Runtime
+}
+
+func (m mutantInstance) Runtime() sdk.Runtime { return m.rt }
+
+type mutantRuntime struct {
+	sdk.Runtime
+	mutant string
+}
+
+func (m mutantRuntime) Init(ctx context.Context, cfg sdk.Config) (sdk.Info, error) {
+	info, err := m.Runtime.Init(ctx, cfg)
+	info.NoValidate = info.NoValidate || m.mutant == mutantNoValidate
+	return info, err
+}
+
+func (m mutantRuntime) Validate(ctx context.Context, spec sdk.TaskSpec) error {
+	if m.mutant == mutantAcceptAll {
+		return nil
+	}
+	return m.Runtime.Validate(ctx, spec)
+}
+
+func (m mutantRuntime) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, error) {
+	if m.mutant == mutantRootDir && task.Spec.Process.WorkingDir == "" {
+		task.Spec.Process.WorkingDir = "/"
+	}
+	return m.Runtime.Start(ctx, task)
+}
+
+// TestConformanceCatchesBrokenRuntimes runs the kit's new cases in a child
+// test process against the plugin with a deliberate defect, and expects
+// them to fail.
+func TestConformanceCatchesBrokenRuntimes(t *testing.T) {
+	if os.Getenv(envMutant) != "" {
+		t.Fatal("the mutant child must run TestConformance only")
+	}
+	for _, tc := range []struct{ mutant, subtest string }{
+		{mutantNoValidate, "validate"},
+		{mutantAcceptAll, "validate"},
+		{mutantRootDir, "default-dir"},
+	} {
+		t.Run(tc.mutant, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestConformance$/^"+tc.subtest+"$", "-test.count=1", "-test.v")
+			cmd.Env = append(os.Environ(), envMutant+"="+tc.mutant)
+			out, err := cmd.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "--- FAIL: TestConformance/"+tc.subtest) {
+				t.Errorf("the kit's %s case passed against mutant %s (%v):\n%s", tc.subtest, tc.mutant, err, out)
+			}
+		})
+	}
+}
 
 // TestSandbox: what a task can see and do, against what the same command
 // sees outside the sandbox.

@@ -170,6 +170,23 @@ func (harness) Spec(script string, opts runtimetest.SpecOptions) sdk.TaskSpec {
 
 func (harness) StartErrorSpec() sdk.TaskSpec { return runtimetest.MissingCommandSpec() }
 
+// DefaultDir: a task without a working directory runs in its own.
+func (harness) DefaultDir(task sdk.Task) string { return task.Dir }
+
+// InvalidSpecs are refused by Validate: the create's 400.
+func (harness) InvalidSpecs() map[string]sdk.TaskSpec {
+	spec := func(opts ...string) sdk.TaskSpec {
+		s := runtimetest.ShellSpec("true", runtimetest.SpecOptions{})
+		s.RuntimeOptions = optionsOf(opts)
+		return s
+	}
+	return map[string]sdk.TaskSpec{
+		"an unknown option":        spec("retries=3"),
+		"no attempts":              spec("maxAttempts=0"),
+		"a backoff without a unit": spec("backoff=5"),
+	}
+}
+
 func (harness) Output(t *testing.T, task sdk.Task) string { return runtimetest.ReadTaskFiles(t, task) }
 
 // Settings: a grace period short enough for quick timeouts, yet longer than
