@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -385,6 +386,17 @@ func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 		return "", fmt.Errorf("runtime %q cannot start: %s: %w", name, reason, ErrUnavailable)
 	}
 	sort.Strings(names)
+	// A plugin that never came up is known by its file's name only, which
+	// need not be its runtime's: say why it is down, since it may be the
+	// one asked for.
+	var down []string
+	for file, why := range c.runtimes.Failing() {
+		down = append(down, fmt.Sprintf("%s: %s", file, why))
+	}
+	if len(down) > 0 {
+		sort.Strings(down)
+		return "", fmt.Errorf("runtime %q is not installed (installed: %v; plugins that are not up, named by their files: %s): %w", name, names, strings.Join(down, "; "), ErrInvalid)
+	}
 	return "", fmt.Errorf("runtime %q is not installed (installed: %v): %w", name, names, ErrInvalid)
 }
 

@@ -606,6 +606,18 @@ func TestRefusedRuntimeSaysWhy(t *testing.T) {
 	}
 }
 
+// TestUnknownRuntimeSaysWhichPluginsAreDown: a runtime nobody has is a
+// 400 that lists the installed ones and the plugins that never came up,
+// by their files and why: one of them may be the runtime asked for.
+func TestUnknownRuntimeSaysWhichPluginsAreDown(t *testing.T) {
+	e := newEnv(t, t.TempDir(), newFake(), Config{})
+	_, err := e.c.Create(context.Background(), NewTask{Name: "u", Spec: sdk.TaskSpec{
+		Runtime: "bwrap", Process: &sdk.ProcessSpec{Command: []string{"true"}}}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "installed: [process]") || !strings.Contains(err.Error(), "broken: exec: no shim") {
+		t.Fatalf("got %v, want ErrInvalid naming the installed runtimes and the plugin that is down", err)
+	}
+}
+
 // TestSidecarModeRefusesTheProcessRuntime: in sidecar mode no caller (a
 // task in the main container, say) may ask for a task in the executor's
 // own container, with its privileges.
