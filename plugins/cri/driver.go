@@ -61,8 +61,10 @@ type Driver struct {
 	// following: the runtime's container events are being followed.
 	following atomic.Bool
 
-	mu      sync.Mutex
-	handles map[string]*handle
+	handles sdk.Handles[*handle]
+	// creating serialises the making of handles from what the task's
+	// directory and containerd hold, so that a task gets one.
+	creating sync.Mutex
 	// cleanups are the removals of finished tasks' sandboxes in flight.
 	cleanups sync.WaitGroup
 	// removals serialise the removals of one task's sandboxes: containerd
@@ -80,7 +82,7 @@ func (d *Driver) removalLock(name string) func() {
 }
 
 func newDriver(log hclog.Logger) *Driver {
-	return &Driver{log: log, handles: map[string]*handle{}, ctx: context.Background()}
+	return &Driver{log: log, ctx: context.Background()}
 }
 
 // Init reads the host's settings, connects to the CRI socket and starts
@@ -167,9 +169,12 @@ func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 // directory and containerd hold. With create unset, a task never started
 // gets none.
 func (d *Driver) handleFor(task sdk.Task, create bool) (*handle, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if h, ok := d.handles[task.Name]; ok {
+	if h, ok := d.handles.Get(task.Name); ok {
+		return h, nil
+	}
+	d.creating.Lock()
+	defer d.creating.Unlock()
+	if h, ok := d.handles.Get(task.Name); ok {
 		return h, nil
 	}
 	rec, err := readExit(task.Dir)
@@ -189,12 +194,14 @@ func (d *Driver) handleFor(task sdk.Task, create bool) (*handle, error) {
 		}
 	}
 	h := newHandle(d, task, attempt)
-	d.handles[task.Name] = h
 	if rec != nil {
 		h.st, h.final = rec.status(task.Name), true
-		return h, nil
 	}
-	h.start()
+	d.handles.GetOrAdd(task.Name, func() *handle { return h })
+	if rec == nil {
+		// In the table first: its container's events find it.
+		h.start()
+	}
 	return h, nil
 }
 
@@ -247,9 +254,9 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 			return err
 		}
 	}
-	d.mu.Lock()
-	delete(d.handles, name)
-	d.mu.Unlock()
+	if h, ok := d.handles.Get(name); ok {
+		d.handles.Remove(name, h)
+	}
 	return nil
 }
 
@@ -265,12 +272,7 @@ func (d *Driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) 
 
 // List returns the status of every task the driver knows.
 func (d *Driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
-	d.mu.Lock()
-	hs := make([]*handle, 0, len(d.handles))
-	for _, h := range d.handles {
-		hs = append(hs, h)
-	}
-	d.mu.Unlock()
+	hs := d.handles.All()
 	out := make([]sdk.TaskStatus, 0, len(hs))
 	for _, h := range hs {
 		st, _, _ := h.snapshot()
@@ -325,9 +327,8 @@ func (d *Driver) Events(ctx context.Context) (<-chan sdk.TaskStatus, error) {
 }
 
 func (d *Driver) handle(name string) *handle {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.handles[name]
+	h, _ := d.handles.Get(name)
+	return h
 }
 
 // monitor lists the plugin's running containers and nudges the handles
@@ -344,14 +345,12 @@ func (d *Driver) monitor() {
 		if d.following.Load() && tick%eventedListTicks != 0 {
 			continue
 		}
-		d.mu.Lock()
 		watched := map[string]*handle{}
-		for _, h := range d.handles {
+		for _, h := range d.handles.All() {
 			if id, ok := h.running(); ok {
 				watched[id] = h
 			}
 		}
-		d.mu.Unlock()
 		if len(watched) == 0 {
 			continue
 		}
@@ -429,9 +428,7 @@ func (d *Driver) followOnce() error {
 
 // handleOfContainer returns the handle whose container is id, if any.
 func (d *Driver) handleOfContainer(id string) *handle {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, h := range d.handles {
+	for _, h := range d.handles.All() {
 		h.mu.Lock()
 		ours := h.containerID == id
 		h.mu.Unlock()
@@ -445,14 +442,12 @@ func (d *Driver) handleOfContainer(id string) *handle {
 // rotateLogs caps the running containers' logs the way the kubelet does:
 // the log is renamed aside and the runtime asked to reopen it.
 func (d *Driver) rotateLogs() {
-	d.mu.Lock()
 	var hs []*handle
-	for _, h := range d.handles {
+	for _, h := range d.handles.All() {
 		if _, ok := h.running(); ok {
 			hs = append(hs, h)
 		}
 	}
-	d.mu.Unlock()
 	for _, h := range hs {
 		id, _ := h.running()
 		path := filepath.Join(h.task.Dir, logFile)

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -76,13 +75,12 @@ type Driver struct {
 	maxLog int64
 	cg     *taskCgroups // nil: tasks get no cgroups of their own
 
-	mu      sync.Mutex
-	handles map[string]*handle
+	handles sdk.Handles[*handle]
 }
 
 // New returns a driver.
 func New(opts Options) *Driver {
-	return &Driver{opts: opts, log: opts.Log, handles: map[string]*handle{}}
+	return &Driver{opts: opts, log: opts.Log}
 }
 
 // Init reads the host's settings, finds the shim and initialises the
@@ -205,14 +203,8 @@ func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 	if err := d.Validate(ctx, task.Spec); err != nil {
 		return sdk.TaskStatus{}, err
 	}
-	d.mu.Lock()
-	h, ok := d.handles[task.Name]
-	if !ok {
-		h = d.newHandle(task)
-		d.handles[task.Name] = h
-	}
-	d.mu.Unlock()
-	if ok {
+	h, added := d.handles.GetOrAdd(task.Name, func() *handle { return d.newHandle(task) })
+	if !added {
 		return d.await(ctx, h)
 	}
 
@@ -335,13 +327,7 @@ func (d *Driver) await(ctx context.Context, h *handle) (sdk.TaskStatus, error) {
 	}
 }
 
-func (d *Driver) forget(h *handle) {
-	d.mu.Lock()
-	if d.handles[h.task.Name] == h {
-		delete(d.handles, h.task.Name)
-	}
-	d.mu.Unlock()
-}
+func (d *Driver) forget(h *handle) { d.handles.Remove(h.task.Name, h) }
 
 func (d *Driver) shimSpec(task sdk.Task, place Place) shim.Spec {
 	p := task.Spec.Process
@@ -393,9 +379,7 @@ func dedupEnv(env []string) []string {
 }
 
 func (d *Driver) lookup(name string) (*handle, error) {
-	d.mu.Lock()
-	h, ok := d.handles[name]
-	d.mu.Unlock()
+	h, ok := d.handles.Get(name)
 	if !ok {
 		return nil, fmt.Errorf("task %q: %w", name, sdk.ErrNotFound)
 	}
@@ -528,12 +512,7 @@ func (d *Driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) 
 
 // List returns the status of every task the driver tracks.
 func (d *Driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
-	d.mu.Lock()
-	hs := make([]*handle, 0, len(d.handles))
-	for _, h := range d.handles {
-		hs = append(hs, h)
-	}
-	d.mu.Unlock()
+	hs := d.handles.All()
 	out := make([]sdk.TaskStatus, 0, len(hs))
 	for _, h := range hs {
 		select {
@@ -551,14 +530,8 @@ func (d *Driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
 func (d *Driver) Recover(ctx context.Context, tasks []sdk.Task) ([]sdk.TaskStatus, error) {
 	out := make([]sdk.TaskStatus, 0, len(tasks))
 	for _, task := range tasks {
-		d.mu.Lock()
-		h, ok := d.handles[task.Name]
-		if !ok {
-			h = d.newHandle(task)
-			d.handles[task.Name] = h
-		}
-		d.mu.Unlock()
-		if ok {
+		h, added := d.handles.GetOrAdd(task.Name, func() *handle { return d.newHandle(task) })
+		if !added {
 			if st, err := d.await(ctx, h); err == nil {
 				out = append(out, st)
 			}

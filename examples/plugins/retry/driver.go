@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -37,13 +36,13 @@ type Driver struct {
 	// env is the base of every task's environment.
 	env []string
 
-	mu      sync.Mutex
-	handles map[string]*handle
+	// handles are the tasks this plugin process tracks.
+	handles sdk.Handles[*handle]
 }
 
 // NewDriver returns a driver that logs to log.
 func NewDriver(log hclog.Logger) *Driver {
-	return &Driver{log: log, handles: map[string]*handle{}}
+	return &Driver{log: log}
 }
 
 // Init reads the host's settings.
@@ -130,14 +129,8 @@ func (d *Driver) Start(ctx context.Context, task sdk.Task) (sdk.TaskStatus, erro
 // track returns the handle of a task, making one if there is none yet;
 // existed tells which.
 func (d *Driver) track(task sdk.Task) (h *handle, existed bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if h, ok := d.handles[task.Name]; ok {
-		return h, true
-	}
-	h = newHandle(task)
-	d.handles[task.Name] = h
-	return h, false
+	h, added := d.handles.GetOrAdd(task.Name, func() *handle { return newHandle(task) })
+	return h, !added
 }
 
 // adopt looks for a supervisor launched for h's task before: found is
@@ -313,18 +306,10 @@ func (d *Driver) await(ctx context.Context, h *handle) (sdk.TaskStatus, error) {
 	}
 }
 
-func (d *Driver) forget(h *handle) {
-	d.mu.Lock()
-	if d.handles[h.task.Name] == h {
-		delete(d.handles, h.task.Name)
-	}
-	d.mu.Unlock()
-}
+func (d *Driver) forget(h *handle) { d.handles.Remove(h.task.Name, h) }
 
 func (d *Driver) lookup(name string) (*handle, error) {
-	d.mu.Lock()
-	h, ok := d.handles[name]
-	d.mu.Unlock()
+	h, ok := d.handles.Get(name)
 	if !ok {
 		return nil, fmt.Errorf("task %q: %w", name, sdk.ErrNotFound)
 	}
@@ -405,12 +390,7 @@ func (d *Driver) Status(_ context.Context, name string) (sdk.TaskStatus, error) 
 
 // List returns the status of every task the driver tracks.
 func (d *Driver) List(_ context.Context) ([]sdk.TaskStatus, error) {
-	d.mu.Lock()
-	hs := make([]*handle, 0, len(d.handles))
-	for _, h := range d.handles {
-		hs = append(hs, h)
-	}
-	d.mu.Unlock()
+	hs := d.handles.All()
 	out := make([]sdk.TaskStatus, 0, len(hs))
 	for _, h := range hs {
 		select {
