@@ -340,18 +340,19 @@ func (d *Driver) Stop(ctx context.Context, name string, grace time.Duration) err
 	}
 }
 
-// requestStop writes a stop request into the supervisor's control FIFO. A
-// supervisor that is gone needs none: the watcher sees it end anyway.
+// requestStop appends a stop request to the supervisor's request file. No
+// file means no supervisor was ever started for the task: there is nothing
+// to stop.
 func requestStop(dir string, grace time.Duration) error {
-	f, err := os.OpenFile(filepath.Join(dir, ctlFile), os.O_WRONLY|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ENXIO) || errors.Is(err, os.ErrNotExist) {
+	f, err := os.OpenFile(filepath.Join(dir, stopFile), os.O_WRONLY|os.O_APPEND, 0)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("while opening the supervisor's control FIFO: %w", err)
+		return fmt.Errorf("while opening the supervisor's stop requests: %w", err)
 	}
 	defer f.Close()
-	// One short write to a FIFO is atomic, so requests never interleave.
+	// One short append lands whole, so requests never interleave.
 	if _, err := fmt.Fprintf(f, "stop %d\n", max(grace, 0)); err != nil {
 		return fmt.Errorf("while sending a stop request: %w", err)
 	}

@@ -20,14 +20,17 @@ import (
 //   - retry.lock: locked (flock) by the supervisor for as long as it lives.
 //     A lock that can be taken means no supervisor runs, with no PID to be
 //     recycled in between.
-//   - retry.ctl: a FIFO the supervisor reads stop requests from. Opening it
-//     for writing fails (ENXIO) once the supervisor is gone.
+//   - retry-stop.log: stop requests, one line each ("stop <grace in ns>"),
+//     appended by the plugin (a short O_APPEND write lands whole) and read
+//     by the supervisor, which makes the file when it starts and follows
+//     it with inotify. A request appended after the supervisor has ended
+//     is read by nobody, and needs no one: the plugin sees the task end.
 //   - retry-supervisor.log: the supervisor's own stderr, for post-mortems.
 const (
 	jobFile    = "retry-job.json"
 	statusFile = "retry-status.json"
 	lockFile   = "retry.lock"
-	ctlFile    = "retry.ctl"
+	stopFile   = "retry-stop.log"
 	logFile    = "retry-supervisor.log"
 )
 

@@ -160,35 +160,27 @@ func (s *supervisor) run() error {
 	}
 }
 
-// listen creates the control FIFO and starts reading stop requests from it
-// and from SIGTERM (an operator's kill of the supervisor: a stop with the
-// default grace period).
+// listen makes the stop request file and starts following it, and SIGTERM
+// (an operator's kill of the supervisor: a stop with the default grace
+// period).
 func (s *supervisor) listen() error {
-	path := filepath.Join(s.dir, ctlFile)
+	path := filepath.Join(s.dir, stopFile)
+	// Requests an earlier supervisor of this task read are not this one's.
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("while clearing the control FIFO: %w", err)
+		return fmt.Errorf("while clearing the stop requests: %w", err)
 	}
-	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		return fmt.Errorf("while creating the control FIFO: %w", err)
-	}
-	// Read-write, so that the FIFO never reads EOF when a writer leaves,
-	// and a writer never blocks or fails while the supervisor lives.
-	ctl, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return fmt.Errorf("while opening the control FIFO: %w", err)
+		return fmt.Errorf("while making the stop request file: %w", err)
 	}
-	go func() {
-		sc := bufio.NewScanner(ctl)
-		for sc.Scan() {
-			v, ok := strings.CutPrefix(sc.Text(), "stop ")
-			grace, err := strconv.ParseInt(v, 10, 64)
-			if !ok || err != nil {
-				s.log.Warn("ignoring a malformed control request", "request", sc.Text())
-				continue
-			}
-			s.stops <- time.Duration(grace)
-		}
-	}()
+	ino, err := syscall.InotifyInit1(syscall.IN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("while following the stop requests: %w", err)
+	}
+	if _, err := syscall.InotifyAddWatch(ino, path, syscall.IN_MODIFY); err != nil {
+		return fmt.Errorf("while following the stop requests: %w", err)
+	}
+	go s.readStops(f, ino)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT)
@@ -198,6 +190,36 @@ func (s *supervisor) listen() error {
 		}
 	}()
 	return nil
+}
+
+// readStops reads stop requests from f as they are appended, waking on
+// ino's events, for as long as the supervisor lives.
+func (s *supervisor) readStops(f *os.File, ino int) {
+	r := bufio.NewReader(f)
+	partial := ""
+	events := make([]byte, 4096)
+	for {
+		// Everything appended so far; a line not yet whole waits.
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				partial += line
+				break
+			}
+			line, partial = partial+line, ""
+			v, ok := strings.CutPrefix(strings.TrimSpace(line), "stop ")
+			grace, perr := strconv.ParseInt(v, 10, 64)
+			if !ok || perr != nil {
+				s.log.Warn("ignoring a malformed stop request", "request", line)
+				continue
+			}
+			s.stops <- time.Duration(grace)
+		}
+		if _, err := syscall.Read(ino, events); err != nil && !errors.Is(err, syscall.EINTR) {
+			s.log.Error("cannot follow the stop requests", "error", err)
+			return
+		}
+	}
 }
 
 // start starts attempt n. An error is a command that cannot start, with
