@@ -40,16 +40,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/opensandbox/task-executor/internal/beneath"
+	"github.com/opensandbox/task-executor/sdk"
 )
 
-// Output files in a task's directory.
+// Output files in a task's directory: the plugin contract's (sdk.StdoutLog
+// and the others).
 const (
-	stdoutFile    = "stdout.log"
-	stderrFile    = "stderr.log"
-	containerFile = "container.log"
+	stdoutFile    = sdk.StdoutLog
+	stderrFile    = sdk.StderrLog
+	containerFile = sdk.ContainerLog
 	// rotatedSuffix names a file's older output, renamed aside under the
 	// output cap (--max-task-log-bytes).
-	rotatedSuffix = ".1"
+	rotatedSuffix = sdk.RotatedSuffix
 )
 
 // maxLineBytes bounds the part of a line held in memory per stream.

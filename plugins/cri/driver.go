@@ -455,7 +455,7 @@ func (d *Driver) rotateLogs() {
 		if err != nil || fi.Size() < d.maxLog/2 {
 			continue
 		}
-		if err := os.Rename(path, path+".1"); err != nil {
+		if err := os.Rename(path, path+sdk.RotatedSuffix); err != nil {
 			d.log.Warn("cannot rotate a container's log", "task", h.task.Name, "error", err)
 			continue
 		}

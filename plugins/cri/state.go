@@ -31,7 +31,7 @@ const (
 	exitFile = "cri-exit.json"
 	// logFile is the container's log, in the CRI log format, which
 	// containerd writes into the task's directory.
-	logFile = "container.log"
+	logFile = sdk.ContainerLog
 	// ownerFile in the data directory holds this executor's owner ID.
 	ownerFile = ".cri-owner"
 )

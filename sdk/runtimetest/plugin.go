@@ -159,7 +159,7 @@ func MissingCommandSpec() sdk.TaskSpec {
 func ReadTaskFiles(t *testing.T, task sdk.Task) string {
 	t.Helper()
 	var out bytes.Buffer
-	for _, name := range []string{"stdout.log", "stderr.log"} {
+	for _, name := range []string{sdk.StdoutLog, sdk.StderrLog} {
 		b, err := os.ReadFile(filepath.Join(task.Dir, name))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("cannot read the output of task %s: %v", task.Name, err)

@@ -339,8 +339,8 @@ func (d *Driver) shimSpec(task sdk.Task, place Place) shim.Spec {
 		Argv:        p.Argv(),
 		Env:         dedupEnv(env),
 		Dir:         p.WorkingDir,
-		Stdout:      filepath.Join(task.Dir, "stdout.log"),
-		Stderr:      filepath.Join(task.Dir, "stderr.log"),
+		Stdout:      filepath.Join(task.Dir, sdk.StdoutLog),
+		Stderr:      filepath.Join(task.Dir, sdk.StderrLog),
 		Grace:       d.grace,
 		MaxLogBytes: d.maxLog,
 

@@ -186,8 +186,8 @@ func (d *Driver) launch(ctx context.Context, h *handle) error {
 		Argv:    p.Argv(),
 		Env:     dedupEnv(d.env, p),
 		Dir:     p.WorkingDir,
-		Stdout:  filepath.Join(task.Dir, "stdout.log"),
-		Stderr:  filepath.Join(task.Dir, "stderr.log"),
+		Stdout:  filepath.Join(task.Dir, sdk.StdoutLog),
+		Stderr:  filepath.Join(task.Dir, sdk.StderrLog),
 		Options: opts,
 		Grace:   d.grace,
 	}

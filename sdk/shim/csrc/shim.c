@@ -38,7 +38,8 @@
  * it writes into pipes and the shim copies into the files: when a file
  * reaches half the cap it becomes <name>.1 (replacing the previous one) and
  * a new file starts, so a stream never holds more than the cap on disk, and
- * its newest output is kept.
+ * its newest output is kept. The ".1" is the plugin contract's rotated
+ * suffix (sdk.RotatedSuffix in sdk/logs.go), which the host reads back.
  *
  * It answers with JSON lines on the socket: the start report, then the
  * exit report. EOF before a job means the launcher is gone: exit quietly.
