@@ -26,8 +26,8 @@ func FuzzLoad(f *testing.F) {
 	final := valid(sdk.Terminated(3, 0, "", "", now, now))
 	deletion := valid(Deletion{Name: "fuzzed", At: now, GracePeriod: time.Second})
 	// present: which are written (bits 0, 1, 2): task.json, the final
-	// state (appended to task.json as a line; without a task.json, in the
-	// final.json of older data directories), deletion.json.
+	// state (appended to task.json as a line; without a task.json, alone
+	// in a file the store does not know), deletion.json.
 	f.Add(uint8(7), valid(rec), final, deletion)
 	f.Add(uint8(1), valid(rec), []byte{}, []byte{})
 	f.Add(uint8(7), valid(rec)[:10], final, deletion)
@@ -58,7 +58,7 @@ func FuzzLoad(f *testing.F) {
 		case 1:
 			writes[filepath.Join(fuzzed, RecordFile)] = task
 		case 2:
-			writes[filepath.Join(fuzzed, legacyFinalFile)] = finalState
+			writes[filepath.Join(fuzzed, "final.json")] = finalState
 		case 3:
 			writes[filepath.Join(fuzzed, RecordFile)] = append(append(bytes.Clone(task), '\n'), finalState...)
 		}

@@ -303,9 +303,6 @@ func syncOne(path string) error {
 const (
 	// deletionFile holds the accepted deletion.
 	deletionFile = "deletion.json"
-	// legacyFinalFile held the final state in data directories written
-	// before it was appended to task.json; Load still reads it.
-	legacyFinalFile = "final.json"
 )
 
 // Deletion is an accepted deletion of a task.
@@ -603,10 +600,6 @@ func (s *Store) loadOne(name string) *Record {
 	// runtime is then asked for again): it is as if it were not there.
 	if final, ok := finalIn(rest); ok {
 		rec.State = final
-	} else if b, err := beneath.ReadFile(s.dir, filepath.Join(name, legacyFinalFile)); err == nil {
-		if final, ok := finalIn(b); ok {
-			rec.State = final
-		}
 	}
 	var del Deletion
 	if b, err := beneath.ReadFile(s.dir, filepath.Join(name, deletionFile)); err == nil && json.Unmarshal(b, &del) == nil {

@@ -396,22 +396,6 @@ func TestFinalStateAppended(t *testing.T) {
 	}
 }
 
-// TestLegacyFinalFile: a data directory written before the final state was
-// appended to the record keeps its final states.
-func TestLegacyFinalFile(t *testing.T) {
-	dir := t.TempDir()
-	s := open(t, dir)
-	create(t, s, record("a"))
-	s.Close()
-	if err := os.WriteFile(filepath.Join(dir, "a", legacyFinalFile), []byte(`{"terminated":{"exitCode":5}}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	recs, err := open(t, dir).Load()
-	if err != nil || len(recs) != 1 || recs[0].State.Terminated == nil || recs[0].State.Terminated.ExitCode != 5 {
-		t.Fatalf("loaded %+v, %v; want a terminated with code 5", recs, err)
-	}
-}
-
 // appendTo appends s to the file at path.
 func appendTo(t *testing.T, path, s string) {
 	t.Helper()

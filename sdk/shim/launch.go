@@ -163,11 +163,6 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 			return Result{}, fmt.Errorf("%s: %w", filepath.Join(dir, name), ErrLaunched)
 		}
 	}
-	// A FIFO an earlier version's attempt left, dying before its task
-	// started: Stop would take it for a live shim's.
-	if err := os.Remove(filepath.Join(dir, ctlFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Result{}, fmt.Errorf("while clearing a previous attempt: %w", err)
-	}
 	sh, err := l.take()
 	if err != nil {
 		return Result{}, err
@@ -701,9 +696,6 @@ func Stop(dir string, grace time.Duration) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if _, err := os.Lstat(filepath.Join(dir, ctlFile)); err == nil {
-		return stopThroughFIFO(dir, grace)
-	}
 	fd, err := unix.PidfdOpen(st.ShimPID, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return ErrGone
@@ -749,24 +741,3 @@ func queueSignal(pidfd int, sig unix.Signal, v int64) error {
 
 // siQueue is SI_QUEUE, the si_code of a signal sent by sigqueue(3).
 const siQueue = -1
-
-// stopThroughFIFO sends a stop request to a shim of an earlier version,
-// which reads requests from a FIFO in its directory (one still running
-// from before an upgrade).
-func stopThroughFIFO(dir string, grace time.Duration) error {
-	f, err := os.OpenFile(filepath.Join(dir, ctlFile), os.O_WRONLY|unix.O_NONBLOCK, 0)
-	if errors.Is(err, unix.ENXIO) {
-		return ErrGone // nobody reads it: the shim has gone
-	}
-	if err != nil {
-		return fmt.Errorf("while opening the shim's control FIFO: %w", err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString("stop " + strconv.FormatInt(int64(grace), 10) + "\n"); err != nil {
-		if errors.Is(err, unix.EPIPE) {
-			return ErrGone
-		}
-		return fmt.Errorf("while writing to the shim's control FIFO: %w", err)
-	}
-	return nil
-}

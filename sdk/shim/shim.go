@@ -43,9 +43,6 @@ import (
 
 // File names inside a state directory.
 const (
-	// ctlFile is the FIFO shims of earlier versions read stop requests
-	// from; shims now take them as a signal (see Stop).
-	ctlFile   = "shim-ctl"
 	stateFile = "shim-state.json"
 	exitFile  = "shim-exit.json"
 	logFile   = "shim.log"

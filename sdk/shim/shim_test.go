@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -1084,11 +1083,10 @@ func TestTaskIsolation(t *testing.T) {
 	}
 
 	// The task inherits only its standard descriptors: not the lock (it
-	// would keep the shim looking alive after the shim died), not the
-	// control FIFO. Anything else it holds must come from the environment
+	// would keep the shim looking alive after the shim died). Anything else it holds must come from the environment
 	// this test runs in, not from the shim (see
 	// TestLaunchPassesOnNoInheritedDescriptors).
-	lock, ctl := k.dir, filepath.Join(k.dir, ctlFile)
+	lock := k.dir
 	// Polled: the dynamic loader of the freshly exec'd task briefly holds
 	// descriptors of its own. A leaked descriptor stays, and fails this.
 	var problems []string
@@ -1098,7 +1096,7 @@ func TestTaskIsolation(t *testing.T) {
 		fds := fdTargets(t, st.PID)
 		for fd, target := range fds {
 			link := fdPath(st.PID, fd)
-			if sameFileAs(link, lock) || sameFileAs(link, ctl) {
+			if sameFileAs(link, lock) {
 				problems = append(problems, fmt.Sprintf("task holds fd %s on %s", fd, target))
 			}
 		}
@@ -1385,42 +1383,5 @@ func TestStopIsAQueuedSignal(t *testing.T) {
 	k.stop(patience)
 	if exit := k.wait(st); exit.ExitCode != 3 || exit.Message != "stopped on request" {
 		t.Fatalf("exit %+v, want code 3, stopped on request", exit)
-	}
-}
-
-// TestStopOlderShim: a shim of an earlier version, still running from
-// before an upgrade, takes stop requests from a FIFO in its directory; Stop
-// writes them there, and does not signal it (the signal would kill it).
-func TestStopOlderShim(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	// Stands in for the old shim: the lock held, the state recorded, the
-	// FIFO read.
-	lock, err := lockDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	start, err := procStart(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := writeJSON(dir, stateFile, State{ShimPID: os.Getpid(), ShimStart: start, PID: os.Getpid(), PIDStart: start}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mkfifo(filepath.Join(dir, ctlFile), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fifo, err := os.OpenFile(filepath.Join(dir, ctlFile), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fifo.Close()
-	if err := Stop(dir, 1500*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(fifo).ReadString('\n')
-	if err != nil || line != "stop 1500000000\n" {
-		t.Fatalf("the FIFO got %q, %v", line, err)
 	}
 }
