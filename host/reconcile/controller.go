@@ -223,7 +223,6 @@ type Controller struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
-	kick     chan struct{}
 
 	// answered is when each kind of call to each runtime was last
 	// answered (see call).
@@ -254,7 +253,7 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controll
 	c := &Controller{
 		cfg: cfg, log: log, store: st, runtimes: rts,
 		tasks: map[string]*entry{}, reserved: map[string]bool{}, rts: map[string]*runtimeState{},
-		persistQ: make(chan *entry, 1024), ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1),
+		persistQ: make(chan *entry, 1024), ctx: ctx, cancel: cancel,
 		recoveries: make(chan struct{}),
 	}
 	sort.Slice(recs, func(i, j int) bool {
@@ -1230,7 +1229,6 @@ func (c *Controller) loop() {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
-		case <-c.kick:
 		}
 		now := time.Now()
 		relist := now.Sub(listed) >= c.cfg.ReconcileInterval

@@ -43,9 +43,12 @@ const settleTimeout = 25 * time.Second
 // Driver is the cri runtime: each task is a pod sandbox with one container,
 // created through the node's CRI runtime.
 type Driver struct {
-	log     hclog.Logger
-	events  sdk.Publisher
+	log    hclog.Logger
+	events sdk.Publisher
+	// ctx lives as long as the plugin: Close cancels it, which ends the
+	// monitor, the event followers and the handles' loops.
 	ctx     context.Context
+	cancel  context.CancelFunc
 	cri     *client
 	owner   string
 	grace   time.Duration
@@ -82,7 +85,8 @@ func (d *Driver) removalLock(name string) func() {
 }
 
 func newDriver(log hclog.Logger) *Driver {
-	return &Driver{log: log, ctx: context.Background()}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Driver{log: log, ctx: ctx, cancel: cancel}
 }
 
 // Init reads the host's settings, connects to the CRI socket and starts
@@ -548,8 +552,9 @@ func (d *Driver) cleanup(task sdk.Task, attempt string, record *exitRecord) {
 	}()
 }
 
-// Close lets the removals in flight finish when the host stops the plugin;
-// whatever does not finish is the next plugin process's janitor's.
+// Close lets the removals in flight finish when the host stops the plugin
+// (whatever does not finish is the next plugin process's janitor's), then
+// ends the driver's background work.
 func (d *Driver) Close(ctx context.Context) {
 	done := make(chan struct{})
 	go func() {
@@ -560,6 +565,7 @@ func (d *Driver) Close(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 	}
+	d.cancel()
 }
 
 // ensureImage makes sure the container's image is present, pulling it as
