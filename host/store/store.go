@@ -487,18 +487,17 @@ func (s *Store) Remove(name string) error {
 	if err := syncOne(s.dir); err != nil {
 		return fmt.Errorf("while removing task %q: %w", name, classify(err))
 	}
-	// A task's shim may still be writing its last record in there for a
-	// moment after the exit was reported ("directory not empty"): try
-	// again a few times before leaving it to the next start.
+	// A runtime's Remove returns once nothing of the task writes in there
+	// any more (the plugin contract), so this removes it all at once.
 	if os.RemoveAll(trash) == nil {
 		// The space a full disk took from the reserve may be back.
 		s.reserve.keep()
 		return nil
 	}
-	// A task's shim may still be writing its last record in there for a
-	// moment after the exit was reported ("directory not empty"), or be
-	// waiting for space to write it: the files are gone from the data
-	// directory already; they are removed in the background.
+	// A runtime that breaks that contract, or a shim that outlived its
+	// runtime's wait (waiting for disk space to write its last record):
+	// the files are gone from the data directory already; they are removed
+	// in the background.
 	go s.removeLater(trash)
 	return nil
 }

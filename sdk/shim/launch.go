@@ -647,6 +647,21 @@ func shimAlive(dir string) bool {
 	return false
 }
 
+// AwaitGone returns once no shim holds dir (the one that ran a task there
+// has exited, and writes nothing into it any more), or with ctx's error.
+// A runtime's Remove calls it before it returns, so that the host can
+// remove the task's directory at once.
+func AwaitGone(ctx context.Context, dir string) error {
+	for shimAlive(dir) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("while waiting for the shim of %s to exit: %w", dir, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // Wait blocks until the shim described by st has ended and returns how the
 // task exited. It works for a shim this process launched and for one it
 // found again after a restart.

@@ -91,3 +91,26 @@ func TestWrap(t *testing.T) {
 		}
 	})
 }
+
+// TestAwaitGone: AwaitGone waits while the shim lives, and returns once it
+// has exited, after which its directory can be removed whole at once.
+func TestAwaitGone(t *testing.T) {
+	t.Parallel()
+	k := newTask(t)
+	st := k.started(k.sh("sleep 60"))
+	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := AwaitGone(short, k.dir); err == nil {
+		t.Fatal("AwaitGone returned while the shim runs")
+	}
+	k.stop(0)
+	k.wait(st)
+	ctx, cancel2 := context.WithTimeout(t.Context(), patience)
+	defer cancel2()
+	if err := AwaitGone(ctx, k.dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(k.dir); err != nil {
+		t.Fatalf("the shim's directory, once it is gone: %v", err)
+	}
+}

@@ -430,6 +430,16 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	if d.cg != nil {
 		d.cg.remove(ctx, d.cg.group(ctx, h, name, d.finder()))
 	}
+	// The shim writes its last records for a moment after the exit it
+	// reported: once it is gone the host can remove the directory at once.
+	if h != nil {
+		wctx, cancel := context.WithTimeout(ctx, removeTimeout)
+		err := shim.AwaitGone(wctx, h.dir)
+		cancel()
+		if err != nil {
+			d.log.Warn("the task's shim is still there after its task ended", "task", name, "error", err)
+		}
+	}
 	if h != nil {
 		d.forget(h)
 	}
