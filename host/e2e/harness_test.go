@@ -666,6 +666,17 @@ func leftCgroups() []string {
 				left = append(left, err.Error())
 				return false
 			}
+			// A plugin killed with its host goes on a moment (until it
+			// sees its host gone) and may make a spare cgroup after its
+			// host's cleanup: by design the next start on that data
+			// directory removes it, and this plays that start. Task
+			// cgroups are another matter: none may be left.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err = probe.RemoveSpares(ctx)
+			cancel()
+			if err != nil {
+				left = append(left, err.Error())
+			}
 			for _, p := range probe.Parents() {
 				entries, _ := os.ReadDir(p)
 				for _, e := range entries {
