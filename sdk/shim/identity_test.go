@@ -4,9 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -400,45 +401,66 @@ func TestContainerGone(t *testing.T) {
 	}
 }
 
-// TestUnknownJobOptionRefused: an option the shim does not know fails the
-// job (options carry confinement, which must never be dropped silently).
-func TestUnknownJobOptionRefused(t *testing.T) {
+// TestJobRefused: a job the shim cannot read whole is refused, with the
+// reason reported to the launcher, and nothing runs: an option it does not
+// know (options carry confinement, which must never be dropped silently),
+// or a job of another format (a launcher of another version).
+func TestJobRefused(t *testing.T) {
 	t.Parallel()
-	l := &Launcher{path: shimBin}
-	sh, err := l.spawn()
-	if err != nil {
-		t.Fatal(err)
+	cases := []struct {
+		name   string
+		mutate func(job []byte) []byte
+		says   string
+	}{
+		{"unknown option", func(job []byte) []byte {
+			// Replace the option count "0" at the end with one unknown option.
+			return append(job[:len(job)-2], []byte("1\x00frobnicate=1\x00")...)
+		}, "a malformed job"},
+		{"another format", func(job []byte) []byte {
+			return append(append(job[:4:4], "tej/1"...), job[4+len(jobFormat):]...)
+		}, "a job of another format"},
 	}
-	defer sh.conn.Close()
-	k := newTask(t)
-	if err := os.MkdirAll(k.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	lock, err := lockDir(k.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	job := encodeJob(k.dir, k.spec("/bin/true"))
-	// Replace the option count "0" at the end with one unknown option.
-	job = append(job[:len(job)-2], []byte("1\x00frobnicate=1\x00")...)
-	binary.LittleEndian.PutUint32(job, uint32(len(job)-4))
-	if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(int(lock.Fd())), nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sh.conn.Write(job); err != nil {
-		t.Fatal(err)
-	}
-	_ = sh.conn.SetReadDeadline(time.Now().Add(patience))
-	line, err := bufio.NewReader(sh.conn).ReadString('\n')
-	if err == nil || line != "" {
-		t.Fatalf("the shim answered %q (%v); want it to refuse the job and exit", line, err)
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("the shim neither answered nor exited: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(k.dir, exitFile)); !os.IsNotExist(err) {
-		t.Errorf("a refused job left an exit record (%v)", err)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			l := &Launcher{path: shimBin}
+			sh, err := l.spawn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sh.conn.Close()
+			k := newTask(t)
+			marker := k.path("ran")
+			if err := os.MkdirAll(k.dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			lock, err := lockDir(k.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lock.Close()
+			job := tc.mutate(encodeJob(k.dir, k.spec("/bin/touch", marker)))
+			binary.LittleEndian.PutUint32(job, uint32(len(job)-4))
+			if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(int(lock.Fd())), nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sh.conn.Write(job); err != nil {
+				t.Fatal(err)
+			}
+			_ = sh.conn.SetReadDeadline(time.Now().Add(patience))
+			r := bufio.NewReader(sh.conn)
+			line, err := r.ReadString('\n')
+			var rep report
+			if err != nil || json.Unmarshal([]byte(line), &rep) != nil || !strings.Contains(rep.Refused, tc.says) {
+				t.Fatalf("the shim answered %q (%v); want a refusal saying %q", line, err, tc.says)
+			}
+			// Then it exits: EOF, not a timeout.
+			if _, err := r.ReadString('\n'); !errors.Is(err, io.EOF) {
+				t.Fatalf("after its refusal the shim's socket gave %v, want EOF", err)
+			}
+			if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the refused job ran: %v", err)
+			}
+		})
 	}
 }

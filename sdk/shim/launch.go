@@ -214,6 +214,9 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	if !stop() || err != nil {
 		return Result{}, l.failed(ctx, dir, "while waiting for the shim to start the task", err)
 	}
+	if r.Refused != "" {
+		return Result{}, fmt.Errorf("the shim %s refused the job: %s", l.path, r.Refused)
+	}
 	res := Result{State: r.State, Exit: r.Exit}
 	if res.State != nil {
 		keep = true
@@ -222,12 +225,19 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	return res, nil
 }
 
+// jobFormat is the first field of every job: the layout of the rest. A
+// shim refuses a job of another format (a plugin built against another SDK
+// than the host that gives it its shim) rather than misread it. It goes up
+// with any change of the layout; JOB_FORMAT in csrc/shim.c is the same.
+const jobFormat = "tej/2"
+
 // encodeJob lays a job out the way the shim reads it (see csrc/shim.c): a
-// 4-byte little-endian length, then NUL-terminated fields. The descriptors
-// travel beside it.
+// 4-byte little-endian length, then NUL-terminated fields, jobFormat first.
+// The descriptors travel beside it.
 func encodeJob(dir string, spec Spec) []byte {
 	opts := jobOptions(spec)
 	fields := []string{
+		jobFormat,
 		dir, spec.Stdout, spec.Stderr, spec.Dir,
 		strconv.FormatInt(int64(spec.Timeout), 10), strconv.FormatInt(int64(spec.Grace), 10),
 		strconv.Itoa(len(spec.Argv)),

@@ -220,6 +220,9 @@ const (
 type report struct {
 	State *State `json:"state,omitempty"`
 	Exit  *Exit  `json:"exit,omitempty"`
+	// Refused says why the shim could not read its job (one of another
+	// format, or malformed); it then exits without starting anything.
+	Refused string `json:"refused,omitempty"`
 }
 
 // ErrGone is returned when a shim is no longer running.

@@ -18,7 +18,7 @@
  * (SCM_RIGHTS), then a 4-byte little-endian length and that many bytes of
  * NUL-terminated fields:
  *
- *   dir, stdout, stderr, workdir, timeout ns, grace ns,
+ *   format (JOB_FORMAT), dir, stdout, stderr, workdir, timeout ns, grace ns,
  *   argc, argv[0..argc-1], envc, env[0..envc-1]
  *
  * followed by: namespaces ("1" when a second descriptor came with the job:
@@ -28,7 +28,10 @@
  * options "key=value" (see parse_option; an option the shim does not know
  * fails the job: they carry the task's identity and confinement, which must
  * never be dropped silently). An "oom" option comes with one more
- * descriptor, after the pidfd.
+ * descriptor, after the pidfd. A job it cannot read it refuses with one
+ * report line, {"refused": "..."}, and exits. Before the job, while idle,
+ * it may be sent 'C' with descriptors of cgroup files to join (see
+ * join_cgroups), answered with one byte.
  *
  * With identity options (uid, caps, seccomp, ...) the task is forked, and
  * the child takes on that identity before it executes the command, in the
@@ -76,6 +79,9 @@
 #include <unistd.h>
 
 #define JOB_FD 3
+/* The first field of a job: the layout of the rest (jobFormat in launch.go).
+ * A job of another format comes from a launcher of another version. */
+#define JOB_FORMAT "tej/2"
 /* The most descriptors one message brings: a job's are at most 3, the
  * cgroups to join one per hierarchy. */
 #define MAX_JOIN 32
@@ -681,6 +687,9 @@ static int receive_job(void) {
 		q += strlen(q) + 1; \
 	} while (0)
 	char *s;
+	NEXT(s);
+	if (strcmp(s, JOB_FORMAT) != 0)
+		return -2;
 	NEXT(s); state_dir = s;
 	NEXT(s); out_path = s;
 	NEXT(s); err_path = s;
@@ -1669,6 +1678,12 @@ int main(void) {
 	if (got == 0)
 		return 0; /* an idle shim whose launcher went away */
 	if (got < 0) {
+		/* Said to the launcher, which has no other way to learn it: this
+		 * shim's stderr is /dev/null until a job names its directory. */
+		const char *r = got == -2
+			? "{\"refused\":\"a job of another format (this shim reads " JOB_FORMAT "): the plugin's SDK and the shim come from different versions\"}\n"
+			: "{\"refused\":\"a malformed job\"}\n";
+		write_all(JOB_FD, r, strlen(r));
 		fprintf(stderr, "task-executor-shim: cannot read a job from descriptor %d\n", JOB_FD);
 		return 1;
 	}
