@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -60,7 +59,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 
-	race := raceBuild()
+	race := runtimetest.RaceEnabled()
 	if race {
 		raceLogs = filepath.Join(tmp, "race")
 		if err := os.Mkdir(raceLogs, 0o700); err != nil {
@@ -91,21 +90,6 @@ func testMain(m *testing.M) int {
 		}
 	}
 	return code
-}
-
-// raceBuild reports whether this test binary was built with -race; the
-// plugin is then built with it too, so that its races are found as well.
-func raceBuild() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 func build(dir string, race bool) error {

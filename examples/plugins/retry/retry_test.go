@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,7 +47,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	args := []string{"build", "-o", filepath.Join(tmp, "retry")}
-	if raceBuild() {
+	if runtimetest.RaceEnabled() {
 		raceLogs = filepath.Join(tmp, "race")
 		if err := os.Mkdir(raceLogs, 0o700); err != nil {
 			log.Error("cannot create the race log directory", "error", err)
@@ -77,19 +76,6 @@ func testMain(m *testing.M) int {
 		code = 1
 	}
 	return code
-}
-
-func raceBuild() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
 }
 
 // killLeftovers kills, by PID, the descendants of this process that still
