@@ -119,6 +119,27 @@ func (h criHarness) Settings() map[string]string {
 	return map[string]string{sdk.SettingGracePeriod: "5s", sdk.SettingCRISocket: h.env.Socket}
 }
 
+// DefaultDir: a container that names no working directory runs in its
+// image's, which the test image leaves at /.
+func (criHarness) DefaultDir(sdk.Task) string { return "/" }
+
+// InvalidSpecs are refused by the runtime's Validate, past the host's own
+// checks: the create's 400.
+func (h criHarness) InvalidSpecs() map[string]sdk.TaskSpec {
+	withVolume := func(v corev1.Volume) sdk.TaskSpec {
+		spec := h.Spec("true", runtimetest.SpecOptions{})
+		spec.Container.VolumeMounts = []corev1.VolumeMount{{Name: v.Name, MountPath: "/mnt"}}
+		spec.Volumes = []corev1.Volume{v}
+		return spec
+	}
+	return map[string]sdk.TaskSpec{
+		"a hostPath no --allowed-host-path allows": withVolume(corev1.Volume{Name: "host",
+			VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/etc"}}}),
+		"an emptyDir in memory": withVolume(corev1.Volume{Name: "mem",
+			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}),
+	}
+}
+
 // StopSlack: a Stop goes through containerd, which under the load of
 // make test (the kit's 30 concurrent containers beside the stop tests,
 // other packages' tests) was seen to take 2.5 s for a task that exits on
