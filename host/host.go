@@ -22,7 +22,7 @@ import (
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/host/dispatch"
 	"github.com/opensandbox/task-executor/host/metrics"
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/host/store"
 	"github.com/opensandbox/task-executor/sdk"
 )
@@ -82,7 +82,7 @@ type Config struct {
 	// name (--volume NAME=HOSTPATH).
 	Volumes map[string]string
 	// DefaultRuntimes are the operator's runtimes for tasks whose spec
-	// names none, by kind (--default-runtime); see reconcile.Config.
+	// names none, by kind (--default-runtime); see tasks.Config.
 	DefaultRuntimes map[sdk.Kind]string
 }
 
@@ -202,7 +202,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		}
 	}
 
-	ctrlCfg := reconcile.Config{
+	ctrlCfg := tasks.Config{
 		SidecarMode:       cfg.SidecarMode,
 		ContainerMode:     cfg.ContainerMode,
 		MaxConcurrent:     cfg.MaxConcurrent,
@@ -214,7 +214,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		Stuck:             mgr.Restart,
 		DefaultRuntimes:   cfg.DefaultRuntimes,
 	}
-	ctrl, err := reconcile.New(ctrlCfg, st, mgr, log.Named("reconcile"))
+	ctrl, err := tasks.New(ctrlCfg, st, mgr, log.Named("tasks"))
 	if err != nil {
 		shutdown()
 		return err

@@ -9,14 +9,14 @@ import (
 
 	"github.com/opensandbox/task-executor/host/dispatch"
 	"github.com/opensandbox/task-executor/host/metrics"
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
 // usageOf returns what the metrics ask at each scrape: every kept task's
 // usage, from the runtimes that report it, asked of each runtime at once
 // and in parallel.
-func usageOf(ctrl *reconcile.Controller, mgr *dispatch.Manager, log hclog.Logger) func(context.Context) []metrics.TaskUsage {
+func usageOf(ctrl *tasks.Manager, mgr *dispatch.Manager, log hclog.Logger) func(context.Context) []metrics.TaskUsage {
 	return func(ctx context.Context) []metrics.TaskUsage {
 		byRuntime := map[string][]string{}
 		for _, t := range ctrl.List() {

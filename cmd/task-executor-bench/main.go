@@ -4,7 +4,7 @@
 // The load driver is the benchmarks of host/e2e: each starts the real host
 // with its real plugins (built from this tree) and drives it over HTTP.
 // Beside them run the micro-benchmarks of the hot paths (host/store,
-// host/reconcile, host/api, sdk/shim). `make bench` runs this command.
+// host/tasks, host/api, sdk/shim). `make bench` runs this command.
 package main
 
 import (
@@ -73,7 +73,7 @@ func main() {
 		{pkgs: []string{"./host/e2e"}, bench: "RunningTasks|ManyTasks", benchtime: "1x",
 			args: []string{"-data-root", root, "-bench-scale", scale}},
 		{pkgs: []string{"./host/e2e"}, bench: "ContainerExit", benchtime: n("40x", "2x"), args: []string{"-data-root", root}},
-		{pkgs: []string{"./host/store", "./host/reconcile", "./host/api"}, bench: ".", benchtime: n("1s", "10x")},
+		{pkgs: []string{"./host/store", "./host/tasks", "./host/api"}, bench: ".", benchtime: n("1s", "10x")},
 		{dir: "sdk", pkgs: []string{"./shim"}, bench: ".", benchtime: n("1s", "10x")},
 	}
 	m := metrics{}
@@ -167,7 +167,7 @@ var rows = []row{
 	{figure: "memory added per running task, PSS (MiB)", target: "<= 1 MiB", bench: "e2e.RunningTasks", metric: "MiB-per-task", ok: atMost(1)},
 	{figure: "hot path: store, create a record durably", target: "", bench: "store.Create", metric: "ns/op"},
 	{figure: "hot path: store, write a final state", target: "", bench: "store.SetFinal", metric: "ns/op"},
-	{figure: "hot path: status event -> visible to GET", target: "", bench: "reconcile.ObserveToVisible", metric: "ns/op"},
+	{figure: "hot path: status event -> visible to GET", target: "", bench: "tasks.ObserveToVisible", metric: "ns/op"},
 	{figure: "hot path: JSON of a 10,000-task list", target: "", bench: "api.ListJSON", metric: "ns/op"},
 	{figure: "hot path: a shim runs /bin/true, launch -> exit reported, p50", target: "", bench: "shim.TrueTask/relay=true", metric: "shim-us", baseline: "floor-us"},
 	{figure: "  floor in the same loop: bare fork+exec+wait, p50", target: "(baseline)", bench: "shim.TrueTask/relay=true", metric: "floor-us"},

@@ -30,7 +30,7 @@ import (
 
 	"github.com/opensandbox/task-executor/host"
 	"github.com/opensandbox/task-executor/host/dispatch"
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
@@ -143,7 +143,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 	cfg.DefaultRuntimes = map[sdk.Kind]string{}
 	fs.Var(volumeFlag(cfg.Volumes), "volume", "NAME=HOSTPATH: a host directory every container task may mount by NAME (repeatable; the variable takes NAME=PATH,NAME=PATH)")
 	fs.Var((*pathsFlag)(&cfg.AllowedHostPaths), "allowed-host-path", "PREFIX: a container task's hostPath volume must be this directory or below it (repeatable; the variable takes PREFIX,PREFIX); none by default, so no hostPath volume is allowed")
-	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", reconcile.DefaultReconcileInterval, "how often to compare the task table with what the runtimes list (a safety net: status changes are pushed)")
+	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", tasks.DefaultReconcileInterval, "how often to compare the task table with what the runtimes list (a safety net: status changes are pushed)")
 	fs.Var(defaultRuntimeFlag(cfg.DefaultRuntimes), "default-runtime", "KIND=NAME: tasks of KIND (process or container) whose spec names no runtime run on runtime NAME, a built-in one or a plugin's (repeatable; the variable takes KIND=NAME,KIND=NAME); by default process tasks run on process (nsenter in sidecar mode) and container tasks on cri")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", "", "directory of third-party runtime plugin executables, which add runtimes or replace built-in ones by name (none by default)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "trace, debug, info, warn or error")

@@ -13,28 +13,28 @@ import (
 	"github.com/hashicorp/go-hclog"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
 // recorder keeps the tasks it is given and answers with them, as waiting.
 type recorder struct {
 	listOnly
-	created []reconcile.NewTask
+	created []tasks.NewTask
 }
 
-func asTask(n reconcile.NewTask) reconcile.Task {
-	return reconcile.Task{Name: n.Name, Spec: n.Spec, State: sdk.Waiting(sdk.ReasonInitialized, "")}
+func asTask(n tasks.NewTask) tasks.Task {
+	return tasks.Task{Name: n.Name, Spec: n.Spec, State: sdk.Waiting(sdk.ReasonInitialized, "")}
 }
 
-func (r *recorder) Create(_ context.Context, t reconcile.NewTask) (reconcile.Task, error) {
+func (r *recorder) Create(_ context.Context, t tasks.NewTask) (tasks.Task, error) {
 	r.created = append(r.created, t)
 	return asTask(t), nil
 }
 
-func (r *recorder) Sync(_ context.Context, desired []reconcile.NewTask) ([]reconcile.Task, error) {
+func (r *recorder) Sync(_ context.Context, desired []tasks.NewTask) ([]tasks.Task, error) {
 	r.created = append(r.created, desired...)
-	out := make([]reconcile.Task, len(desired))
+	out := make([]tasks.Task, len(desired))
 	for i, d := range desired {
 		out[i] = asTask(d)
 	}
@@ -106,13 +106,13 @@ func TestCompatFormatOutput(t *testing.T) {
 	ctr := sdk.TaskSpec{Container: &corev1.Container{Name: "c", Image: "busybox"}}
 	cases := []struct {
 		name     string
-		task     reconcile.Task
+		task     tasks.Task
 		wantFlat bool
 	}{
-		{"waiting", reconcile.Task{Name: "w", Spec: proc, State: sdk.Waiting(sdk.ReasonInitialized, "")}, true},
-		{"running", reconcile.Task{Name: "r", Spec: proc, State: sdk.Running(now)}, true},
-		{"timed out", reconcile.Task{Name: "x", Spec: proc, State: sdk.Terminated(137, 9, sdk.ReasonTaskTimeout, "", now, now)}, true},
-		{"not a process task", reconcile.Task{Name: "c", Spec: ctr, State: sdk.Running(now)}, false},
+		{"waiting", tasks.Task{Name: "w", Spec: proc, State: sdk.Waiting(sdk.ReasonInitialized, "")}, true},
+		{"running", tasks.Task{Name: "r", Spec: proc, State: sdk.Running(now)}, true},
+		{"timed out", tasks.Task{Name: "x", Spec: proc, State: sdk.Terminated(137, 9, sdk.ReasonTaskTimeout, "", now, now)}, true},
+		{"not a process task", tasks.Task{Name: "c", Spec: ctr, State: sdk.Running(now)}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -155,17 +155,17 @@ func TestCompatFormatOutput(t *testing.T) {
 }
 
 // getOne serves a single task.
-type getOne struct{ t reconcile.Task }
+type getOne struct{ t tasks.Task }
 
-func (g getOne) Create(context.Context, reconcile.NewTask) (reconcile.Task, error) {
-	return reconcile.Task{}, nil
+func (g getOne) Create(context.Context, tasks.NewTask) (tasks.Task, error) {
+	return tasks.Task{}, nil
 }
 func (g getOne) Delete(context.Context, string, *time.Duration) error { return nil }
-func (g getOne) Sync(context.Context, []reconcile.NewTask) ([]reconcile.Task, error) {
+func (g getOne) Sync(context.Context, []tasks.NewTask) ([]tasks.Task, error) {
 	return nil, nil
 }
-func (g getOne) Get(name string) (reconcile.Task, bool) { return g.t, name == g.t.Name }
-func (g getOne) Await(name string) (reconcile.Task, <-chan struct{}, bool) {
+func (g getOne) Get(name string) (tasks.Task, bool) { return g.t, name == g.t.Name }
+func (g getOne) Await(name string) (tasks.Task, <-chan struct{}, bool) {
 	return g.t, nil, name == g.t.Name
 }
-func (g getOne) List() []reconcile.Task { return []reconcile.Task{g.t} }
+func (g getOne) List() []tasks.Task { return []tasks.Task{g.t} }

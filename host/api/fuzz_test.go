@@ -13,7 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
@@ -43,7 +43,7 @@ func nameProblem(name string) string {
 
 // taskProblem says why a task the controller was handed must not have
 // reached it, or "".
-func taskProblem(t reconcile.NewTask) string {
+func taskProblem(t tasks.NewTask) string {
 	if p := nameProblem(t.Name); p != "" {
 		return "name " + p
 	}
@@ -72,26 +72,26 @@ func taskProblem(t reconcile.NewTask) string {
 // fuzzTasks accepts everything and keeps what it was handed.
 type fuzzTasks struct {
 	listOnly
-	created [][]reconcile.NewTask
+	created [][]tasks.NewTask
 }
 
-func (f *fuzzTasks) Create(_ context.Context, t reconcile.NewTask) (reconcile.Task, error) {
-	f.created = append(f.created, []reconcile.NewTask{t})
-	return reconcile.Task{Name: t.Name, Spec: t.Spec, State: sdk.Waiting(sdk.ReasonInitialized, "")}, nil
+func (f *fuzzTasks) Create(_ context.Context, t tasks.NewTask) (tasks.Task, error) {
+	f.created = append(f.created, []tasks.NewTask{t})
+	return tasks.Task{Name: t.Name, Spec: t.Spec, State: sdk.Waiting(sdk.ReasonInitialized, "")}, nil
 }
 
-func (f *fuzzTasks) Sync(_ context.Context, desired []reconcile.NewTask) ([]reconcile.Task, error) {
+func (f *fuzzTasks) Sync(_ context.Context, desired []tasks.NewTask) ([]tasks.Task, error) {
 	f.created = append(f.created, desired)
-	out := make([]reconcile.Task, len(desired))
+	out := make([]tasks.Task, len(desired))
 	for i, d := range desired {
-		out[i] = reconcile.Task{Name: d.Name, Spec: d.Spec, State: sdk.Waiting(sdk.ReasonInitialized, "")}
+		out[i] = tasks.Task{Name: d.Name, Spec: d.Spec, State: sdk.Waiting(sdk.ReasonInitialized, "")}
 	}
 	return out, nil
 }
 
 // serveFuzz sends body to path and checks the invariants common to both
 // endpoints; it returns what reached the controller.
-func serveFuzz(t *testing.T, path string, body []byte) []reconcile.NewTask {
+func serveFuzz(t *testing.T, path string, body []byte) []tasks.NewTask {
 	backend := &fuzzTasks{}
 	w := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))

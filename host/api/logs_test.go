@@ -17,7 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 )
 
 // outputTasks is a task table of tasks whose directories are under root.
@@ -27,12 +27,12 @@ type outputTasks struct {
 	ended map[string]chan struct{}
 }
 
-func (o *outputTasks) Await(name string) (reconcile.Task, <-chan struct{}, bool) {
+func (o *outputTasks) Await(name string) (tasks.Task, <-chan struct{}, bool) {
 	ch, ok := o.ended[name]
 	if !ok {
-		return reconcile.Task{}, nil, false
+		return tasks.Task{}, nil, false
 	}
-	return reconcile.Task{Name: name}, ch, true
+	return tasks.Task{Name: name}, ch, true
 }
 
 func (o *outputTasks) Dir(name string) string { return filepath.Join(o.root, name) }

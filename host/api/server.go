@@ -19,7 +19,7 @@ import (
 	"github.com/julienschmidt/httprouter"
 
 	"github.com/opensandbox/task-executor/host/metrics"
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/host/store"
 	"github.com/opensandbox/task-executor/sdk"
 )
@@ -29,12 +29,12 @@ const MaxBodyBytes = 1 << 20
 
 // Tasks is what the API needs of the controller.
 type Tasks interface {
-	Create(ctx context.Context, t reconcile.NewTask) (reconcile.Task, error)
+	Create(ctx context.Context, t tasks.NewTask) (tasks.Task, error)
 	Delete(ctx context.Context, name string, grace *time.Duration) error
-	Sync(ctx context.Context, desired []reconcile.NewTask) ([]reconcile.Task, error)
-	Get(name string) (reconcile.Task, bool)
-	Await(name string) (reconcile.Task, <-chan struct{}, bool)
-	List() []reconcile.Task
+	Sync(ctx context.Context, desired []tasks.NewTask) ([]tasks.Task, error)
+	Get(name string) (tasks.Task, bool)
+	Await(name string) (tasks.Task, <-chan struct{}, bool)
+	List() []tasks.Task
 }
 
 // Handler returns the API's HTTP handler; opts add the optional endpoints.
@@ -180,7 +180,7 @@ func (s *server) create(w http.ResponseWriter, req *http.Request, _ httprouter.P
 		writeError(w, code, err.Error())
 		return
 	}
-	t, err := s.tasks.Create(req.Context(), reconcile.NewTask{Name: in.Name, Spec: *in.Spec, Format: in.format})
+	t, err := s.tasks.Create(req.Context(), tasks.NewTask{Name: in.Name, Spec: *in.Spec, Format: in.format})
 	if err != nil {
 		s.fail(w, req, err)
 		return
@@ -225,7 +225,7 @@ func (s *server) setTasks(w http.ResponseWriter, req *http.Request, _ httprouter
 		writeError(w, http.StatusBadRequest, describeJSONError(err))
 		return
 	}
-	desired := make([]reconcile.NewTask, 0, len(in))
+	desired := make([]tasks.NewTask, 0, len(in))
 	seen := make(map[string]bool, len(in))
 	for i, t := range in {
 		if err := t.resolve(); err != nil {
@@ -245,7 +245,7 @@ func (s *server) setTasks(w http.ResponseWriter, req *http.Request, _ httprouter
 			return
 		}
 		seen[t.Name] = true
-		desired = append(desired, reconcile.NewTask{Name: t.Name, Spec: *t.Spec, Format: t.format})
+		desired = append(desired, tasks.NewTask{Name: t.Name, Spec: *t.Spec, Format: t.format})
 	}
 	ts, err := s.tasks.Sync(req.Context(), desired)
 	if err != nil {
@@ -259,17 +259,17 @@ func (s *server) setTasks(w http.ResponseWriter, req *http.Request, _ httprouter
 func (s *server) fail(w http.ResponseWriter, req *http.Request, err error) {
 	code := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, reconcile.ErrNotFound):
+	case errors.Is(err, tasks.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, reconcile.ErrExists), errors.Is(err, reconcile.ErrConflict):
+	case errors.Is(err, tasks.ErrExists), errors.Is(err, tasks.ErrConflict):
 		code = http.StatusConflict
-	case errors.Is(err, reconcile.ErrInvalid):
+	case errors.Is(err, tasks.ErrInvalid):
 		code = http.StatusBadRequest
-	case errors.Is(err, reconcile.ErrTooMany):
+	case errors.Is(err, tasks.ErrTooMany):
 		code = http.StatusTooManyRequests
 	case errors.Is(err, store.ErrNoSpace):
 		code = http.StatusInsufficientStorage
-	case errors.Is(err, reconcile.ErrUnavailable), errors.Is(err, store.ErrReadOnly):
+	case errors.Is(err, tasks.ErrUnavailable), errors.Is(err, store.ErrReadOnly):
 		code = http.StatusServiceUnavailable
 	}
 	if code >= 500 {
@@ -373,7 +373,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // writeList answers 200 with the tasks as a JSON array, encoded one task
 // at a time as the client reads: a list of thousands of large specs never
 // sits in memory whole, however slowly it is read.
-func writeList(w http.ResponseWriter, ts []reconcile.Task) {
+func writeList(w http.ResponseWriter, ts []tasks.Task) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 32<<10)

@@ -10,33 +10,33 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
 // listOnly serves a fixed task list.
-type listOnly struct{ tasks []reconcile.Task }
+type listOnly struct{ tasks []tasks.Task }
 
-func (l listOnly) Create(context.Context, reconcile.NewTask) (reconcile.Task, error) {
-	return reconcile.Task{}, nil
+func (l listOnly) Create(context.Context, tasks.NewTask) (tasks.Task, error) {
+	return tasks.Task{}, nil
 }
 func (l listOnly) Delete(context.Context, string, *time.Duration) error { return nil }
-func (l listOnly) Sync(context.Context, []reconcile.NewTask) ([]reconcile.Task, error) {
+func (l listOnly) Sync(context.Context, []tasks.NewTask) ([]tasks.Task, error) {
 	return nil, nil
 }
-func (l listOnly) Get(string) (reconcile.Task, bool) { return reconcile.Task{}, false }
-func (l listOnly) Await(string) (reconcile.Task, <-chan struct{}, bool) {
-	return reconcile.Task{}, nil, false
+func (l listOnly) Get(string) (tasks.Task, bool) { return tasks.Task{}, false }
+func (l listOnly) Await(string) (tasks.Task, <-chan struct{}, bool) {
+	return tasks.Task{}, nil, false
 }
-func (l listOnly) List() []reconcile.Task { return l.tasks }
+func (l listOnly) List() []tasks.Task { return l.tasks }
 
 // BenchmarkListJSON: GET /getTasks of 10,000 tasks, most finished, encoded
 // to JSON.
 func BenchmarkListJSON(b *testing.B) {
 	now := time.Now()
-	ts := make([]reconcile.Task, 10000)
+	ts := make([]tasks.Task, 10000)
 	for i := range ts {
-		ts[i] = reconcile.Task{
+		ts[i] = tasks.Task{
 			Name:  fmt.Sprintf("task-%05d", i),
 			Spec:  sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{"sh", "-c"}, Args: []string{"echo hello; exit 3"}}},
 			State: sdk.Terminated(3, 0, "", "", now, now),

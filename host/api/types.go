@@ -9,7 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/opensandbox/task-executor/host/reconcile"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/host/store"
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/client"
@@ -85,7 +85,7 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-func toAPI(t reconcile.Task) taskOut {
+func toAPI(t tasks.Task) taskOut {
 	out := taskOut{Name: t.Name, Status: TaskStatus{State: t.State, Message: t.Message}}
 	if t.Format != store.FormatCompat || t.Spec.Kind() != sdk.KindProcess {
 		out.Spec = &t.Spec

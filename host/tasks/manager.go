@@ -4,7 +4,7 @@
 // carries out deletions, re-adopts tasks after a restart of the host or of a
 // plugin, and periodically compares its view with each runtime's as a
 // safety net for a lost event.
-package reconcile
+package tasks
 
 import (
 	"context"
@@ -197,8 +197,8 @@ type runtimeState struct {
 	recovering bool
 }
 
-// Controller owns the task table.
-type Controller struct {
+// Manager owns the task table.
+type Manager struct {
 	cfg      Config
 	log      hclog.Logger
 	store    *store.Store
@@ -232,7 +232,7 @@ type Controller struct {
 
 // New loads the store and returns a controller. Call Run to start its
 // background work.
-func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controller, error) {
+func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Manager, error) {
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = DefaultReconcileInterval
 	}
@@ -250,7 +250,7 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controll
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Controller{
+	c := &Manager{
 		cfg: cfg, log: log, store: st, runtimes: rts,
 		tasks: map[string]*entry{}, reserved: map[string]bool{}, rts: map[string]*runtimeState{},
 		persistQ: make(chan *entry, 1024), ctx: ctx, cancel: cancel,
@@ -277,7 +277,7 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Controll
 
 // Run starts the controller's background work; it stops when Close is
 // called.
-func (c *Controller) Run() {
+func (c *Manager) Run() {
 	workers := 8
 	for i := 0; i < workers; i++ {
 		c.wg.Add(1)
@@ -296,7 +296,7 @@ func (c *Controller) Run() {
 
 // Close stops the background work after the queued writes are done. Tasks
 // keep running in their runtimes.
-func (c *Controller) Close() {
+func (c *Manager) Close() {
 	c.cancel()
 	c.wg.Wait()
 	// Write what the persisters did not get to.
@@ -314,7 +314,7 @@ func (c *Controller) Close() {
 }
 
 // Get returns a task.
-func (c *Controller) Get(name string) (Task, bool) {
+func (c *Manager) Get(name string) (Task, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.tasks[name]
@@ -326,7 +326,7 @@ func (c *Controller) Get(name string) (Task, bool) {
 
 // Await returns a task and a channel that is closed once the task has
 // terminated or is gone.
-func (c *Controller) Await(name string) (Task, <-chan struct{}, bool) {
+func (c *Manager) Await(name string) (Task, <-chan struct{}, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.tasks[name]
@@ -337,7 +337,7 @@ func (c *Controller) Await(name string) (Task, <-chan struct{}, bool) {
 }
 
 // List returns every task, sorted by name.
-func (c *Controller) List() []Task {
+func (c *Manager) List() []Task {
 	c.mu.Lock()
 	out := make([]Task, 0, len(c.tasks))
 	for _, e := range c.tasks {
@@ -350,7 +350,7 @@ func (c *Controller) List() []Task {
 
 // resolveRuntime picks the runtime for a spec and checks it is installed
 // and runs specs of that kind.
-func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
+func (c *Manager) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 	kind := spec.Kind()
 	if kind == sdk.KindContainer && !c.cfg.ContainerMode && spec.Runtime == "" && c.cfg.DefaultRuntimes[kind] == "" {
 		return "", fmt.Errorf("container tasks need container mode: start the executor with --enable-container-mode (or ENABLE_CONTAINER_MODE=true): %w", ErrInvalid)
@@ -400,7 +400,7 @@ func (c *Controller) resolveRuntime(spec sdk.TaskSpec) (string, error) {
 }
 
 // admit resolves and validates a new task with its runtime.
-func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store.Record, error) {
+func (c *Manager) admit(ctx context.Context, t NewTask, now time.Time) (store.Record, error) {
 	name, err := c.resolveRuntime(t.Spec)
 	if err != nil {
 		return store.Record{}, fmt.Errorf("task %q: %w", t.Name, err)
@@ -438,7 +438,7 @@ func (c *Controller) admit(ctx context.Context, t NewTask, now time.Time) (store
 
 // Create creates one task and returns it as it is once its creation is
 // durable (running, or even terminated, if its runtime was quick).
-func (c *Controller) Create(ctx context.Context, t NewTask) (Task, error) {
+func (c *Manager) Create(ctx context.Context, t NewTask) (Task, error) {
 	c.opMu.RLock()
 	defer c.opMu.RUnlock()
 	c.mu.Lock()
@@ -502,7 +502,7 @@ var testHookCommitted = func(string) {}
 
 // abandon takes back a task whose creation could not be made durable: it is
 // deleted at once, with no grace period.
-func (c *Controller) abandon(e *entry) {
+func (c *Manager) abandon(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := time.Now()
@@ -511,7 +511,7 @@ func (c *Controller) abandon(e *entry) {
 	c.scheduleDeleteLocked(e)
 }
 
-func (c *Controller) insertLocked(rec store.Record) *entry {
+func (c *Manager) insertLocked(rec store.Record) *entry {
 	c.seq++
 	e := &entry{rec: rec, seq: c.seq, phase: phasePending, ended: make(chan struct{})}
 	c.tasks[rec.Name] = e
@@ -522,7 +522,7 @@ func (c *Controller) insertLocked(rec store.Record) *entry {
 // Delete accepts the deletion of a task; the task is stopped and removed in
 // the background. grace nil means the default grace period. Deleting a task
 // that is already being deleted is not an error.
-func (c *Controller) Delete(ctx context.Context, name string, grace *time.Duration) error {
+func (c *Manager) Delete(ctx context.Context, name string, grace *time.Duration) error {
 	c.opMu.RLock()
 	defer c.opMu.RUnlock()
 	c.mu.Lock()
@@ -587,7 +587,7 @@ func (c *Controller) Delete(ctx context.Context, name string, grace *time.Durati
 }
 
 // deletion describes a deletion of name accepted at now.
-func (c *Controller) deletion(name string, grace *time.Duration, now time.Time) store.Deletion {
+func (c *Manager) deletion(name string, grace *time.Duration, now time.Time) store.Deletion {
 	g := c.cfg.GracePeriod
 	if grace != nil {
 		g = *grace
@@ -595,7 +595,7 @@ func (c *Controller) deletion(name string, grace *time.Duration, now time.Time) 
 	return store.Deletion{Name: name, At: now, GracePeriod: g}
 }
 
-func (c *Controller) applyMarkLocked(e *entry, d store.Deletion) {
+func (c *Manager) applyMarkLocked(e *entry, d store.Deletion) {
 	at := d.At
 	e.rec.DeletionTimestamp = &at
 	e.rec.DeletionGracePeriod = d.GracePeriod
@@ -609,7 +609,7 @@ func (c *Controller) applyMarkLocked(e *entry, d store.Deletion) {
 // resends its whole list on every reconcile must not be blocked by one
 // changed template. It changes nothing if a desired task is being deleted
 // or cannot be admitted.
-func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
+func (c *Manager) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
 	// The set asked for is what the executor keeps afterwards, besides the
 	// tasks on their way out.
 	if c.cfg.MaxTasks > 0 && len(desired) > c.cfg.MaxTasks {
@@ -723,7 +723,7 @@ func (c *Controller) Sync(ctx context.Context, desired []NewTask) ([]Task, error
 
 // pumpLocked hands pending tasks to their runtimes in creation order, as
 // far as free slots allow, and labels the rest.
-func (c *Controller) pumpLocked() {
+func (c *Manager) pumpLocked() {
 	if c.ctx.Err() != nil {
 		return // shutting down: start nothing new
 	}
@@ -760,7 +760,7 @@ func (c *Controller) pumpLocked() {
 	c.pending = kept
 }
 
-func (c *Controller) setWaitingLocked(e *entry, reason, msg string) {
+func (c *Manager) setWaitingLocked(e *entry, reason, msg string) {
 	if w := e.rec.State.Waiting; w != nil && w.Reason == reason && w.Message == msg {
 		return
 	}
@@ -771,7 +771,7 @@ func (c *Controller) setWaitingLocked(e *entry, reason, msg string) {
 }
 
 // start hands one task to its runtime.
-func (c *Controller) start(e *entry, rt sdk.Runtime, epoch uint64) {
+func (c *Manager) start(e *entry, rt sdk.Runtime, epoch uint64) {
 	defer c.wg.Done()
 	c.mu.Lock()
 	// The record keeps the spec as sent (valueFrom and all), so that the
@@ -827,7 +827,7 @@ func (c *Controller) start(e *entry, rt sdk.Runtime, epoch uint64) {
 
 // requeueLocked puts e back into the pending queue at its creation-order
 // place.
-func (c *Controller) requeueLocked(e *entry) {
+func (c *Manager) requeueLocked(e *entry) {
 	i := sort.Search(len(c.pending), func(i int) bool { return c.pending[i].seq > e.seq })
 	c.pending = append(c.pending, nil)
 	copy(c.pending[i+1:], c.pending[i:])
@@ -846,7 +846,7 @@ func rank(s corev1.ContainerState) int {
 }
 
 // applyLocked records a state the runtime reported for e.
-func (c *Controller) applyLocked(e *entry, s corev1.ContainerState) {
+func (c *Manager) applyLocked(e *entry, s corev1.ContainerState) {
 	cur := e.rec.State
 	if cur.Terminated != nil || rank(s) < rank(cur) {
 		return
@@ -875,7 +875,7 @@ func (c *Controller) applyLocked(e *entry, s corev1.ContainerState) {
 }
 
 // Observe applies a status a runtime pushed.
-func (c *Controller) Observe(runtime string, st sdk.TaskStatus) {
+func (c *Manager) Observe(runtime string, st sdk.TaskStatus) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.tasks[st.Name]
@@ -914,7 +914,7 @@ func predates(s corev1.ContainerState, t time.Time) bool {
 // RuntimeUp is called when a runtime's plugin has (re)started: the
 // controller re-adopts the runtime's tasks, then resumes starting tasks on
 // it.
-func (c *Controller) RuntimeUp(name string, rt sdk.Runtime) {
+func (c *Manager) RuntimeUp(name string, rt sdk.Runtime) {
 	c.mu.Lock()
 	rs := c.rts[name]
 	if rs == nil {
@@ -932,7 +932,7 @@ func (c *Controller) RuntimeUp(name string, rt sdk.Runtime) {
 // tasks, or with false when ctx ends first. Until a runtime has, its
 // running tasks show as they were recorded (waiting): the host serves only
 // after, so that a client never sees a running task go back to waiting.
-func (c *Controller) AwaitRecovered(ctx context.Context, names []string) bool {
+func (c *Manager) AwaitRecovered(ctx context.Context, names []string) bool {
 	for {
 		c.mu.Lock()
 		all := true
@@ -955,7 +955,7 @@ func (c *Controller) AwaitRecovered(ctx context.Context, names []string) bool {
 }
 
 // RuntimeDown is called when a runtime's plugin has gone.
-func (c *Controller) RuntimeDown(name string) {
+func (c *Manager) RuntimeDown(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if rs := c.rts[name]; rs != nil {
@@ -966,7 +966,7 @@ func (c *Controller) RuntimeDown(name string) {
 }
 
 // recover asks a runtime about every unfinished task it may have.
-func (c *Controller) recover(name string) {
+func (c *Manager) recover(name string) {
 	c.mu.Lock()
 	rs := c.rts[name]
 	if rs == nil || rs.rt == nil || rs.recovered || rs.recovering {
@@ -1045,7 +1045,7 @@ func (c *Controller) recover(name string) {
 
 // scheduleDeleteLocked carries out an accepted deletion in the background
 // once the task is in a state that allows it.
-func (c *Controller) scheduleDeleteLocked(e *entry) {
+func (c *Manager) scheduleDeleteLocked(e *entry) {
 	if e.deleteActive || e.rec.DeletionTimestamp == nil {
 		return
 	}
@@ -1075,7 +1075,7 @@ func (c *Controller) scheduleDeleteLocked(e *entry) {
 // reach of the task (killHolders), ends it as ContainerStatusUnknown unless
 // it has ended, and removes it, so that an accepted deletion always
 // completes.
-func (c *Controller) forceDeleteLocked(e *entry) {
+func (c *Manager) forceDeleteLocked(e *entry) {
 	e.deleteActive = true
 	name, runtime := e.rec.Name, e.rec.Runtime
 	c.wg.Add(1)
@@ -1094,7 +1094,7 @@ func (c *Controller) forceDeleteLocked(e *entry) {
 
 // finishDelete stops the task (unless it has terminated), has the runtime
 // release it and removes its directory.
-func (c *Controller) finishDelete(e *entry, rt sdk.Runtime, epoch uint64) {
+func (c *Manager) finishDelete(e *entry, rt sdk.Runtime, epoch uint64) {
 	defer c.wg.Done()
 	c.mu.Lock()
 	name, grace, terminated, runtime := e.rec.Name, e.rec.DeletionGracePeriod, e.rec.State.Terminated != nil, e.rec.Runtime
@@ -1147,7 +1147,7 @@ func (c *Controller) finishDelete(e *entry, rt sdk.Runtime, epoch uint64) {
 
 // persistLocked queues a write of e's record. Writes of the same task are
 // coalesced: the writer always takes the newest record.
-func (c *Controller) persistLocked(e *entry) {
+func (c *Manager) persistLocked(e *entry) {
 	if e.dirty {
 		return
 	}
@@ -1168,7 +1168,7 @@ func (c *Controller) persistLocked(e *entry) {
 	}
 }
 
-func (c *Controller) persister() {
+func (c *Manager) persister() {
 	defer c.wg.Done()
 	for {
 		select {
@@ -1180,7 +1180,7 @@ func (c *Controller) persister() {
 	}
 }
 
-func (c *Controller) persistOne(e *entry) {
+func (c *Manager) persistOne(e *entry) {
 	e.ioMu.Lock()
 	defer e.ioMu.Unlock()
 	c.mu.Lock()
@@ -1219,7 +1219,7 @@ const retryInterval = 500 * time.Millisecond
 
 // loop is the safety net: it retries what failed and compares the
 // controller's view with each runtime's.
-func (c *Controller) loop() {
+func (c *Manager) loop() {
 	defer c.wg.Done()
 	t := time.NewTicker(min(retryInterval, c.cfg.ReconcileInterval))
 	defer t.Stop()
@@ -1241,7 +1241,7 @@ func (c *Controller) loop() {
 
 // reconcile retries what failed and, when relist is set, applies what
 // each runtime lists.
-func (c *Controller) reconcile(relist bool) {
+func (c *Manager) reconcile(relist bool) {
 	c.mu.Lock()
 	type target struct {
 		name  string

@@ -1,4 +1,4 @@
-package reconcile
+package tasks
 
 import (
 	"bytes"
@@ -39,7 +39,7 @@ const (
 
 // call runs fn with a deadline of d (within parent) and reports the
 // runtime as stuck if the deadline, not parent's end, cut it short.
-func (c *Controller) call(parent context.Context, runtime, what string, d time.Duration, fn func(ctx context.Context) error) error {
+func (c *Manager) call(parent context.Context, runtime, what string, d time.Duration, fn func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(parent, d)
 	defer cancel()
 	began := time.Now()

@@ -1,4 +1,4 @@
-package reconcile
+package tasks
 
 import (
 	"context"
@@ -198,7 +198,7 @@ type env struct {
 	t     *testing.T
 	dir   string
 	rts   *fakeRuntimes
-	c     *Controller
+	c     *Manager
 	stopE context.CancelFunc
 }
 

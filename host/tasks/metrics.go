@@ -1,4 +1,4 @@
-package reconcile
+package tasks
 
 import (
 	"time"
@@ -18,7 +18,7 @@ import (
 // The start latency runs from the task's acceptance to the start the
 // runtime reports, so that it measures the path to a running process, not
 // the delivery of the event (exit→visible measures that).
-func (c *Controller) observeLocked(e *entry, s corev1.ContainerState) {
+func (c *Manager) observeLocked(e *entry, s corev1.ContainerState) {
 	m := c.cfg.Metrics
 	if m == nil {
 		return
@@ -47,7 +47,7 @@ func (c *Controller) observeLocked(e *entry, s corev1.ContainerState) {
 }
 
 // CountStates counts the tasks by state, for the metrics.
-func (c *Controller) CountStates() metrics.StateCounts {
+func (c *Manager) CountStates() metrics.StateCounts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var n metrics.StateCounts
