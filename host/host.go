@@ -22,8 +22,8 @@ import (
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/host/dispatch"
 	"github.com/opensandbox/task-executor/host/metrics"
-	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/host/store"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
@@ -57,6 +57,11 @@ type Config struct {
 	MaxConnections int
 	// MaxSpecBytes bounds a task's spec, as JSON.
 	MaxSpecBytes int
+	// WatchHistory, WatchBuffer and WatchBookmark tune watches (see
+	// tasks.Config.History and api.WatchOptions).
+	WatchHistory  int
+	WatchBuffer   int
+	WatchBookmark time.Duration
 	// MaxTaskLogBytes caps what each output stream of a task keeps on disk;
 	// 0 means no cap.
 	MaxTaskLogBytes int64
@@ -213,6 +218,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		Downward:          cfg.Downward,
 		Stuck:             mgr.Restart,
 		DefaultRuntimes:   cfg.DefaultRuntimes,
+		History:           cfg.WatchHistory,
 	}
 	ctrl, err := tasks.New(ctrlCfg, st, mgr, log.Named("tasks"))
 	if err != nil {
@@ -247,7 +253,8 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 	cancelWait()
 	g.open(api.Handler(ctrl, log.Named("api"),
 		api.WithLogs(st, stopStreams), api.WithMetrics(met), api.WithRuntimes(mgr), api.WithMaxSpecBytes(cfg.MaxSpecBytes),
-		api.WithDefaultRuntimes(ctrlCfg.DefaultRuntime)))
+		api.WithDefaultRuntimes(ctrlCfg.DefaultRuntime),
+		api.WithWatch(api.WatchOptions{Bookmark: cfg.WatchBookmark, BufferBytes: cfg.WatchBuffer}, stopStreams)))
 	log.Info("serving", "addr", ln.Addr().String(), "dataDir", st.Root(), "pluginDir", cfg.PluginDir, "pluginSockets", sockets,
 		"tls", cfg.TLS != nil, "auth", cfg.AuthToken != "")
 

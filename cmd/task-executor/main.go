@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/opensandbox/task-executor/host"
+	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/host/dispatch"
 	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
@@ -123,6 +124,9 @@ var envOf = map[string]string{
 	"cgroup-parent":                                 "CGROUP_PARENT",
 	"default-task-cpu":                              "DEFAULT_TASK_CPU",
 	"default-task-memory":                           "DEFAULT_TASK_MEMORY",
+	"watch-history":                                 "WATCH_HISTORY",
+	"watch-buffer-bytes":                            "WATCH_BUFFER_BYTES",
+	"watch-bookmark-interval":                       "WATCH_BOOKMARK_INTERVAL",
 }
 
 func parseFlags(args []string) (host.Config, string, error) {
@@ -159,6 +163,10 @@ func parseFlags(args []string) (host.Config, string, error) {
 	fs.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup under which task cgroups are made, as a path from each hierarchy's root (default: the executor's own cgroup)")
 	fs.StringVar(&cfg.DefaultTaskCPU, "default-task-cpu", "", "CPU limit of a process task that sets none, a Kubernetes quantity (e.g. 500m); none by default")
 	fs.StringVar(&cfg.DefaultTaskMemory, "default-task-memory", "", "memory limit of a process task that sets none, a Kubernetes quantity (e.g. 512Mi); none by default")
+	fs.IntVar(&cfg.WatchHistory, "watch-history", tasks.DefaultHistory, "changes kept for watches to resume from (GET /getTasks?watch=true&resourceVersion=); older ones answer 410 and the client lists again")
+	watchBuf := byteSize(api.DefaultWatchBuffer)
+	fs.Var(&watchBuf, "watch-buffer-bytes", "events a watch may hold that its client has not read, e.g. 1Mi; a watch past it ends with an ERROR event (503) and its client resumes")
+	fs.DurationVar(&cfg.WatchBookmark, "watch-bookmark-interval", api.DefaultBookmark, "how long a watch stays idle before a BOOKMARK event keeps it alive")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", 2048, "API connections held open at once; at the cap the longest idle one is closed, or the new one refused with a 503 if none is idle")
 	fs.StringVar(&sec.authToken, "auth-token-file", "", "file holding the bearer token every endpoint but GET /health requires")
 	fs.StringVar(&sec.tlsCert, "tls-cert-file", "", "PEM certificate for serving HTTPS (with --tls-key-file)")
@@ -198,6 +206,7 @@ func parseFlags(args []string) (host.Config, string, error) {
 		return cfg, "", errors.New("invalid --default-runtime process=process: sidecar mode turns the process runtime off (it would run tasks in the executor's own container, with its privileges)")
 	}
 	cfg.MaxTaskLogBytes = int64(logCap)
+	cfg.WatchBuffer = int(watchBuf)
 	cfg.MaxSpecBytes = int(specCap)
 	cfg.Downward = downward(cfg.PodUID)
 	if err := check(cfg, logFormat); err != nil {
@@ -255,6 +264,12 @@ func check(cfg host.Config, logFormat string) error {
 	}
 	if _, _, err := net.SplitHostPort(cfg.ListenAddr); err != nil {
 		return fmt.Errorf("invalid --listen-addr %q: %v", cfg.ListenAddr, err)
+	}
+	if cfg.WatchHistory < 1 || cfg.WatchHistory > 10_000_000 {
+		return fmt.Errorf("invalid --watch-history %d: must be from 1 to 10000000", cfg.WatchHistory)
+	}
+	if cfg.WatchBuffer < 4<<10 || cfg.WatchBookmark <= 0 {
+		return fmt.Errorf("invalid --watch-buffer-bytes %d or --watch-bookmark-interval %s: the buffer must be at least 4Ki, the interval positive", cfg.WatchBuffer, cfg.WatchBookmark)
 	}
 	if cfg.ReconcileInterval <= 0 {
 		return fmt.Errorf("invalid --reconcile-interval %s: must be positive", cfg.ReconcileInterval)

@@ -116,7 +116,7 @@ func TestCompatFormatOutput(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			h := Handler(getOne{c.task}, hclog.NewNullLogger())
+			h := Handler(getOne{t: c.task}, hclog.NewNullLogger())
 			for _, path := range []string{"/tasks/" + c.task.Name, "/getTasks"} {
 				w := httptest.NewRecorder()
 				h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
@@ -155,7 +155,10 @@ func TestCompatFormatOutput(t *testing.T) {
 }
 
 // getOne serves a single task.
-type getOne struct{ t tasks.Task }
+type getOne struct {
+	listOnly
+	t tasks.Task
+}
 
 func (g getOne) Create(context.Context, tasks.NewTask) (tasks.Task, error) {
 	return tasks.Task{}, nil
@@ -168,4 +171,5 @@ func (g getOne) Get(name string) (tasks.Task, bool) { return g.t, name == g.t.Na
 func (g getOne) Await(name string) (tasks.Task, <-chan struct{}, bool) {
 	return g.t, nil, name == g.t.Name
 }
-func (g getOne) List() []tasks.Task { return []tasks.Task{g.t} }
+func (g getOne) List() []tasks.Task               { return []tasks.Task{g.t} }
+func (g getOne) Snapshot() ([]tasks.Task, uint64) { return g.List(), 0 }

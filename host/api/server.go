@@ -19,8 +19,8 @@ import (
 	"github.com/julienschmidt/httprouter"
 
 	"github.com/opensandbox/task-executor/host/metrics"
-	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/host/store"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
@@ -35,6 +35,11 @@ type Tasks interface {
 	Get(name string) (tasks.Task, bool)
 	Await(name string) (tasks.Task, <-chan struct{}, bool)
 	List() []tasks.Task
+	// Snapshot is List with the resource version it is at.
+	Snapshot() ([]tasks.Task, uint64)
+	// Watch begins a watch of the changes (after from, or with a
+	// snapshot when from is nil).
+	Watch(from *uint64) (*tasks.Watch, error)
 }
 
 // Handler returns the API's HTTP handler; opts add the optional endpoints.
@@ -77,6 +82,10 @@ type server struct {
 	// defaultRuntime names the runtime of a kind's tasks whose spec
 	// names none (nil: not shown).
 	defaultRuntime func(sdk.Kind) string
+	// watchOpts and watchStop: see WithWatch (nil watchStop: no
+	// watches).
+	watchOpts WatchOptions
+	watchStop <-chan struct{}
 }
 
 // WithDefaultRuntimes has GET /runtimes tell, for each runtime, the kinds
@@ -156,10 +165,6 @@ func (s *server) get(w http.ResponseWriter, req *http.Request, ps httprouter.Par
 		}
 	}
 	writeJSON(w, http.StatusOK, toAPI(t))
-}
-
-func (s *server) list(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
-	writeList(w, s.tasks.List())
 }
 
 func (s *server) create(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {

@@ -28,6 +28,10 @@ func (l listOnly) Get(string) (tasks.Task, bool) { return tasks.Task{}, false }
 func (l listOnly) Await(string) (tasks.Task, <-chan struct{}, bool) {
 	return tasks.Task{}, nil, false
 }
+func (l listOnly) Snapshot() ([]tasks.Task, uint64) { return l.List(), 0 }
+func (l listOnly) Watch(*uint64) (*tasks.Watch, error) {
+	return nil, fmt.Errorf("no watches here: %w", tasks.ErrUnavailable)
+}
 func (l listOnly) List() []tasks.Task { return l.tasks }
 
 // BenchmarkListJSON: GET /getTasks of 10,000 tasks, most finished, encoded

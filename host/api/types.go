@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/host/store"
+	"github.com/opensandbox/task-executor/host/tasks"
 	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/client"
 )
@@ -32,6 +33,9 @@ type taskOut struct {
 	ProcessStatus     *corev1.ContainerState `json:"processStatus,omitempty"`
 	// RuntimeOptions are spec.runtimeOptions in the compatibility format.
 	RuntimeOptions map[string]string `json:"runtimeOptions,omitempty"`
+	// ResourceVersion is the resource version of the task's last change,
+	// a decimal number in a string, as Kubernetes' (see watch.go).
+	ResourceVersion string `json:"resourceVersion,omitempty"`
 }
 
 // TaskStatus is a task's status: its state in the shape of Kubernetes'
@@ -42,7 +46,7 @@ type TaskStatus = client.TaskStatus
 // the compatibility format ({"name", "process"}). Clients may send back a
 // task as they read it, so status, processStatus and deletionTimestamp are
 // accepted and ignored, as the Kubernetes API server ignores status on
-// create.
+// create. A resourceVersion sent back is ignored likewise.
 type taskIn struct {
 	Name    string           `json:"name"`
 	Spec    *sdk.TaskSpec    `json:"spec"`
@@ -53,6 +57,7 @@ type taskIn struct {
 	Status            json.RawMessage   `json:"status,omitempty"`
 	ProcessStatus     json.RawMessage   `json:"processStatus,omitempty"`
 	DeletionTimestamp json.RawMessage   `json:"deletionTimestamp,omitempty"`
+	ResourceVersion   json.RawMessage   `json:"resourceVersion,omitempty"`
 	// format is the format it came in (store.Format*; "": both, as a task
 	// read from an older version carries them).
 	format string
@@ -87,6 +92,9 @@ type Error struct {
 
 func toAPI(t tasks.Task) taskOut {
 	out := taskOut{Name: t.Name, Status: TaskStatus{State: t.State, Message: t.Message}}
+	if t.ResourceVersion != 0 {
+		out.ResourceVersion = strconv.FormatUint(t.ResourceVersion, 10)
+	}
 	if t.Format != store.FormatCompat || t.Spec.Kind() != sdk.KindProcess {
 		out.Spec = &t.Spec
 	}

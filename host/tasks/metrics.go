@@ -9,7 +9,8 @@ import (
 	"github.com/opensandbox/task-executor/sdk"
 )
 
-// observeLocked reports a state e has just taken to the metrics.
+// startLatency says whether the state s, which e has just taken, is the
+// first that shows it started, and how long after its acceptance it did.
 //
 // A start is counted once per task, when the task is first seen started:
 // running, or already terminated with a start time (a task that exited
@@ -18,32 +19,24 @@ import (
 // The start latency runs from the task's acceptance to the start the
 // runtime reports, so that it measures the path to a running process, not
 // the delivery of the event (exit→visible measures that).
-func (c *Manager) observeLocked(e *entry, s corev1.ContainerState) {
-	m := c.cfg.Metrics
-	if m == nil {
-		return
+func (e *entry) startLatency(s corev1.ContainerState) (time.Duration, bool) {
+	if e.startCounted {
+		return 0, false
 	}
-	now := time.Now()
-	if !e.startCounted {
-		var startedAt time.Time
-		switch {
-		case s.Running != nil:
-			startedAt = s.Running.StartedAt.Time
-		case s.Terminated != nil && s.Terminated.Reason != sdk.ReasonStartError:
-			startedAt = s.Terminated.StartedAt.Time
-		}
-		if s.Running != nil || !startedAt.IsZero() {
-			if startedAt.IsZero() {
-				startedAt = now
-			}
-			e.startCounted = true
-			m.TaskStarted(startedAt.Sub(e.rec.CreatedAt))
-		}
+	var startedAt time.Time
+	switch {
+	case s.Running != nil:
+		startedAt = s.Running.StartedAt.Time
+	case s.Terminated != nil && s.Terminated.Reason != sdk.ReasonStartError:
+		startedAt = s.Terminated.StartedAt.Time
 	}
-	if t := s.Terminated; t != nil {
-		e.startCounted = true
-		m.TaskTerminated(t.Reason, now.Sub(t.FinishedAt.Time), !t.FinishedAt.IsZero())
+	if s.Running == nil && startedAt.IsZero() {
+		return 0, false
 	}
+	if startedAt.IsZero() {
+		startedAt = time.Now()
+	}
+	return startedAt.Sub(e.rec.CreatedAt), true
 }
 
 // CountStates counts the tasks by state, for the metrics.

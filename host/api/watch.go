@@ -1,0 +1,283 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/opensandbox/task-executor/host/tasks"
+)
+
+// WatchOptions tune GET /getTasks?watch=true.
+type WatchOptions struct {
+	// Bookmark is how long a stream may stay idle before a BOOKMARK event
+	// (which also tells the client the resource version it is at);
+	// 0 means DefaultBookmark.
+	Bookmark time.Duration
+	// BufferBytes bounds what a stream may hold that its client has not
+	// taken yet; a stream past it is cut with an ERROR event (503);
+	// 0 means DefaultWatchBuffer.
+	BufferBytes int
+}
+
+// Defaults of WatchOptions.
+const (
+	DefaultBookmark    = 10 * time.Second
+	DefaultWatchBuffer = 1 << 20
+)
+
+// WithWatch serves watches (GET /getTasks?watch=true); stop ends every
+// stream (at shutdown).
+func WithWatch(o WatchOptions, stop <-chan struct{}) Option {
+	if o.Bookmark <= 0 {
+		o.Bookmark = DefaultBookmark
+	}
+	if o.BufferBytes <= 0 {
+		o.BufferBytes = DefaultWatchBuffer
+	}
+	return func(s *server) { s.watchOpts, s.watchStop = o, stop }
+}
+
+// watchEvent is one line of a watch stream, as Kubernetes' watch events
+// are: a type and the object.
+type watchEvent struct {
+	Type   string `json:"type"`
+	Object any    `json:"object"`
+}
+
+// bookmark is the object of a BOOKMARK event.
+type bookmark struct {
+	ResourceVersion string `json:"resourceVersion"`
+}
+
+// list answers GET /getTasks: the tasks, or with ?watch=true a stream of
+// their changes.
+func (s *server) list(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
+	switch v := req.URL.Query().Get("watch"); v {
+	case "", "false", "0":
+		ts, rv := s.tasks.Snapshot()
+		w.Header().Set("X-Resource-Version", strconv.FormatUint(rv, 10))
+		writeList(w, ts)
+	case "true", "1":
+		s.watch(w, req)
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("watch %q must be true, false, 1 or 0", v))
+	}
+}
+
+// watch streams the changes of the tasks as newline-delimited JSON events.
+// Without a resourceVersion it begins with an ADDED event for every task
+// and a BOOKMARK at the version of that snapshot; with one it resumes
+// after it, or answers 410 when that history is no longer kept.
+func (s *server) watch(w http.ResponseWriter, req *http.Request) {
+	if s.watchStop == nil {
+		writeError(w, http.StatusNotFound, "this executor does not serve watches")
+		return
+	}
+	var from *uint64
+	if v := req.URL.Query().Get("resourceVersion"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("resourceVersion %q must be a resource version the executor answered (a decimal number)", v))
+			return
+		}
+		from = &n
+	}
+	wt, err := s.tasks.Watch(from)
+	if errors.Is(err, tasks.ErrGone) {
+		writeError(w, http.StatusGone, err.Error())
+		return
+	}
+	if err != nil {
+		s.fail(w, req, err)
+		return
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	st := newStream(w, s.watchOpts.BufferBytes, cancel)
+	go func() {
+		select {
+		case <-s.watchStop:
+			cancel()
+		case <-ctx.Done():
+		}
+		st.wakeAll()
+	}()
+	holdOpen(w, 0)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st.write()
+	}()
+	s.produce(ctx, wt, st)
+	st.close()
+	<-done
+}
+
+// produce encodes the watch's events into st until ctx ends, the client
+// fails, or the watch is cut.
+func (s *server) produce(ctx context.Context, wt *tasks.Watch, st *stream) {
+	if wt.Snapshot != nil {
+		for _, t := range wt.Snapshot {
+			// The snapshot is in memory already: it waits for the client
+			// rather than counting against the buffer.
+			if !st.put(ctx, encodeEvent(string(tasks.Added), toAPI(t)), true) {
+				return
+			}
+		}
+		wt.Snapshot = nil
+		if !st.put(ctx, encodeBookmark(wt.ResourceVersion()), true) {
+			return
+		}
+	}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, s.watchOpts.Bookmark)
+		evs, err := wt.Next(wctx, 256)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, tasks.ErrFellBehind):
+			st.put(ctx, encodeError(http.StatusServiceUnavailable, err.Error()), true)
+			return
+		case err != nil:
+			// Idle for a whole interval: say so, and where the stream is.
+			if !st.put(ctx, encodeBookmark(wt.ResourceVersion()), false) {
+				return
+			}
+			continue
+		}
+		for _, ev := range evs {
+			if !st.put(ctx, encodeEvent(string(ev.Type), toAPI(ev.Task)), false) {
+				return
+			}
+		}
+	}
+}
+
+func encodeEvent(typ string, obj any) []byte {
+	b, err := json.Marshal(watchEvent{Type: typ, Object: obj})
+	if err != nil {
+		return encodeError(http.StatusInternalServerError, "cannot encode an event: "+err.Error())
+	}
+	return append(b, '\n')
+}
+
+func encodeBookmark(rv uint64) []byte {
+	return encodeEvent("BOOKMARK", bookmark{ResourceVersion: strconv.FormatUint(rv, 10)})
+}
+
+func encodeError(code int, msg string) []byte {
+	b, _ := json.Marshal(watchEvent{Type: "ERROR", Object: Error{Code: code, Message: msg}})
+	return append(b, '\n')
+}
+
+// stream is what a watch has encoded and its client not yet taken, with
+// the goroutine that writes it: the encoding never waits on a slow
+// client, and what a slow client costs is bounded (max).
+type stream struct {
+	w    http.ResponseWriter
+	max  int
+	fail context.CancelFunc
+
+	mu      sync.Mutex
+	buf     []byte
+	closed  bool
+	cut     bool
+	drained *sync.Cond
+	wake    chan struct{}
+	broken  bool
+}
+
+func newStream(w http.ResponseWriter, max int, fail context.CancelFunc) *stream {
+	st := &stream{w: w, max: max, fail: fail, wake: make(chan struct{}, 1)}
+	st.drained = sync.NewCond(&st.mu)
+	return st
+}
+
+// put queues a line. A line that finds the buffer full cuts the stream
+// with an ERROR event, unless wait is set: then it waits for room (the
+// snapshot, and the ending error). It reports whether the stream goes on.
+func (st *stream) put(ctx context.Context, line []byte, wait bool) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for wait && len(st.buf) >= st.max && !st.broken && ctx.Err() == nil {
+		st.drained.Wait()
+	}
+	if st.broken || st.cut || ctx.Err() != nil {
+		return false
+	}
+	if len(st.buf) >= st.max {
+		st.cut = true
+		line = encodeError(http.StatusServiceUnavailable, fmt.Sprintf("the client fell behind: %d bytes of events it has not read, the most the executor holds for a watch; resume from the last resourceVersion read", len(st.buf)))
+	}
+	st.buf = append(st.buf, line...)
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+	return !st.cut
+}
+
+// wakeAll wakes a put waiting for room (its context has ended).
+func (st *stream) wakeAll() {
+	st.mu.Lock()
+	st.drained.Broadcast()
+	st.mu.Unlock()
+}
+
+// close ends the stream once what is queued is written.
+func (st *stream) close() {
+	st.mu.Lock()
+	st.closed = true
+	st.drained.Broadcast()
+	st.mu.Unlock()
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+// write writes what is queued, as it comes, until the stream is closed and
+// written, or a write fails.
+func (st *stream) write() {
+	rc := http.NewResponseController(st.w)
+	var out []byte
+	for {
+		st.mu.Lock()
+		out, st.buf = st.buf, out[:0]
+		closed := st.closed
+		st.drained.Broadcast()
+		st.mu.Unlock()
+		if len(out) > 0 {
+			_ = rc.SetWriteDeadline(time.Now().Add(StreamWriteTimeout))
+			_, err := st.w.Write(out)
+			if err == nil {
+				err = rc.Flush()
+			}
+			if err != nil {
+				st.mu.Lock()
+				st.broken = true
+				st.drained.Broadcast()
+				st.mu.Unlock()
+				st.fail()
+				return
+			}
+			continue
+		}
+		if closed {
+			return
+		}
+		<-st.wake
+	}
+}

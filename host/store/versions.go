@@ -1,0 +1,59 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// versionsFile holds the lease of resource versions: the highest version
+// the host may hand out. A dot name: task names cannot start with one.
+const versionsFile = ".resource-versions"
+
+// VersionLease returns the last lease written (0 when none was): every
+// resource version handed out so far is at most it.
+func (s *Store) VersionLease() (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, versionsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("while reading the resource versions' lease: %w", classify(err))
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("while reading the resource versions' lease %s: %w", filepath.Join(s.dir, versionsFile), err)
+	}
+	return v, nil
+}
+
+// LeaseVersions durably records limit as the highest resource version the
+// host may hand out. Written whole (a new file renamed over the old), so a
+// crash leaves the old lease or the new one.
+func (s *Store) LeaseVersions(limit uint64) error {
+	path := filepath.Join(s.dir, versionsFile)
+	tmp := path + ".new"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		_, err = f.WriteString(strconv.FormatUint(limit, 10) + "\n")
+		if err == nil {
+			err = syncFile(f)
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncOne(s.dir)
+	}
+	if err != nil {
+		return fmt.Errorf("while recording the resource versions' lease: %w", classify(err))
+	}
+	return nil
+}
