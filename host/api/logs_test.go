@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,7 +16,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/opensandbox/task-executor/host/logs"
+	"github.com/opensandbox/task-executor/host/logs/logstest"
 	"github.com/opensandbox/task-executor/host/tasks"
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 // outputTasks is a task table of tasks whose directories are under root.
@@ -63,14 +65,7 @@ func (o *outputTasks) write(t *testing.T, task, file, content string) {
 
 func (o *outputTasks) appendTo(t *testing.T, task, file, content string) {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(o.Dir(task), file), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(content); err != nil {
-		t.Fatal(err)
-	}
+	logstest.Append(t, filepath.Join(o.Dir(task), file), content)
 }
 
 func logsHandler(o *outputTasks, stop <-chan struct{}) http.Handler {
@@ -89,14 +84,14 @@ func getLogs(t *testing.T, h http.Handler, path string) (int, string, string) {
 // is read no further either).
 func TestLogsTailOfALongLine(t *testing.T) {
 	o := newOutputTasks(t, false, "long")
-	o.write(t, "long", stdoutFile, strings.Repeat("x", 4<<20))
-	o.write(t, "long", stderrFile, "")
+	o.write(t, "long", sdk.StdoutLog, strings.Repeat("x", 4<<20))
+	o.write(t, "long", sdk.StderrLog, "")
 	h := logsHandler(o, nil)
 	for _, n := range []int{1, 3} {
 		code, _, body := getLogs(t, h, fmt.Sprintf("/tasks/long/logs?tailLines=%d", n))
 		lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
-		if code != 200 || len(body) > n*(maxLineBytes+1) || len(lines) != n {
-			t.Errorf("tailLines=%d: %d, %d bytes in %d lines; want %d lines of at most %d bytes", n, code, len(body), len(lines), n, maxLineBytes)
+		if code != 200 || len(body) > n*(logs.MaxLineBytes+1) || len(lines) != n {
+			t.Errorf("tailLines=%d: %d, %d bytes in %d lines; want %d lines of at most %d bytes", n, code, len(body), len(lines), n, logs.MaxLineBytes)
 		}
 	}
 }
@@ -132,83 +127,19 @@ func TestLogsRefusals(t *testing.T) {
 	}
 }
 
-func TestLogsPlain(t *testing.T) {
-	o := newOutputTasks(t, false, "t1", "empty", "nostderr")
-	o.write(t, "t1", stdoutFile, "a\nb\nc\n")
-	o.write(t, "t1", stderrFile, "x\ny") // unterminated last line
-	o.write(t, "empty", stdoutFile, "")
-	o.write(t, "empty", stderrFile, "")
-	o.write(t, "nostderr", stdoutFile, "only\n")
-	h := logsHandler(o, nil)
-	for _, tc := range []struct{ query, want string }{
-		{"", "a\nb\nc\nx\ny\n"},
-		{"?stream=all", "a\nb\nc\nx\ny\n"},
-		{"?stream=stdout", "a\nb\nc\n"},
-		{"?stream=stderr", "x\ny\n"},
-		{"?tailLines=1", "y\n"},
-		{"?tailLines=3", "c\nx\ny\n"},
-		{"?tailLines=0", ""},
-		{"?tailLines=100", "a\nb\nc\nx\ny\n"},
-		{"?stream=stdout&tailLines=2", "b\nc\n"},
-		{"?stream=stderr&tailLines=1", "y\n"},
-		{"?limitBytes=3", "a\nb"},
-		{"?limitBytes=1000", "a\nb\nc\nx\ny\n"},
-		{"?stream=stdout&tailLines=2&limitBytes=2", "b\n"},
-		{"?follow=true", "a\nb\nc\nx\ny\n"}, // terminated: the stream ends at once
-		{"?follow=true&tailLines=2", "x\ny\n"},
-	} {
-		code, ct, body := getLogs(t, h, "/tasks/t1/logs"+tc.query)
-		if code != http.StatusOK || ct != "text/plain; charset=utf-8" || body != tc.want {
-			t.Errorf("%s: %d %s %q, want %q", tc.query, code, ct, body, tc.want)
-		}
-	}
-	if _, _, body := getLogs(t, h, "/tasks/empty/logs"); body != "" {
-		t.Errorf("empty: %q", body)
-	}
-	if _, _, body := getLogs(t, h, "/tasks/nostderr/logs"); body != "only\n" {
-		t.Errorf("no stderr.log: %q", body)
-	}
-}
-
-func TestTailOffset(t *testing.T) {
-	for _, tc := range []struct {
-		content string
-		n       int
-		off     int64
-		found   int
-	}{
-		{"", 3, 0, 0},
-		{"a\nb\n", 0, 4, 0},
-		{"a\nb\n", 1, 2, 1},
-		{"a\nb\n", 2, 0, 2},
-		{"a\nb\n", 5, 0, 2},
-		{"a\nb", 1, 2, 1},
-		{"\n\n", 1, 1, 1},
-		{"\n\n", 3, 0, 2},
-		{strings.Repeat("x", readChunk*2+5) + "\nlast\n", 1, readChunk*2 + 6, 1},
-		{"y\n" + strings.Repeat("x", readChunk*3), 2, 0, 2},
-		// Bounded: n lines are at most n × maxLineBytes from the end, however
-		// long the line they are cut from.
-		{strings.Repeat("x", maxLineBytes*4+7), 1, maxLineBytes*3 + 7, 1},
-		{strings.Repeat("x", maxLineBytes*4+7), 2, maxLineBytes*2 + 7, 2},
-		{strings.Repeat("x", maxLineBytes*4+7), 9, 0, 5},
-		{"a\n" + strings.Repeat("x", maxLineBytes*4) + "\nb\n", 2, maxLineBytes*3 + 2, 2},
-		{"a\n" + strings.Repeat("x", maxLineBytes*4) + "\nb\n", 5, 2, 5},
-		{"a\n" + strings.Repeat("x", maxLineBytes*4) + "\nb\n", 6, 0, 6},
-	} {
-		off, found, err := tailOffset(strings.NewReader(tc.content), int64(len(tc.content)), tc.n)
-		if err != nil || off != tc.off || found != tc.found {
-			t.Errorf("%.20q n=%d: %d %d %v, want %d %d", tc.content, tc.n, off, found, err, tc.off, tc.found)
-		}
-	}
-}
-
-func TestLogsCRI(t *testing.T) {
-	o := newOutputTasks(t, false, "c1")
-	// The store's empty plain files are there too: the container log wins.
-	o.write(t, "c1", stdoutFile, "")
-	o.write(t, "c1", stderrFile, "")
-	o.write(t, "c1", containerFile, crilog(
+// TestLogsServed: plain files and container logs, rotated or not, with
+// every parameter, of tasks that have terminated.
+func TestLogsServed(t *testing.T) {
+	o := newOutputTasks(t, false, "t1", "empty", "nostderr", "c1", "p", "c")
+	o.write(t, "t1", sdk.StdoutLog, "a\nb\nc\n")
+	o.write(t, "t1", sdk.StderrLog, "x\ny") // unterminated last line
+	o.write(t, "empty", sdk.StdoutLog, "")
+	o.write(t, "empty", sdk.StderrLog, "")
+	o.write(t, "nostderr", sdk.StdoutLog, "only\n")
+	// Empty plain files are there too: the container log wins.
+	o.write(t, "c1", sdk.StdoutLog, "")
+	o.write(t, "c1", sdk.StderrLog, "")
+	o.write(t, "c1", sdk.ContainerLog, logstest.CRI(
 		"stdout F one",
 		"stderr P err-",
 		"stdout P tw",
@@ -218,29 +149,67 @@ func TestLogsCRI(t *testing.T) {
 		"stdout F three",
 		"stderr P unterminated",
 	)+"2024-05-01T10:00:00Z stdout F torn record without its newline")
+	// Output rotated aside under the output cap (<file>.1) is served
+	// before the current file, for plain and CRI logs alike.
+	o.write(t, "p", sdk.StdoutLog+sdk.RotatedSuffix, "a\nb\n")
+	o.write(t, "p", sdk.StdoutLog, "c\n")
+	o.write(t, "p", sdk.StderrLog+sdk.RotatedSuffix, "x\n")
+	o.write(t, "p", sdk.StderrLog, "y\n")
+	o.write(t, "c", sdk.ContainerLog+sdk.RotatedSuffix, logstest.CRI("stdout F one", "stdout P tw"))
+	o.write(t, "c", sdk.ContainerLog, logstest.CRI("stdout F o", "stderr F err"))
 	h := logsHandler(o, nil)
-	for _, tc := range []struct{ query, want string }{
-		{"", "one\ntwo\nerr-line\nthree\nunterminated\n"},
-		{"?stream=stdout", "one\ntwo\nthree\n"},
-		{"?stream=stderr", "err-line\nunterminated\n"},
-		{"?tailLines=2", "three\nunterminated\n"},
-		{"?stream=stdout&tailLines=2", "two\nthree\n"},
-		{"?tailLines=0", ""},
-		{"?limitBytes=6", "one\ntw"},
-		{"?follow=true", "one\ntwo\nerr-line\nthree\nunterminated\n"},
+	for _, tc := range []struct{ path, want string }{
+		{"/tasks/t1/logs", "a\nb\nc\nx\ny\n"},
+		{"/tasks/t1/logs?stream=all", "a\nb\nc\nx\ny\n"},
+		{"/tasks/t1/logs?stream=stdout", "a\nb\nc\n"},
+		{"/tasks/t1/logs?stream=stderr", "x\ny\n"},
+		{"/tasks/t1/logs?tailLines=1", "y\n"},
+		{"/tasks/t1/logs?tailLines=3", "c\nx\ny\n"},
+		{"/tasks/t1/logs?tailLines=0", ""},
+		{"/tasks/t1/logs?tailLines=100", "a\nb\nc\nx\ny\n"},
+		{"/tasks/t1/logs?stream=stdout&tailLines=2", "b\nc\n"},
+		{"/tasks/t1/logs?stream=stderr&tailLines=1", "y\n"},
+		{"/tasks/t1/logs?limitBytes=3", "a\nb"},
+		{"/tasks/t1/logs?limitBytes=1000", "a\nb\nc\nx\ny\n"},
+		{"/tasks/t1/logs?stream=stdout&tailLines=2&limitBytes=2", "b\n"},
+		{"/tasks/t1/logs?follow=true", "a\nb\nc\nx\ny\n"}, // terminated: the stream ends at once
+		{"/tasks/t1/logs?follow=true&tailLines=2", "x\ny\n"},
+		{"/tasks/empty/logs", ""},
+		{"/tasks/nostderr/logs", "only\n"},
+		{"/tasks/c1/logs", "one\ntwo\nerr-line\nthree\nunterminated\n"},
+		{"/tasks/c1/logs?stream=stdout", "one\ntwo\nthree\n"},
+		{"/tasks/c1/logs?stream=stderr", "err-line\nunterminated\n"},
+		{"/tasks/c1/logs?tailLines=2", "three\nunterminated\n"},
+		{"/tasks/c1/logs?stream=stdout&tailLines=2", "two\nthree\n"},
+		{"/tasks/c1/logs?tailLines=0", ""},
+		{"/tasks/c1/logs?limitBytes=6", "one\ntw"},
+		{"/tasks/c1/logs?follow=true", "one\ntwo\nerr-line\nthree\nunterminated\n"},
+		{"/tasks/p/logs", "a\nb\nc\nx\ny\n"},
+		{"/tasks/p/logs?stream=stdout&tailLines=2", "b\nc\n"},
+		{"/tasks/p/logs?tailLines=3", "c\nx\ny\n"},
+		{"/tasks/p/logs?follow=true", "a\nb\nc\nx\ny\n"},
+		// A partial record at the end of the rotated file goes on in the
+		// current one.
+		{"/tasks/c/logs", "one\ntwo\nerr\n"},
+		{"/tasks/c/logs?stream=stdout&tailLines=1", "two\n"},
+		{"/tasks/c/logs?follow=true", "one\ntwo\nerr\n"},
 	} {
-		code, ct, body := getLogs(t, h, "/tasks/c1/logs"+tc.query)
+		code, ct, body := getLogs(t, h, tc.path)
 		if code != http.StatusOK || ct != "text/plain; charset=utf-8" || body != tc.want {
-			t.Errorf("%s: %d %s %q, want %q", tc.query, code, ct, body, tc.want)
+			t.Errorf("%s: %d %s %q, want %q", tc.path, code, ct, body, tc.want)
 		}
 	}
 }
 
-// lineReader reads a streamed answer line by line.
-func followLines(t *testing.T, url string) (lines <-chan string, cancel func()) {
+// follow serves o's logs and requests path, reading the answer line by
+// line until the test ends.
+func (o *outputTasks) follow(t *testing.T, path string) logstest.Lines {
 	t.Helper()
+	srv := httptest.NewServer(logsHandler(o, nil))
+	t.Cleanup(srv.Close)
 	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,94 +219,49 @@ func followLines(t *testing.T, url string) (lines <-chan string, cancel func()) 
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("%s: %d %s", url, resp.StatusCode, b)
+		t.Fatalf("%s: %d %s", path, resp.StatusCode, b)
 	}
-	ch := make(chan string)
-	go func() {
-		defer close(ch)
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			ch <- sc.Text()
-		}
-	}()
-	return ch, cancel
-}
-
-func nextLine(t *testing.T, lines <-chan string) (string, bool) {
-	t.Helper()
-	select {
-	case l, ok := <-lines:
-		return l, ok
-	case <-time.After(10 * time.Second):
-		t.Fatal("no line within 10s")
-		return "", false
-	}
+	return logstest.ReadLines(resp.Body)
 }
 
 func TestLogsFollowPlain(t *testing.T) {
 	o := newOutputTasks(t, true, "r1")
-	o.write(t, "r1", stdoutFile, "before\n")
-	o.write(t, "r1", stderrFile, "")
-	srv := httptest.NewServer(logsHandler(o, nil))
-	defer srv.Close()
-	lines, cancel := followLines(t, srv.URL+"/tasks/r1/logs?follow=true")
-	defer cancel()
-	if l, _ := nextLine(t, lines); l != "before" {
-		t.Fatalf("got %q", l)
-	}
+	o.write(t, "r1", sdk.StdoutLog, "before\n")
+	o.write(t, "r1", sdk.StderrLog, "")
+	lines := o.follow(t, "/tasks/r1/logs?follow=true")
+	lines.Expect(t, "before")
 	// Each line shows while the task runs; a line is held until it ends.
-	o.appendTo(t, "r1", stderrFile, "err 1\n")
-	if l, _ := nextLine(t, lines); l != "err 1" {
-		t.Fatalf("got %q", l)
-	}
-	o.appendTo(t, "r1", stdoutFile, "out ")
-	o.appendTo(t, "r1", stdoutFile, "2\nlast, unterminated")
-	if l, _ := nextLine(t, lines); l != "out 2" {
-		t.Fatalf("got %q", l)
-	}
+	o.appendTo(t, "r1", sdk.StderrLog, "err 1\n")
+	lines.Expect(t, "err 1")
+	o.appendTo(t, "r1", sdk.StdoutLog, "out ")
+	o.appendTo(t, "r1", sdk.StdoutLog, "2\nlast, unterminated")
+	lines.Expect(t, "out 2")
+	// After the task has ended, the stream ends.
 	close(o.ended["r1"])
-	if l, _ := nextLine(t, lines); l != "last, unterminated" {
-		t.Fatalf("got %q", l)
-	}
-	if l, ok := nextLine(t, lines); ok {
-		t.Fatalf("the stream goes on after the task ended: %q", l)
-	}
+	lines.Expect(t, "last, unterminated")
+	lines.ExpectEnd(t)
 }
 
 func TestLogsFollowFindsContainerLog(t *testing.T) {
 	o := newOutputTasks(t, true, "c1")
-	o.write(t, "c1", stdoutFile, "")
-	o.write(t, "c1", stderrFile, "")
-	srv := httptest.NewServer(logsHandler(o, nil))
-	defer srv.Close()
-	lines, cancel := followLines(t, srv.URL+"/tasks/c1/logs?follow=true&stream=stdout")
-	defer cancel()
-	o.appendTo(t, "c1", containerFile, crilog("stdout P hel", "stderr F not this"))
-	o.appendTo(t, "c1", containerFile, crilog("stdout F lo"))
-	if l, _ := nextLine(t, lines); l != "hello" {
-		t.Fatalf("got %q", l)
-	}
+	o.write(t, "c1", sdk.StdoutLog, "")
+	o.write(t, "c1", sdk.StderrLog, "")
+	lines := o.follow(t, "/tasks/c1/logs?follow=true&stream=stdout")
+	o.appendTo(t, "c1", sdk.ContainerLog, logstest.CRI("stdout P hel", "stderr F not this"))
+	o.appendTo(t, "c1", sdk.ContainerLog, logstest.CRI("stdout F lo"))
+	lines.Expect(t, "hello")
 	close(o.ended["c1"])
-	if l, ok := nextLine(t, lines); ok {
-		t.Fatalf("the stream goes on after the task ended: %q", l)
-	}
+	lines.ExpectEnd(t)
 }
 
 func TestLogsFollowLimitEnds(t *testing.T) {
 	o := newOutputTasks(t, true, "r1")
-	o.write(t, "r1", stdoutFile, "")
-	srv := httptest.NewServer(logsHandler(o, nil))
-	defer srv.Close()
-	lines, cancel := followLines(t, srv.URL+"/tasks/r1/logs?follow=true&limitBytes=4")
-	defer cancel()
-	o.appendTo(t, "r1", stdoutFile, "abcdef\n")
-	if l, _ := nextLine(t, lines); l != "abcd" {
-		t.Fatalf("got %q", l)
-	}
-	if _, ok := nextLine(t, lines); ok {
-		t.Fatal("the stream goes on past limitBytes")
-	}
+	o.write(t, "r1", sdk.StdoutLog, "")
+	lines := o.follow(t, "/tasks/r1/logs?follow=true&limitBytes=4")
+	o.appendTo(t, "r1", sdk.StdoutLog, "abcdef\n")
+	lines.Expect(t, "abcd")
+	// limitBytes is reached: the stream ends.
+	lines.ExpectEnd(t)
 }
 
 func openFDs(t *testing.T) int {
@@ -355,8 +279,8 @@ func TestLogsFollowReleases(t *testing.T) {
 	for _, how := range []string{"client gone", "server stops"} {
 		t.Run(how, func(t *testing.T) {
 			o := newOutputTasks(t, true, "r1")
-			o.write(t, "r1", stdoutFile, "x\n")
-			o.write(t, "r1", stderrFile, "")
+			o.write(t, "r1", sdk.StdoutLog, "x\n")
+			o.write(t, "r1", sdk.StderrLog, "")
 			stop := make(chan struct{})
 			h := logsHandler(o, stop)
 			fds, goroutines := openFDs(t), runtime.NumGoroutine()
@@ -403,34 +327,6 @@ func TestLogsFollowReleases(t *testing.T) {
 	}
 }
 
-// TestLogsRotated: output rotated aside under the output cap (<file>.1) is
-// served before the current file, for plain and CRI logs alike.
-func TestLogsRotated(t *testing.T) {
-	o := newOutputTasks(t, false, "p", "c")
-	o.write(t, "p", stdoutFile+rotatedSuffix, "a\nb\n")
-	o.write(t, "p", stdoutFile, "c\n")
-	o.write(t, "p", stderrFile+rotatedSuffix, "x\n")
-	o.write(t, "p", stderrFile, "y\n")
-	o.write(t, "c", containerFile+rotatedSuffix, crilog("stdout F one", "stdout P tw"))
-	o.write(t, "c", containerFile, crilog("stdout F o", "stderr F err"))
-	h := logsHandler(o, nil)
-	for _, tc := range []struct{ path, want string }{
-		{"/tasks/p/logs", "a\nb\nc\nx\ny\n"},
-		{"/tasks/p/logs?stream=stdout&tailLines=2", "b\nc\n"},
-		{"/tasks/p/logs?tailLines=3", "c\nx\ny\n"},
-		{"/tasks/p/logs?follow=true", "a\nb\nc\nx\ny\n"},
-		// A partial record at the end of the rotated file goes on in the
-		// current one.
-		{"/tasks/c/logs", "one\ntwo\nerr\n"},
-		{"/tasks/c/logs?stream=stdout&tailLines=1", "two\n"},
-		{"/tasks/c/logs?follow=true", "one\ntwo\nerr\n"},
-	} {
-		if code, _, body := getLogs(t, h, tc.path); code != http.StatusOK || body != tc.want {
-			t.Errorf("%s: %d %q, want %q", tc.path, code, body, tc.want)
-		}
-	}
-}
-
 // TestLogsOutputFilesNotYetThere: a task that has written nothing has no
 // output files yet (runtimes create them at the first output): a snapshot
 // is empty, and a follower picks the files up once they appear.
@@ -440,20 +336,11 @@ func TestLogsOutputFilesNotYetThere(t *testing.T) {
 	if code, _, body := getLogs(t, h, "/tasks/quiet/logs"); code != http.StatusOK || body != "" {
 		t.Fatalf("got %d %q, want 200 and nothing", code, body)
 	}
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	lines, cancel := followLines(t, srv.URL+"/tasks/quiet/logs?follow=true")
-	defer cancel()
-	o.appendTo(t, "quiet", stderrFile, "err 1\n")
-	if l, _ := nextLine(t, lines); l != "err 1" {
-		t.Fatalf("got %q", l)
-	}
-	o.appendTo(t, "quiet", stdoutFile, "out 1\n")
-	if l, _ := nextLine(t, lines); l != "out 1" {
-		t.Fatalf("got %q", l)
-	}
+	lines := o.follow(t, "/tasks/quiet/logs?follow=true")
+	o.appendTo(t, "quiet", sdk.StderrLog, "err 1\n")
+	lines.Expect(t, "err 1")
+	o.appendTo(t, "quiet", sdk.StdoutLog, "out 1\n")
+	lines.Expect(t, "out 1")
 	close(o.ended["quiet"])
-	if l, ok := nextLine(t, lines); ok {
-		t.Fatalf("the stream goes on after the task ended: %q", l)
-	}
+	lines.ExpectEnd(t)
 }

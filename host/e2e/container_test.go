@@ -16,6 +16,7 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 // containerHost starts a host in container mode on the test containerd,
@@ -124,12 +125,12 @@ func TestContainerMode(t *testing.T) {
 	}
 	taskDir := filepath.Join(h.dataDir, "reads-data")
 	eventually(t, 10*time.Second, func() bool {
-		b, _ := os.ReadFile(filepath.Join(taskDir, "container.log"))
+		b, _ := os.ReadFile(filepath.Join(taskDir, sdk.ContainerLog))
 		return strings.Contains(string(b), " stdout F hello world\n") && strings.Contains(string(b), " stdout F operator-data\n") &&
 			strings.Contains(string(b), " stderr F oops\n")
 	}, func() string {
-		b, err := os.ReadFile(filepath.Join(taskDir, "container.log"))
-		return fmt.Sprintf("container.log lacks the output: %q %v", b, err)
+		b, err := os.ReadFile(filepath.Join(taskDir, sdk.ContainerLog))
+		return fmt.Sprintf("%s lacks the output: %q %v", sdk.ContainerLog, b, err)
 	})
 	if b, err := os.ReadFile(filepath.Join(taskDir, "volumes", "scratch", "f")); err != nil || string(b) != "out\n" {
 		t.Errorf("emptyDir volume holds %q, %v", b, err)

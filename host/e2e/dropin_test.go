@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/host/api"
+	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
 )
 
@@ -59,7 +60,7 @@ func TestUpstreamRecipe(t *testing.T) {
 		if term := h.waitTerminated("quick", 10*time.Second).Status.State.Terminated; term.ExitCode != 0 || term.Reason != "Succeeded" {
 			t.Fatalf("quick: %+v", term)
 		}
-		if out, _ := os.ReadFile(filepath.Join(data, "quick", "stdout.log")); string(out) != "from one binary\n" {
+		if out, _ := os.ReadFile(filepath.Join(data, "quick", sdk.StdoutLog)); string(out) != "from one binary\n" {
 			t.Fatalf("quick's output: %q", out)
 		}
 
@@ -94,7 +95,7 @@ func TestUpstreamRecipe(t *testing.T) {
 		if term := h.waitTerminated("in-main", 10*time.Second).Status.State.Terminated; term.ExitCode != 0 {
 			t.Fatalf("in-main: %+v", term)
 		}
-		if out, _ := os.ReadFile(filepath.Join(data, "in-main", "stdout.log")); strings.TrimSpace(string(out)) != "recipe-main" {
+		if out, _ := os.ReadFile(filepath.Join(data, "in-main", sdk.StdoutLog)); strings.TrimSpace(string(out)) != "recipe-main" {
 			t.Fatalf("stdout %q: the task did not run in the main container", out)
 		}
 	})

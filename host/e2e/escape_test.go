@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 // escapeScripts start processes that leave the task's process group, each
@@ -79,7 +81,7 @@ func TestTaskLeavesNothingBehind(t *testing.T) {
 // runs to report, and returns them.
 func awaitEscapees(t *testing.T, h *hostProc, name string) map[int]string {
 	t.Helper()
-	out := filepath.Join(h.dataDir, name, "stdout.log")
+	out := filepath.Join(h.dataDir, name, sdk.StdoutLog)
 	var escaped map[int]string
 	eventually(t, 15*time.Second, func() bool {
 		escaped = escapees(out)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opensandbox/task-executor/host/api"
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 func TestLifecycle(t *testing.T) {
@@ -20,7 +21,7 @@ func TestLifecycle(t *testing.T) {
 	if term.ExitCode != 3 || term.Reason != "Failed" || term.StartedAt.IsZero() || term.FinishedAt.IsZero() {
 		t.Fatalf("terminated = %+v, want exit 3, reason Failed, both times set", term)
 	}
-	for file, want := range map[string]string{"stdout.log": "out\n", "stderr.log": "err\n"} {
+	for file, want := range map[string]string{sdk.StdoutLog: "out\n", sdk.StderrLog: "err\n"} {
 		b, err := os.ReadFile(filepath.Join(h.dataDir, "hello", file))
 		if err != nil || string(b) != want {
 			t.Fatalf("%s = %q, %v; want %q", file, b, err, want)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opensandbox/task-executor/sdk"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
 )
 
@@ -38,7 +39,7 @@ func TestSidecarMode(t *testing.T) {
 	if term.ExitCode != 4 {
 		t.Fatalf("after a kill -9 of the host: %+v, want exit 4", term)
 	}
-	if out, _ := os.ReadFile(filepath.Join(h.dataDir, "early", "stdout.log")); strings.TrimSpace(string(out)) != "side-box" {
+	if out, _ := os.ReadFile(filepath.Join(h.dataDir, "early", sdk.StdoutLog)); strings.TrimSpace(string(out)) != "side-box" {
 		t.Fatalf("stdout %q: the task did not run in the main container", out)
 	}
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opensandbox/task-executor/sdk"
 )
 
 // TestQuarantinedRunningTaskEnds: a running task whose record was
@@ -46,8 +48,8 @@ func TestSymlinkedTaskDir(t *testing.T) {
 	h := startHost(t)
 	outside := t.TempDir()
 	files := map[string]string{
-		"stdout.log": "a secret outside the data directory\n",
-		"task.json":  `{"name":"victim","spec":{"process":{"command":["true"]}},"runtime":"process","createdAt":"2026-01-01T00:00:00Z","state":{}}` + "\n",
+		sdk.StdoutLog: "a secret outside the data directory\n",
+		"task.json":   `{"name":"victim","spec":{"process":{"command":["true"]}},"runtime":"process","createdAt":"2026-01-01T00:00:00Z","state":{}}` + "\n",
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(outside, name), []byte(content), 0o600); err != nil {

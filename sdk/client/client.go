@@ -7,6 +7,9 @@
 //	}})
 //	t, err = c.GetWait(ctx, "hello", time.Minute)
 //
+// Watch delivers every change of the tasks as a stream of events,
+// resuming and re-listing by itself as Kubernetes' informers do.
+//
 // Every method takes a context, which bounds the whole request. An answer
 // other than 2xx is an *APIError (test it with IsNotFound, IsConflict or
 // errors.As); other errors are the transport's, wrapped.
@@ -38,9 +41,9 @@ type Client struct {
 type Option func(*Client)
 
 // WithHTTPClient sends the requests through hc instead of
-// http.DefaultClient. A Timeout on hc also bounds GetWait's long poll and
-// Logs' follow, so leave it unset for those and bound them with the
-// context.
+// http.DefaultClient. A Timeout on hc also bounds GetWait's long poll,
+// Logs' follow and each of Watch's streams, so leave it unset for those
+// and bound them with the context.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *Client) {
 		if hc != nil {
@@ -139,11 +142,22 @@ func (c *Client) get(ctx context.Context, name string, wait time.Duration) (Task
 
 // List returns every task, sorted by name.
 func (c *Client) List(ctx context.Context) ([]Task, error) {
+	out, _, err := c.ListWithVersion(ctx)
+	return out, err
+}
+
+// ListWithVersion returns every task, sorted by name, and the resource
+// version the list is as of: every change up to it is in the list, and a
+// watch from it (WatchOptions.ResourceVersion, with the tasks as
+// WatchOptions.Known) delivers every later one. The version is empty from
+// a host that predates watches.
+func (c *Client) ListWithVersion(ctx context.Context) ([]Task, string, error) {
 	var out []Task
-	if err := c.doJSON(ctx, http.MethodGet, "/getTasks", nil, nil, &out); err != nil {
-		return nil, fmt.Errorf("while listing the tasks: %w", err)
+	h, err := c.doJSONHeader(ctx, http.MethodGet, "/getTasks", nil, nil, &out)
+	if err != nil {
+		return nil, "", fmt.Errorf("while listing the tasks: %w", err)
 	}
-	return out, nil
+	return out, h.Get("X-Resource-Version"), nil
 }
 
 // Delete stops a task (SIGTERM, then SIGKILL after the grace period) and
@@ -212,28 +226,34 @@ func (c *Client) Logs(ctx context.Context, name string, opts LogOptions) (io.Rea
 // doJSON sends in (when not nil) as JSON and decodes a 2xx answer into out
 // (when not nil).
 func (c *Client) doJSON(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	_, err := c.doJSONHeader(ctx, method, path, q, in, out)
+	return err
+}
+
+// doJSONHeader is doJSON, returning the answer's header too.
+func (c *Client) doJSONHeader(ctx context.Context, method, path string, q url.Values, in, out any) (http.Header, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("while encoding the request: %w", err)
+			return nil, fmt.Errorf("while encoding the request: %w", err)
 		}
 		body = bytes.NewReader(b)
 	}
 	resp, err := c.do(ctx, method, path, q, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
-		return nil
+		return resp.Header, nil
 	}
 	// Unknown fields are accepted: a newer host may add some.
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("while decoding the answer of %s %s: %w", method, path, err)
+		return nil, fmt.Errorf("while decoding the answer of %s %s: %w", method, path, err)
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // do sends a request and returns a 2xx answer, whose body the caller

@@ -67,7 +67,7 @@ func newFake(t *testing.T, code int, body string, opts ...Option) (*fakeHost, *C
 
 func ptr[T any](v T) *T { return &v }
 
-const taskJSON = `{"name":"t","spec":{"process":{"command":["true"]}},"status":{"state":{"running":{"startedAt":"2025-01-02T03:04:05Z"}}},` +
+const taskJSON = `{"name":"t","resourceVersion":"7","spec":{"process":{"command":["true"]}},"status":{"state":{"running":{"startedAt":"2025-01-02T03:04:05Z"}}},` +
 	`"process":{"command":["true"]},"processStatus":{"running":{"startedAt":"2025-01-02T03:04:05Z"}}}`
 
 func TestClientRequests(t *testing.T) {
@@ -92,7 +92,7 @@ func TestClientRequests(t *testing.T) {
 		{name: "create flat", code: 201, answer: taskJSON,
 			call:   func(c *Client) error { _, err := c.Create(ctx, Task{Name: "t", Process: proc}); return err },
 			method: "POST", path: "/tasks", body: `{"name":"t","process":{"command":["true"]}}`},
-		{name: "create a task as read sends one format", code: 201, answer: taskJSON,
+		{name: "create a task as read sends one format and no resource version", code: 201, answer: taskJSON,
 			call: func(c *Client) error {
 				var read Task
 				if err := json.Unmarshal([]byte(taskJSON), &read); err != nil {
@@ -187,7 +187,7 @@ func TestClientDecodesBothFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Spec.Process == nil || got.Process == nil || got.Status.State.Running == nil || got.ProcessStatus == nil ||
+	if got.ResourceVersion != "7" || got.Spec.Process == nil || got.Process == nil || got.Status.State.Running == nil || got.ProcessStatus == nil ||
 		!got.ProcessStatus.Running.StartedAt.Equal(&got.Status.State.Running.StartedAt) || got.Terminated() {
 		t.Fatalf("decoded %+v", got)
 	}

@@ -19,10 +19,15 @@ import (
 // To create a task, set Spec (the nested format) or, for a process, only
 // Process (the compatibility format). A task read from the host may be sent
 // back as it is: Create and SetTasks then send its Spec alone, and the host
-// ignores the status fields.
+// ignores the status fields and the resource version.
 type Task struct {
 	// Name is a DNS-1123 subdomain, unique among the host's tasks.
 	Name string `json:"name"`
+	// ResourceVersion is the version of the task's last change, set by the
+	// host. Versions are opaque: compare them for equality only (a task
+	// whose version is the same has not changed). Create and SetTasks do
+	// not send it.
+	ResourceVersion string `json:"resourceVersion,omitempty"`
 	// DeletionTimestamp is set once the task is being deleted: it is still
 	// being stopped, or its directory removed.
 	DeletionTimestamp *metav1.Time `json:"deletionTimestamp,omitempty"`

@@ -1,18 +1,18 @@
-package api
+package logs
 
 import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opensandbox/task-executor/host/logs/logstest"
 )
 
 func TestParseCRIRecord(t *testing.T) {
 	for _, tc := range []struct {
-		line    string
-		stream  criStream
-		partial bool
-		text    string
-		bad     bool
+		line, text   string
+		stream       criStream
+		partial, bad bool
 	}{
 		{line: "2024-05-01T10:00:00.123456789Z stdout F hello world", stream: criStdout, text: "hello world"},
 		{line: "2024-05-01T10:00:00.123456789+02:00 stderr P part", stream: criStderr, partial: true, text: "part"},
@@ -49,20 +49,6 @@ func TestParseCRIRecord(t *testing.T) {
 	}
 }
 
-// crilog builds a container log from "stream tag text" triples.
-func crilog(records ...string) string {
-	var b strings.Builder
-	ts := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
-	for i, r := range records {
-		if strings.HasPrefix(r, "!") { // a raw, possibly malformed, line
-			b.WriteString(r[1:] + "\n")
-			continue
-		}
-		b.WriteString(ts.Add(time.Duration(i)*time.Millisecond).Format(time.RFC3339Nano) + " " + r + "\n")
-	}
-	return b.String()
-}
-
 func TestCRIDecoder(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
@@ -71,23 +57,23 @@ func TestCRIDecoder(t *testing.T) {
 		want           []string
 		malformed      int
 	}{
-		{name: "full lines", log: crilog("stdout F a", "stderr F b", "stdout F c"),
+		{name: "full lines", log: logstest.CRI("stdout F a", "stderr F b", "stdout F c"),
 			stdout: true, stderr: true, want: []string{"a", "b", "c"}},
-		{name: "partials joined", log: crilog("stdout P he", "stdout P ll", "stdout F o", "stdout F next"),
+		{name: "partials joined", log: logstest.CRI("stdout P he", "stdout P ll", "stdout F o", "stdout F next"),
 			stdout: true, stderr: true, want: []string{"hello", "next"}},
-		{name: "partials of two streams do not mix", log: crilog("stdout P out-", "stderr F err", "stdout F line"),
+		{name: "partials of two streams do not mix", log: logstest.CRI("stdout P out-", "stderr F err", "stdout F line"),
 			stdout: true, stderr: true, want: []string{"err", "out-line"}},
-		{name: "stdout only", log: crilog("stdout P a", "stderr F b", "stdout F c"),
+		{name: "stdout only", log: logstest.CRI("stdout P a", "stderr F b", "stdout F c"),
 			stdout: true, want: []string{"ac"}},
-		{name: "stderr only", log: crilog("stdout F a", "stderr P b", "stderr F c"),
+		{name: "stderr only", log: logstest.CRI("stdout F a", "stderr P b", "stderr F c"),
 			stderr: true, want: []string{"bc"}},
-		{name: "empty lines", log: crilog("stdout F ", "stdout F"),
+		{name: "empty lines", log: logstest.CRI("stdout F ", "stdout F"),
 			stdout: true, want: []string{"", ""}},
-		{name: "open line flushed at the end", log: crilog("stdout P unterminated"),
+		{name: "open line flushed at the end", log: logstest.CRI("stdout P unterminated"),
 			stdout: true, want: []string{"unterminated"}},
-		{name: "open lines flushed in the order begun", log: crilog("stderr P e", "stdout P o"),
+		{name: "open lines flushed in the order begun", log: logstest.CRI("stderr P e", "stdout P o"),
 			stdout: true, stderr: true, want: []string{"e", "o"}},
-		{name: "malformed lines skipped", log: crilog("stdout F a", "!garbage", "!2024-05-01T10:00:00Z stdin F x", "stdout F b"),
+		{name: "malformed lines skipped", log: logstest.CRI("stdout F a", "!garbage", "!2024-05-01T10:00:00Z stdin F x", "stdout F b"),
 			stdout: true, stderr: true, want: []string{"a", "b"}, malformed: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,7 +81,7 @@ func TestCRIDecoder(t *testing.T) {
 			var got []string
 			emit := func(b []byte) { got = append(got, string(b)) }
 			for _, l := range strings.Split(strings.TrimSuffix(tc.log, "\n"), "\n") {
-				d.record([]byte(l), emit)
+				d.line([]byte(l), emit)
 			}
 			d.flush(emit)
 			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
@@ -112,11 +98,11 @@ func TestCRIDecoderCutsEndlessLines(t *testing.T) {
 	d := newCRIDecoder(true, true)
 	var got []int
 	chunk := strings.Repeat("x", 16<<10)
-	for i := 0; i < maxLineBytes/len(chunk)+1; i++ {
-		d.record([]byte("2024-05-01T10:00:00Z stdout P "+chunk), func(b []byte) { got = append(got, len(b)) })
+	for i := 0; i < MaxLineBytes/len(chunk)+1; i++ {
+		d.line([]byte("2024-05-01T10:00:00Z stdout P "+chunk), func(b []byte) { got = append(got, len(b)) })
 	}
 	d.flush(func(b []byte) { got = append(got, len(b)) })
-	if len(got) != 2 || got[0] != maxLineBytes || got[1] != len(chunk) {
+	if len(got) != 2 || got[0] != MaxLineBytes || got[1] != len(chunk) {
 		t.Fatalf("got lines of %v bytes", got)
 	}
 }

@@ -1,4 +1,4 @@
-package api
+package logs
 
 import (
 	"bytes"
@@ -73,10 +73,10 @@ func parseCRIRecord(line []byte) (criRecord, error) {
 	return r, nil
 }
 
-// criDecoder turns records back into the lines the container wrote,
-// keeping the streams asked for. A line is emitted at its last (F) record,
-// so the lines of the two streams never mix, and they come in the order
-// in which they were completed.
+// criDecoder is the format of a CRI log: it turns records back into the
+// lines the container wrote, keeping the streams asked for. A line is
+// emitted at its last (F) record, so the lines of the two streams never
+// mix, and they come in the order in which they were completed.
 type criDecoder struct {
 	keep [2]bool
 	// partial holds each stream's open line; open tells an open empty
@@ -95,10 +95,10 @@ func newCRIDecoder(stdout, stderr bool) *criDecoder {
 	return &criDecoder{keep: [2]bool{stdout, stderr}}
 }
 
-// record decodes one record (a line of the log without its newline) and
+// line decodes one record (a line of the log without its newline) and
 // calls emit with every line it completes. emit must not keep the slice.
-func (d *criDecoder) record(line []byte, emit func([]byte)) {
-	r, err := parseCRIRecord(line)
+func (d *criDecoder) line(b []byte, emit func([]byte)) {
+	r, err := parseCRIRecord(b)
 	if err != nil {
 		d.malformed++
 		return
@@ -117,7 +117,7 @@ func (d *criDecoder) record(line []byte, emit func([]byte)) {
 	}
 	d.partial[i] = append(d.partial[i], r.Text...)
 	// A line that never ends is cut rather than held without bound.
-	if !r.Partial || len(d.partial[i]) >= maxLineBytes {
+	if !r.Partial || len(d.partial[i]) >= MaxLineBytes {
 		d.emitOpen(i, emit)
 	}
 }
@@ -140,4 +140,41 @@ func (d *criDecoder) emitOpen(i criStream, emit func([]byte)) {
 	emit(d.partial[i])
 	d.partial[i] = d.partial[i][:0]
 	d.open[i] = false
+}
+
+// maxHeld: no runtime writes records this long; longer is not a log.
+func (d *criDecoder) maxHeld() int { return 2*MaxLineBytes + 1 }
+
+func (d *criDecoder) overlong([]byte, func([]byte)) bool {
+	d.malformed++
+	return true
+}
+
+// end emits the open lines. A record without its newline is not decoded:
+// it is being written, or was torn by a crash, and is lost with the crash.
+func (d *criDecoder) end(_ []byte, emit func([]byte)) { d.flush(emit) }
+
+// lineRing keeps the last n lines added.
+type lineRing struct {
+	n     int
+	lines [][]byte
+	next  int // where the oldest line is once the ring is full
+}
+
+func (r *lineRing) add(b []byte) {
+	if r.n == 0 {
+		return
+	}
+	if len(r.lines) < r.n {
+		r.lines = append(r.lines, append([]byte(nil), b...))
+		return
+	}
+	r.lines[r.next] = append(r.lines[r.next][:0], b...)
+	r.next = (r.next + 1) % r.n
+}
+
+func (r *lineRing) writeTo(out *lineWriter) {
+	for i := range r.lines {
+		out.line(r.lines[(r.next+i)%len(r.lines)])
+	}
 }
