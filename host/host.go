@@ -185,6 +185,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ConnState:         limited.track,
+		ConnContext:       api.ConnContext,
 		ErrorLog:          log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
 	srv.RegisterOnShutdown(func() { close(stopStreams) })

@@ -68,7 +68,7 @@ func main() {
 	// host/e2e), and the micro-benchmarks, whose temporary directories go
 	// at once, run last: no benchmark pays for the deletions of another.
 	runs := []run{
-		{pkgs: []string{"./host/e2e"}, bench: "TrueTask|ExitToVisible|Create", benchtime: n("500x", "5x"),
+		{pkgs: []string{"./host/e2e"}, bench: "TrueTask|ExitToVisible|ExitToWatch|Create", benchtime: n("500x", "5x"),
 			args: []string{"-data-root", root}},
 		{pkgs: []string{"./host/e2e"}, bench: "RunningTasks|ManyTasks", benchtime: "1x",
 			args: []string{"-data-root", root, "-bench-scale", scale}},
@@ -144,6 +144,8 @@ var rows = []row{
 	{figure: "process exits -> GET shows terminated, p50 (long poll)", target: "<= 2 ms", bench: "e2e.ExitToVisible", metric: "exit-visible-p50-ms", ok: atMost(2)},
 	{figure: "process exits -> GET shows terminated, p99 (long poll)", target: "<= 10 ms", bench: "e2e.ExitToVisible", metric: "exit-visible-p99-ms", ok: atMost(10)},
 	{figure: "  the same, client polling every 250 us, p50", target: "", bench: "e2e.ExitToVisiblePolled", metric: "exit-visible-p50-ms"},
+	{figure: "process exits -> a watch reads the event, p50", target: "<= 1 ms", bench: "e2e.ExitToWatch", metric: "exit-watch-p50-ms", ok: atMost(1)},
+	{figure: "  the same, p99", target: "", bench: "e2e.ExitToWatch", metric: "exit-watch-p99-ms"},
 	{figure: "container exits -> GET shows terminated, p50 (containerd 2.x)", target: "<= 10 ms", bench: "e2e.ContainerExit/containerd2", metric: "exit-visible-p50-ms", ok: atMost(10)},
 	{figure: "  the same, p99", target: "", bench: "e2e.ContainerExit/containerd2", metric: "exit-visible-p99-ms"},
 	{figure: "  the same on containerd 1.6, p50", target: "<= 10 ms", bench: "e2e.ContainerExit/containerd1.6", metric: "exit-visible-p50-ms", ok: atMost(10)},

@@ -2,15 +2,19 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/julienschmidt/httprouter"
+	"golang.org/x/sys/unix"
 
 	"github.com/opensandbox/task-executor/host/tasks"
 )
@@ -101,14 +105,13 @@ func (s *server) watch(w http.ResponseWriter, req *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
-	st := newStream(w, s.watchOpts.BufferBytes, cancel)
+	st := newStream(w, s.watchOpts.BufferBytes, cancel, unsentOf(req.Context()))
 	go func() {
 		select {
 		case <-s.watchStop:
 			cancel()
 		case <-ctx.Done():
 		}
-		st.wakeAll()
 	}()
 	holdOpen(w, 0)
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -189,37 +192,102 @@ type stream struct {
 	w    http.ResponseWriter
 	max  int
 	fail context.CancelFunc
+	// unsent is what the connection's kernel queue holds that the client
+	// has not taken (0 where it cannot be known): a client that stops
+	// reading fills that first, long before the stream's own buffer.
+	unsent func() int
 
-	mu      sync.Mutex
-	buf     []byte
-	closed  bool
-	cut     bool
-	drained *sync.Cond
-	wake    chan struct{}
-	broken  bool
+	mu     sync.Mutex
+	buf    []byte
+	closed bool
+	cut    bool
+	wake   chan struct{}
+	broken bool
 }
 
-func newStream(w http.ResponseWriter, max int, fail context.CancelFunc) *stream {
-	st := &stream{w: w, max: max, fail: fail, wake: make(chan struct{}, 1)}
-	st.drained = sync.NewCond(&st.mu)
+func newStream(w http.ResponseWriter, max int, fail context.CancelFunc, unsent func() int) *stream {
+	st := &stream{w: w, max: max, fail: fail, unsent: unsent, wake: make(chan struct{}, 1)}
 	return st
 }
 
-// put queues a line. A line that finds the buffer full cuts the stream
-// with an ERROR event, unless wait is set: then it waits for room (the
-// snapshot, and the ending error). It reports whether the stream goes on.
+type connKey struct{}
+
+// ConnContext keeps a connection in the context of its requests, where a
+// watch finds it to learn what its client has not taken
+// (http.Server.ConnContext).
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// unsentOf returns what measures the bytes the kernel holds, sent or not,
+// that the client of the request's connection has not acknowledged
+// (SIOCOUTQ).
+func unsentOf(ctx context.Context) func() int {
+	c, _ := ctx.Value(connKey{}).(net.Conn)
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return func() int { return 0 }
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return func() int { return 0 }
+	}
+	return func() int {
+		n := 0
+		_ = raw.Control(func(fd uintptr) {
+			n, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+		})
+		return n
+	}
+}
+
+// watchStall is how long a watch's client may leave its buffer full
+// before the stream is cut.
+const watchStall = 2 * time.Second
+
+// held is what the client has not taken: the stream's buffer and the
+// connection's queue.
+func (st *stream) held() int {
+	st.mu.Lock()
+	n := len(st.buf)
+	st.mu.Unlock()
+	return n + st.unsent()
+}
+
+// put queues a line. A line that finds the buffer full waits for the
+// client to take some of it; if it has not within watchStall, the stream
+// is cut with an ERROR event in its place. With wait set (the snapshot,
+// and the ending error) it waits as long as the client's connection
+// lives. It reports whether the stream goes on.
 func (st *stream) put(ctx context.Context, line []byte, wait bool) bool {
+	stalled := time.Now().Add(watchStall)
+	held := st.held()
+	for held >= st.max && (wait || time.Now().Before(stalled)) && ctx.Err() == nil {
+		st.mu.Lock()
+		broken := st.broken
+		st.mu.Unlock()
+		if broken {
+			return false
+		}
+		pause := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-pause.C:
+		}
+		pause.Stop()
+		held = st.held()
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	for wait && len(st.buf) >= st.max && !st.broken && ctx.Err() == nil {
-		st.drained.Wait()
-	}
 	if st.broken || st.cut || ctx.Err() != nil {
 		return false
 	}
-	if len(st.buf) >= st.max {
+	if held >= st.max {
 		st.cut = true
-		line = encodeError(http.StatusServiceUnavailable, fmt.Sprintf("the client fell behind: %d bytes of events it has not read, the most the executor holds for a watch; resume from the last resourceVersion read", len(st.buf)))
+		line = encodeError(http.StatusServiceUnavailable, fmt.Sprintf("the client fell behind: it left %d bytes of events unread for %s, more than the executor holds for a watch (--watch-buffer-bytes); resume from the last resourceVersion read", held, watchStall))
 	}
 	st.buf = append(st.buf, line...)
 	select {
@@ -229,18 +297,10 @@ func (st *stream) put(ctx context.Context, line []byte, wait bool) bool {
 	return !st.cut
 }
 
-// wakeAll wakes a put waiting for room (its context has ended).
-func (st *stream) wakeAll() {
-	st.mu.Lock()
-	st.drained.Broadcast()
-	st.mu.Unlock()
-}
-
 // close ends the stream once what is queued is written.
 func (st *stream) close() {
 	st.mu.Lock()
 	st.closed = true
-	st.drained.Broadcast()
 	st.mu.Unlock()
 	select {
 	case st.wake <- struct{}{}:
@@ -257,7 +317,6 @@ func (st *stream) write() {
 		st.mu.Lock()
 		out, st.buf = st.buf, out[:0]
 		closed := st.closed
-		st.drained.Broadcast()
 		st.mu.Unlock()
 		if len(out) > 0 {
 			_ = rc.SetWriteDeadline(time.Now().Add(StreamWriteTimeout))
@@ -268,7 +327,6 @@ func (st *stream) write() {
 			if err != nil {
 				st.mu.Lock()
 				st.broken = true
-				st.drained.Broadcast()
 				st.mu.Unlock()
 				st.fail()
 				return

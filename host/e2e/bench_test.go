@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +22,7 @@ import (
 	"github.com/opensandbox/task-executor/host/api"
 
 	"github.com/opensandbox/task-executor/internal/containerdtest"
+	"github.com/opensandbox/task-executor/sdk/client"
 )
 
 // These benchmarks are the load driver of `make bench`: each starts the
@@ -178,6 +181,63 @@ func benchExitToVisible(b *testing.B, longPoll bool) {
 	}
 	b.StopTimer()
 	reportPercentiles(b, "exit-visible", lat)
+}
+
+// BenchmarkExitToWatch: from the moment a running task's process exits
+// until a watch (GET /getTasks?watch=true) has read the event that says
+// so. Measured as BenchmarkExitToVisible is.
+func BenchmarkExitToWatch(b *testing.B) {
+	h := startHost(b, "--log-level", "info")
+	dir := b.TempDir()
+	resp, err := http.Get(h.url + "/getTasks?watch=true")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	type seen struct {
+		name              string
+		running, finished bool
+	}
+	events := make(chan seen, 64)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var ev struct {
+				Object client.Task
+			}
+			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Object.Name != "" {
+				st := ev.Object.Status.State
+				events <- seen{ev.Object.Name, st.Running != nil, st.Terminated != nil}
+			}
+		}
+		close(events)
+	}()
+	await := func(name string, finished bool) {
+		for ev := range events {
+			if ev.name == name && (ev.finished || !finished && ev.running) {
+				return
+			}
+		}
+		b.Fatal("the watch ended")
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		name := fmt.Sprintf("exit-%d", i)
+		fifo := filepath.Join(dir, name)
+		if err := unix.Mkfifo(fifo, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		h.mustDo(201, "POST", "/tasks", processTask(name, "head", "-c1", fifo))
+		await(name, false)
+		began := releaseFIFO(b, fifo)
+		await(name, true)
+		lat = append(lat, time.Since(began))
+	}
+	b.StopTimer()
+	reportPercentiles(b, "exit-watch", lat)
 }
 
 // BenchmarkCreate: POST /tasks until the 201.

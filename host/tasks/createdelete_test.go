@@ -93,3 +93,76 @@ func TestCreateAnswersTheStateAfterCommit(t *testing.T) {
 		t.Fatalf("create answered %+v, want the task terminated with 3", got.State)
 	}
 }
+
+// TestSlowValidateBlocksNoOne: while a runtime's Validate of one task
+// hangs (a slow plugin), in a create and in a setTasks, every other create,
+// delete and setTasks goes through: no request holds a lock across a
+// runtime's call.
+func TestSlowValidateBlocksNoOne(t *testing.T) {
+	rt := newFake()
+	entered, release := make(chan struct{}), make(chan struct{})
+	rt.slowEntered, rt.slowRelease = entered, release
+	e := newEnv(t, t.TempDir(), rt, Config{})
+	e.create("old-1")
+	e.create("old-2")
+	ctx := context.Background()
+	spec := func(cmd string) sdk.TaskSpec { return sdk.TaskSpec{Process: &sdk.ProcessSpec{Command: []string{cmd}}} }
+
+	created := make(chan error, 1)
+	go func() {
+		_, err := e.c.Create(ctx, NewTask{Name: "slow-create", Spec: spec("slow")})
+		created <- err
+	}()
+	<-entered
+	synced := make(chan error, 1)
+	go func() {
+		_, err := e.c.Sync(ctx, []NewTask{
+			{Name: "old-1", Spec: spec("sleep")}, {Name: "old-2", Spec: spec("sleep")}, {Name: "slow-sync", Spec: spec("slow")},
+		})
+		synced <- err
+	}()
+	<-entered // the setTasks is in Validate too
+
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < 20; i++ {
+			name := fmt.Sprintf("quick-%d", i)
+			if _, err := e.c.Create(ctx, NewTask{Name: name, Spec: spec("true")}); err != nil {
+				done <- err
+				return
+			}
+			if err := e.c.Delete(ctx, name, nil); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("creates and deletes waited for a runtime's Validate of other tasks")
+	}
+	for _, name := range []string{"slow-create", "slow-sync"} {
+		if _, ok := e.c.Get(name); ok {
+			t.Fatalf("%s is in the table before its Validate answered", name)
+		}
+	}
+	close(release)
+	if err := <-created; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	// The setTasks made the set what it listed: the quick tasks (deleted
+	// already) and slow-create (created meanwhile, not listed) are on
+	// their way out.
+	e.waitFor("slow-create to be deleted", func() bool { return e.state("slow-create") == "gone" })
+	if _, ok := e.c.Get("slow-sync"); !ok {
+		t.Fatal("the setTasks did not create slow-sync")
+	}
+}

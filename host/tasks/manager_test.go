@@ -30,6 +30,10 @@ type fakeRuntime struct {
 	block    chan struct{} // when set, Start waits on it
 	lists    int
 	failed   int // Starts that returned startErr
+	// slowEntered and slowRelease, when set, hold Validate of a spec whose
+	// command is "slow": it says so on slowEntered, then waits for
+	// slowRelease.
+	slowEntered, slowRelease chan struct{}
 }
 
 // exitSilently ends a running task without publishing it: a lost event.
@@ -47,9 +51,20 @@ func (f *fakeRuntime) Init(context.Context, sdk.Config) (sdk.Info, error) {
 	return sdk.Info{Name: "process", Kinds: []sdk.Kind{sdk.KindProcess}}, nil
 }
 
-func (f *fakeRuntime) Validate(_ context.Context, spec sdk.TaskSpec) error {
+func (f *fakeRuntime) Validate(ctx context.Context, spec sdk.TaskSpec) error {
 	if spec.Process != nil && spec.Process.Command[0] == "refused" {
 		return fmt.Errorf("refused by the runtime: %w", sdk.ErrInvalidSpec)
+	}
+	f.mu.Lock()
+	entered, release := f.slowEntered, f.slowRelease
+	f.mu.Unlock()
+	if spec.Process != nil && spec.Process.Command[0] == "slow" && entered != nil {
+		entered <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return nil
 }
