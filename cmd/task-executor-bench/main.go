@@ -169,7 +169,7 @@ var rows = []row{
 	{figure: "memory added per running task, PSS (MiB)", target: "<= 1 MiB", bench: "e2e.RunningTasks", metric: "MiB-per-task", ok: atMost(1)},
 	{figure: "hot path: store, create a record durably", target: "", bench: "store.Create", metric: "ns/op"},
 	{figure: "hot path: store, write a final state", target: "", bench: "store.SetFinal", metric: "ns/op"},
-	{figure: "hot path: status event -> visible to GET", target: "", bench: "tasks.ObserveToVisible", metric: "ns/op"},
+	{figure: "hot path: status event -> visible to GET", target: "", bench: "tasks.ReportToVisible", metric: "ns/op"},
 	{figure: "hot path: JSON of a 10,000-task list", target: "", bench: "api.ListJSON", metric: "ns/op"},
 	{figure: "hot path: a shim runs /bin/true, launch -> exit reported, p50", target: "", bench: "shim.TrueTask/relay=true", metric: "shim-us", baseline: "floor-us"},
 	{figure: "  floor in the same loop: bare fork+exec+wait, p50", target: "(baseline)", bench: "shim.TrueTask/relay=true", metric: "floor-us"},

@@ -72,7 +72,7 @@ func Handler(tasks Tasks, log hclog.Logger, opts ...Option) http.Handler {
 type server struct {
 	tasks Tasks
 	log   hclog.Logger
-	// Set by the options (observe.go).
+	// Set by the options (observability.go).
 	dirs     TaskDirs
 	stop     <-chan struct{}
 	metrics  *metrics.Metrics

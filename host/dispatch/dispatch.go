@@ -1,7 +1,7 @@
 // Package dispatch finds the runtime plugins, launches each with go-plugin,
 // keeps it running (a plugin that dies is started again, and its runtime's
 // tasks are handed to the new process to recover), and forwards the status
-// changes plugins push to an Observer (the controller).
+// changes plugins push to an Observer (the task manager).
 //
 // Plugins are not reattached after a host restart: they exit with the host
 // (see sdk.Serve) and are started afresh, which is what lets the host use
@@ -31,8 +31,8 @@ type Observer interface {
 	RuntimeUp(name string, rt sdk.Runtime)
 	// RuntimeDown: the runtime's plugin has gone.
 	RuntimeDown(name string)
-	// Observe: a task's status changed.
-	Observe(runtime string, st sdk.TaskStatus)
+	// Report: a task's status changed.
+	Report(runtime string, st sdk.TaskStatus)
 }
 
 // Config tells the manager where plugins are and what to tell them.
@@ -533,7 +533,7 @@ func (s *supervisor) serve(ready func()) error {
 	// Recovery runs beside the event stream: events that arrive meanwhile
 	// are applied as they come.
 	go m.obs.RuntimeUp(info.Name, p.Runtime)
-	watch(func(st sdk.TaskStatus) { m.obs.Observe(info.Name, st) })
+	watch(func(st sdk.TaskStatus) { m.obs.Report(info.Name, st) })
 	s.mu.Lock()
 	s.plugin = nil
 	stuck := s.stuck

@@ -62,11 +62,11 @@ func TestStaleEventOfSameName(t *testing.T) {
 	e := newEnv(t, t.TempDir(), rt, Config{})
 	before := time.Now()
 	e.create("again")
-	e.c.Observe("process", sdk.TaskStatus{Name: "again", State: sdk.Terminated(143, 15, "Failed", "stopped on request", before.Add(-time.Second), before)})
+	e.c.Report("process", sdk.TaskStatus{Name: "again", State: sdk.Terminated(143, 15, "Failed", "stopped on request", before.Add(-time.Second), before)})
 	if got := e.state("again"); got != "waiting:Initialized" {
 		t.Fatalf("after its predecessor's late exit, the new task is %s", got)
 	}
-	e.c.Observe("process", sdk.TaskStatus{Name: "again", State: sdk.Terminated(3, 0, "Failed", "", time.Now(), time.Now())})
+	e.c.Report("process", sdk.TaskStatus{Name: "again", State: sdk.Terminated(3, 0, "Failed", "", time.Now(), time.Now())})
 	if got := e.state("again"); got != "terminated:3" {
 		t.Fatalf("after its own exit, the new task is %s", got)
 	}

@@ -250,7 +250,7 @@ func (e *env) up(rt *fakeRuntime) {
 	e.stopE = cancel
 	go func() {
 		for st := range ch {
-			e.c.Observe("process", st)
+			e.c.Report("process", st)
 		}
 	}()
 	e.c.RuntimeUp("process", rt)
@@ -319,7 +319,7 @@ func TestCreateRunExitPersists(t *testing.T) {
 		return strings.Contains(string(b), `"exitCode":3`)
 	})
 	// A late "running" from the runtime must not move the task back.
-	e.c.Observe("process", sdk.TaskStatus{Name: "a", State: sdk.Running(time.Now())})
+	e.c.Report("process", sdk.TaskStatus{Name: "a", State: sdk.Running(time.Now())})
 	if got := e.state("a"); got != "terminated:3" {
 		t.Fatalf("a late event moved the task to %s", got)
 	}
@@ -548,9 +548,9 @@ func TestSyncKeepsATaskWhoseSpecChanged(t *testing.T) {
 	}
 }
 
-// BenchmarkObserveToVisible: a status event applied until Get shows it,
+// BenchmarkReportToVisible: a status event applied until Get shows it,
 // with 1,000 tasks in the table.
-func BenchmarkObserveToVisible(b *testing.B) {
+func BenchmarkReportToVisible(b *testing.B) {
 	rt := newFake()
 	st, err := store.Open(b.TempDir(), hclog.NewNullLogger())
 	if err != nil {
@@ -580,7 +580,7 @@ func BenchmarkObserveToVisible(b *testing.B) {
 		if i >= n {
 			state = sdk.Terminated(0, 0, "", "", time.Now(), time.Now())
 		}
-		c.Observe("process", sdk.TaskStatus{Name: name, State: state})
+		c.Report("process", sdk.TaskStatus{Name: name, State: state})
 		if t, _ := c.Get(name); t.State.Running == nil && t.State.Terminated == nil {
 			b.Fatalf("task %s not updated", name)
 		}

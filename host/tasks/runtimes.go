@@ -113,8 +113,8 @@ func (c *Manager) start(e *entry, rt sdk.Runtime, epoch uint64) {
 	}
 }
 
-// Observe applies a status a runtime pushed.
-func (c *Manager) Observe(runtime string, st sdk.TaskStatus) {
+// Report applies a status a runtime pushed.
+func (c *Manager) Report(runtime string, st sdk.TaskStatus) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.tasks[st.Name]
