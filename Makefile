@@ -43,6 +43,12 @@ test:
 	$(GO) test -run '^$$' -fuzz '^FuzzSetTasksBody$$' -fuzztime 20000x ./host/api
 	$(GO) test -run '^$$' -fuzz '^FuzzTaskName$$' -fuzztime 20000x ./host/api
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 1500x ./host/store
+	# The shim's C job parser, through the real shim (built with ASan and
+	# UBSan where cc has them: glibc's gcc does, musl-gcc does not). Each
+	# input starts a process, so fewer inputs (about 15 s here), and
+	# minimizing a new input is capped by count too: its default minute
+	# would outlast the run.
+	cd sdk && $(GO) test -run '^$$' -fuzz '^FuzzShimJob$$' -fuzztime 2000x -fuzzminimizetime 100x ./shim
 	# The benchmarks once, tiny, so they never rot (no timing is checked).
 	$(GO) run ./cmd/task-executor-bench -quick
 

@@ -9,10 +9,18 @@ import (
 	"path/filepath"
 )
 
-// source is the shim program (see csrc/shim.c for why it is C).
-//
-//go:embed csrc/shim.c
-var source []byte
+// The header is generated from package contract, and checked in: `make
+// build` compiles the shim with a C compiler alone.
+//go:generate go run ./internal/gencontract csrc/contract.h
+
+// source is the shim program (see csrc/shim.c for why it is C), and header
+// the values it shares with this package (see package contract).
+var (
+	//go:embed csrc/shim.c
+	source []byte
+	//go:embed csrc/contract.h
+	header []byte
+)
 
 // Build compiles the task-executor-shim executable to out, statically
 // linked so that it runs wherever the plugin does, with Compiler(). `make
@@ -29,12 +37,15 @@ func Build(ctx context.Context, out string) error {
 	if err := os.WriteFile(src, source, 0o600); err != nil {
 		return fmt.Errorf("while building the shim: %w", err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, "contract.h"), header, 0o600); err != nil {
+		return fmt.Errorf("while building the shim: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return fmt.Errorf("while building the shim: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, cc, CFlags(src, out)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("while building the shim with %s: %v\n%s", cc, err, b)
+		return fmt.Errorf("while building the shim with %s: %w\n%s", cc, err, b)
 	}
 	return nil
 }
@@ -53,7 +64,7 @@ func Compiler() string {
 }
 
 // CFlags are the compiler arguments that build the shim from src to out
-// (the Makefile uses the same).
+// (the Makefile uses the same). src's directory must hold contract.h too.
 func CFlags(src, out string) []string {
 	return []string{"-O2", "-static", "-Wall", "-Wno-format-truncation", "-o", out, src}
 }

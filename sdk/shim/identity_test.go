@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/opensandbox/task-executor/sdk/shim/internal/contract"
 )
 
 // statusFields reads the identity lines of a /proc/<pid>/status dump.
@@ -415,10 +417,10 @@ func TestJobRefused(t *testing.T) {
 		{"unknown option", func(job []byte) []byte {
 			// Replace the option count "0" at the end with one unknown option.
 			return append(job[:len(job)-2], []byte("1\x00frobnicate=1\x00")...)
-		}, "a malformed job"},
+		}, contract.RefusedMalformed},
 		{"another format", func(job []byte) []byte {
 			return append(append(job[:4:4], "tej/1"...), job[4+len(jobFormat):]...)
-		}, "a job of another format"},
+		}, contract.RefusedOtherFormat},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -451,7 +453,7 @@ func TestJobRefused(t *testing.T) {
 			r := bufio.NewReader(sh.conn)
 			line, err := r.ReadString('\n')
 			var rep report
-			if err != nil || json.Unmarshal([]byte(line), &rep) != nil || !strings.Contains(rep.Refused, tc.says) {
+			if err != nil || json.Unmarshal([]byte(line), &rep) != nil || rep.Refused != tc.says {
 				t.Fatalf("the shim answered %q (%v); want a refusal saying %q", line, err, tc.says)
 			}
 			// Then it exits: EOF, not a timeout.

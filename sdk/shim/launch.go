@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/opensandbox/task-executor/sdk/shim/internal/contract"
 )
 
 // Result is what a shim reports about its task: State once it runs, or
@@ -189,6 +191,9 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	}
 	// Encoded once Claim has said which cgroup files go with it.
 	job := encodeJob(dir, spec)
+	if len(job)-4 > contract.MaxJob {
+		return Result{}, fmt.Errorf("the task's command, environment and options take %d bytes, more than a shim reads (%d)", len(job)-4, contract.MaxJob)
+	}
 	// Handing over the job is local and quick, and is not interrupted: once
 	// asked, the shim starts the task even if the caller stops waiting, and
 	// a later Inspect finds it.
@@ -202,7 +207,7 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 	if spec.OOMCounter != nil {
 		fds = append(fds, int(spec.OOMCounter.Fd()))
 	}
-	if _, _, err := sh.conn.WriteMsgUnix([]byte{'J'}, unix.UnixRights(fds...), nil); err != nil {
+	if _, _, err := sh.conn.WriteMsgUnix([]byte{contract.MsgJob}, unix.UnixRights(fds...), nil); err != nil {
 		return Result{}, l.failed(ctx, dir, "while handing the job to the shim", err)
 	}
 	if _, err := sh.conn.Write(job); err != nil {
@@ -227,13 +232,14 @@ func (l *Launcher) Launch(ctx context.Context, dir string, spec Spec) (Result, e
 
 // jobFormat is the first field of every job: the layout of the rest. A
 // shim refuses a job of another format (a plugin built against another SDK
-// than the host that gives it its shim) rather than misread it. It goes up
-// with any change of the layout; JOB_FORMAT in csrc/shim.c is the same.
-const jobFormat = "tej/2"
+// than the host that gives it its shim) rather than misread it.
+const jobFormat = contract.JobFormat
 
-// encodeJob lays a job out the way the shim reads it (see csrc/shim.c): a
-// 4-byte little-endian length, then NUL-terminated fields, jobFormat first.
-// The descriptors travel beside it.
+// encodeJob lays a job out the way the shim reads it (see read_job in
+// csrc/shim.c): a 4-byte little-endian length, then NUL-terminated fields,
+// jobFormat first. The descriptors travel beside it. A change of the layout
+// changes contract.JobFormat; TestJobRoundTrip has the shim read back what
+// this writes.
 func encodeJob(dir string, spec Spec) []byte {
 	opts := jobOptions(spec)
 	fields := []string{
@@ -245,11 +251,7 @@ func encodeJob(dir string, spec Spec) []byte {
 	fields = append(fields, spec.Argv...)
 	fields = append(fields, strconv.Itoa(len(spec.Env)))
 	fields = append(fields, spec.Env...)
-	if spec.Namespaces != nil {
-		fields = append(fields, "1")
-	} else {
-		fields = append(fields, "0")
-	}
+	fields = append(fields, boolField(spec.Namespaces != nil))
 	fields = append(fields, strconv.FormatInt(max(spec.MaxLogBytes, 0), 10))
 	fields = append(fields, strconv.Itoa(len(opts)))
 	fields = append(fields, opts...)
@@ -270,21 +272,30 @@ func encodeJob(dir string, spec Spec) []byte {
 	return b
 }
 
+// boolField is a job's boolean field.
+func boolField(v bool) string {
+	if v {
+		return contract.FieldTrue
+	}
+	return contract.FieldFalse
+}
+
 // jobOptions are the job's "key=value" options (see parse_option in
 // csrc/shim.c).
 func jobOptions(spec Spec) []string {
 	var opts []string
+	opt := func(key, value string) { opts = append(opts, key+"="+value) }
 	if spec.NamespaceFlags != 0 {
-		opts = append(opts, "nsflags="+strconv.Itoa(spec.NamespaceFlags))
+		opt(contract.OptNSFlags, strconv.Itoa(spec.NamespaceFlags))
 	}
 	if spec.ContainerGone != "" {
-		opts = append(opts, "gone="+spec.ContainerGone)
+		opt(contract.OptGone, spec.ContainerGone)
 	}
 	if spec.OOMCounter != nil {
-		opts = append(opts, "oom=1")
+		opt(contract.OptOOM, contract.FieldTrue)
 	}
 	for _, w := range spec.Wrap {
-		opts = append(opts, "wrap="+w)
+		opt(contract.OptWrap, w)
 	}
 	c := spec.Credentials
 	if c == nil {
@@ -298,18 +309,19 @@ func jobOptions(spec Spec) []string {
 		return strings.Join(s, ",")
 	}
 	caps := c.Capabilities
-	opts = append(opts,
-		"uid="+ids(c.UID[:]), "gid="+ids(c.GID[:]), "groups="+ids(c.Groups),
-		fmt.Sprintf("caps=%x,%x,%x,%x,%x", caps.Bounding, caps.Permitted, caps.Effective, caps.Inheritable, caps.Ambient),
-		"nnp="+map[bool]string{true: "1", false: "0"}[c.NoNewPrivs])
+	opt(contract.OptUID, ids(c.UID[:]))
+	opt(contract.OptGID, ids(c.GID[:]))
+	opt(contract.OptGroups, ids(c.Groups))
+	opt(contract.OptCaps, fmt.Sprintf("%x,%x,%x,%x,%x", caps.Bounding, caps.Permitted, caps.Effective, caps.Inheritable, caps.Ambient))
+	opt(contract.OptNNP, boolField(c.NoNewPrivs))
 	if c.Umask != nil {
-		opts = append(opts, fmt.Sprintf("umask=%o", *c.Umask))
+		opt(contract.OptUmask, strconv.FormatUint(uint64(*c.Umask), 8))
 	}
 	if c.AppArmorProfile != "" {
-		opts = append(opts, "apparmor="+c.AppArmorProfile)
+		opt(contract.OptAppArmor, c.AppArmorProfile)
 	}
 	if c.SELinuxLabel != "" {
-		opts = append(opts, "selinux="+c.SELinuxLabel)
+		opt(contract.OptSELinux, c.SELinuxLabel)
 	}
 	for _, f := range c.Seccomp {
 		b := make([]byte, 0, 8*len(f.Program))
@@ -318,7 +330,7 @@ func jobOptions(spec Spec) []string {
 			b = append(b, in.Jt, in.Jf)
 			b = binary.NativeEndian.AppendUint32(b, in.K)
 		}
-		opts = append(opts, "seccomp="+strconv.FormatUint(uint64(f.Flags), 10)+":"+hex.EncodeToString(b))
+		opt(contract.OptSeccomp, strconv.FormatUint(uint64(f.Flags), 10)+":"+hex.EncodeToString(b))
 	}
 	return opts
 }
@@ -426,10 +438,15 @@ func (l *Launcher) spawn() (*idleShim, error) {
 	defer devnull.Close()
 	// Named for what it is, whatever the path (/proc/self/fd/N for the
 	// executor's shim in memory).
-	pid, err := syscall.ForkExec(l.path, []string{"task-executor-shim"}, &syscall.ProcAttr{
+	files := make([]uintptr, contract.JobFD+1)
+	for i := range files {
+		files[i] = devnull.Fd()
+	}
+	files[contract.JobFD] = theirs.Fd()
+	pid, err := syscall.ForkExec(l.path, []string{contract.ShimName}, &syscall.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"GOMAXPROCS=1"},
-		Files: []uintptr{devnull.Fd(), devnull.Fd(), devnull.Fd(), theirs.Fd()},
+		Files: files,
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
 	if err != nil {
@@ -470,11 +487,14 @@ func join(conn *net.UnixConn, files []*os.File) error {
 	if len(files) == 0 {
 		return nil
 	}
+	if len(files) > contract.MaxJoin {
+		return fmt.Errorf("%d cgroup files for a shim to join, more than one message carries (%d)", len(files), contract.MaxJoin)
+	}
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fds[i] = int(f.Fd())
 	}
-	if _, _, err := conn.WriteMsgUnix([]byte{'C'}, unix.UnixRights(fds...), nil); err != nil {
+	if _, _, err := conn.WriteMsgUnix([]byte{contract.MsgJoin}, unix.UnixRights(fds...), nil); err != nil {
 		return fmt.Errorf("while asking the shim to join its cgroups: %w", err)
 	}
 	var b [1]byte
@@ -606,13 +626,13 @@ func lostExit(ctx context.Context, st State) Exit {
 	}
 	if st.GoneReason != "" && holderEnds(ctx, st) {
 		return Exit{
-			ExitCode: 137, Signal: int32(syscall.SIGKILL), Reason: st.GoneReason,
-			Message:   fmt.Sprintf("the container the task ran in has ended (its process %d exited), and the task with it", st.HolderPID),
+			ExitCode: contract.SignalExitBase + int32(syscall.SIGKILL), Signal: int32(syscall.SIGKILL), Reason: st.GoneReason,
+			Message:   fmt.Sprintf(contract.GoneMessage, st.HolderPID),
 			StartedAt: st.StartedAt, FinishedAt: time.Now(),
 		}
 	}
 	return Exit{
-		ExitCode: 137, Reason: ReasonStatusUnknown,
+		ExitCode: contract.SignalExitBase + int32(syscall.SIGKILL), Reason: ReasonStatusUnknown,
 		Message:   "the task's shim ended without recording how the task exited; the task was killed",
 		StartedAt: st.StartedAt, FinishedAt: time.Now(),
 	}
@@ -744,5 +764,5 @@ func Stop(dir string, grace time.Duration) error {
 }
 
 // stopSignal carries a stop request to a shim, queued with the grace
-// period in nanoseconds as its value (see STOP_SIGNAL in csrc/shim.c).
-const stopSignal = unix.Signal(40)
+// period in nanoseconds as its value.
+const stopSignal = unix.Signal(contract.StopSignal)

@@ -39,22 +39,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/opensandbox/task-executor/sdk/shim/internal/contract"
 )
 
 // File names inside a state directory.
 const (
-	stateFile = "shim-state.json"
-	exitFile  = "shim-exit.json"
-	logFile   = "shim.log"
-)
-
-// recordDelay is how long after the start a shim records the task's run
-// (state.json). Creating files is by far the dearest
-// part of a start on some machines; a task that ends within the delay
-// never needs them, and for the others they are made off the path of the
-// start. Until then, Inspect and Stop see a live shim and wait.
-const (
-	recordDelay = 10 * time.Millisecond
+	stateFile = contract.StateFile
+	exitFile  = contract.ExitFile
+	logFile   = contract.LogFile
 )
 
 // Spec is what a shim runs.
@@ -207,16 +200,18 @@ type Exit struct {
 
 // Reasons an Exit carries; they match the sdk package's.
 const (
-	ReasonSucceeded     = "Succeeded"
-	ReasonFailed        = "Failed"
-	ReasonTaskTimeout   = "TaskTimeout"
-	ReasonStartError    = "StartError"
-	ReasonStatusUnknown = "ContainerStatusUnknown"
-	ReasonOOMKilled     = "OOMKilled"
+	ReasonSucceeded     = contract.ReasonSucceeded
+	ReasonFailed        = contract.ReasonFailed
+	ReasonTaskTimeout   = contract.ReasonTaskTimeout
+	ReasonStartError    = contract.ReasonStartError
+	ReasonStatusUnknown = "ContainerStatusUnknown" // never written by the shim itself
+	ReasonOOMKilled     = contract.ReasonOOMKilled
 )
 
 // report is a line a shim sends its launcher: once the task has started
-// (or failed to), and once it has exited.
+// (or failed to), and once it has exited. Its JSON keys, and State's and
+// Exit's, are the ones the shim writes (contract.ReportKeys, StateKeys,
+// ExitKeys), which TestContractJSONKeys holds them to.
 type report struct {
 	State *State `json:"state,omitempty"`
 	Exit  *Exit  `json:"exit,omitempty"`
@@ -227,25 +222,6 @@ type report struct {
 
 // ErrGone is returned when a shim is no longer running.
 var ErrGone = errors.New("shim is not running")
-
-// writeJSON writes v to dir/name atomically: a reader sees the old file or
-// the new one, never a part. It does not fsync: these files must survive
-// the death of processes, which the page cache already guarantees; the host
-// makes results durable against power loss in its own store.
-func writeJSON(dir, name string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("while encoding %s: %w", name, err)
-	}
-	tmp := filepath.Join(dir, "."+name+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("while writing %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("while renaming %s into place: %w", name, err)
-	}
-	return nil
-}
 
 // errPartial marks a record that exists but cannot be parsed (yet).
 var errPartial = errors.New("record is incomplete")

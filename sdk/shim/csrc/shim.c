@@ -12,26 +12,36 @@
  * which trap to the hypervisor in a VM and made up most of the shim's own
  * CPU time there.
  *
+ * The values it shares with package shim (names, keys, reasons, the format)
+ * come from contract.h, generated from package shim/internal/contract.
+ *
  * It is started by a Launcher with /dev/null as descriptors 0-2 and its end
- * of a socket pair as descriptor 3, in a session of its own. It waits for a
- * job: one byte carrying the locked state directory's descriptor
- * (SCM_RIGHTS), then a 4-byte little-endian length and that many bytes of
- * NUL-terminated fields:
+ * of a socket pair as descriptor 3 (JOB_FD), in a session of its own. It
+ * waits for a job: the byte MSG_JOB carrying the locked state directory's
+ * descriptor (SCM_RIGHTS), then a 4-byte little-endian length and that many
+ * bytes of NUL-terminated fields:
  *
  *   format (JOB_FORMAT), dir, stdout, stderr, workdir, timeout ns, grace ns,
  *   argc, argv[0..argc-1], envc, env[0..envc-1]
  *
- * followed by: namespaces ("1" when a second descriptor came with the job:
- * a pidfd of the process whose mount, UTS, IPC, network and PID namespaces
- * the task is to run in, as in a sidecar entering the pod's main
- * container), the output cap in bytes ("0": none), then optc and optc
- * options "key=value" (see parse_option; an option the shim does not know
- * fails the job: they carry the task's identity and confinement, which must
- * never be dropped silently). An "oom" option comes with one more
- * descriptor, after the pidfd. A job it cannot read it refuses with one
- * report line, {"refused": "..."}, and exits. Before the job, while idle,
- * it may be sent 'C' with descriptors of cgroup files to join (see
- * join_cgroups), answered with one byte.
+ * followed by: namespaces (FIELD_TRUE when a second descriptor came with
+ * the job: a pidfd of the process whose mount, UTS, IPC, network and PID
+ * namespaces the task is to run in, as in a sidecar entering the pod's main
+ * container; else FIELD_FALSE), the output cap in bytes (0: none), then
+ * optc and optc options "key=value" (see parse_option; an option the shim
+ * does not know fails the job: they carry the task's identity and
+ * confinement, which must never be dropped silently). An "oom" option comes
+ * with one more descriptor, after the pidfd. A job it cannot read (of
+ * another format, a field that is not what its place says, a field too many
+ * or too few) it refuses with one report line, {"refused": "..."}, and
+ * exits. Before the job, while idle, it may be sent MSG_JOIN with
+ * descriptors of cgroup files to join (see join_cgroups), answered with one
+ * byte.
+ *
+ * Run as "task-executor-shim --check-job N" (CHECK_JOB_ARG), it reads a job
+ * from its standard input as if N descriptors had come with it, prints one
+ * line, what it read or its refusal, and exits, starting nothing: the
+ * parser's test and fuzz entry point (see check_job).
  *
  * With identity options (uid, caps, seccomp, ...) the task is forked, and
  * the child takes on that identity before it executes the command, in the
@@ -41,8 +51,9 @@
  * it writes into pipes and the shim copies into the files: when a file
  * reaches half the cap it becomes <name>.1 (replacing the previous one) and
  * a new file starts, so a stream never holds more than the cap on disk, and
- * its newest output is kept. The ".1" is the plugin contract's rotated
- * suffix (sdk.RotatedSuffix in sdk/logs.go), which the host reads back.
+ * its newest output is kept. The ".1" (ROTATED_SUFFIX) is the plugin
+ * contract's rotated suffix (sdk.RotatedSuffix in sdk/logs.go), which the
+ * host reads back.
  *
  * It answers with JSON lines on the socket: the start report, then the
  * exit report. EOF before a job means the launcher is gone: exit quietly.
@@ -60,6 +71,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,22 +90,29 @@
 #include <time.h>
 #include <unistd.h>
 
-#define JOB_FD 3
-/* The first field of a job: the layout of the rest (jobFormat in launch.go).
- * A job of another format comes from a launcher of another version. */
-#define JOB_FORMAT "tej/2"
-/* The most descriptors one message brings: a job's are at most 3, the
- * cgroups to join one per hierarchy. */
-#define MAX_JOIN 32
-#define MAX_JOB (64u << 20)
-#define RECORD_DELAY_NS 10000000LL /* see recordDelay in shim.go */
-/* A stop request: this real-time signal, queued (sigqueue, SI_QUEUE) with
- * the grace period in nanoseconds as its value (see Stop in launch.go). A
- * signal rather than a control FIFO in the state directory: a FIFO is one
- * more file per task, and making a file is the dearest part of recording a
- * task on some file systems. Kept blocked from the shim's start, so that a
- * request is queued until read; the task starts with it unblocked. */
-#define STOP_SIGNAL 40
+#include "contract.h"
+
+/* A job's descriptors: the state directory, then the namespaces' pidfd and
+ * the OOM counter when the job says so. */
+#define MAX_JOB_FDS 3
+/* STOP_SIGNAL, a stop request: a real-time signal, queued (sigqueue,
+ * SI_QUEUE) with the grace period in nanoseconds as its value (see Stop in
+ * launch.go). A signal rather than a control FIFO in the state directory: a
+ * FIFO is one more file per task, and making a file is the dearest part of
+ * recording a task on some file systems. Kept blocked from the shim's
+ * start, so that a request is queued until read; the task starts with it
+ * unblocked. The request is packed by hand on the Go side
+ * (signal_linux64.go) in the layout of siginfo_t the contract states:
+ * this C library's must be the same, on this architecture. */
+_Static_assert(STOP_SIGNAL > 32 && STOP_SIGNAL <= 64, "STOP_SIGNAL is a real-time signal");
+_Static_assert(sizeof(siginfo_t) == SIGINFO_SIZE, "siginfo_t's size is the contract's");
+_Static_assert(offsetof(siginfo_t, si_signo) == SIGINFO_SIGNO_OFFSET, "si_signo is where the contract says");
+_Static_assert(offsetof(siginfo_t, si_code) == SIGINFO_CODE_OFFSET, "si_code is where the contract says");
+_Static_assert(offsetof(siginfo_t, si_pid) == SIGINFO_PID_OFFSET, "si_pid is where the contract says");
+_Static_assert(offsetof(siginfo_t, si_uid) == SIGINFO_UID_OFFSET, "si_uid is where the contract says");
+_Static_assert(offsetof(siginfo_t, si_value) == SIGINFO_VALUE_OFFSET, "si_value is where the contract says");
+_Static_assert(sizeof(union sigval) == 8, "si_value holds a grace period in nanoseconds");
+_Static_assert(SI_QUEUE == SIGINFO_SI_QUEUE, "SI_QUEUE is the contract's");
 /* How long a SIGKILLed task's end waits to be explained by the end of its
  * container's main process (see supervise). */
 #define HOLDER_WAIT_MS 200
@@ -216,11 +235,11 @@ static void rfc3339(const struct timespec *t, char *buf, size_t n) {
 	snprintf(buf + k, n - k, ".%09ldZ", t->tv_nsec);
 }
 
-/* logmsg writes to <dir>/shim.log, created on first use: a task that gives
+/* logmsg writes to <dir>/LOG_FILE, created on first use: a task that gives
  * the shim nothing to say costs no file. */
 static void logmsg(const char *level, const char *fmt, ...) {
 	if (log_fd < 0 && dir_fd >= 0)
-		log_fd = openat(dir_fd, "shim.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+		log_fd = openat(dir_fd, LOG_FILE, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (log_fd < 0)
 		return;
 	char line[4096], ts[64];
@@ -237,6 +256,9 @@ static void logmsg(const char *level, const char *fmt, ...) {
 	line[k++] = '\n';
 	(void)!write(log_fd, line, k);
 }
+
+/* JKEY is a JSON object's key k, with its colon. */
+#define JKEY(k) "\"" k "\":"
 
 /* buf is a growable string for JSON. */
 struct buf {
@@ -286,6 +308,8 @@ static void bjson_time(struct buf *b, const char *key, const struct timespec *t)
 	rfc3339(t, ts, sizeof ts);
 	bprintf(b, "\"%s\":\"%s\"", key, ts);
 }
+
+static void bputs(struct buf *b, const char *s) { bput(b, s, strlen(s)); }
 
 /* read_proc reads a small file of the executor's /proc into b (NUL
  * terminated) and returns its length, or -1. */
@@ -365,21 +389,21 @@ struct exit_info {
 };
 
 static void exit_json(struct buf *b, const struct exit_info *e) {
-	bprintf(b, "{\"exitCode\":%d", e->code);
+	bprintf(b, "{" JKEY(KEY_EXIT_CODE) "%d", e->code);
 	if (e->signal)
-		bprintf(b, ",\"signal\":%d", e->signal);
-	bput(b, ",\"reason\":", 10);
+		bprintf(b, "," JKEY(KEY_SIGNAL) "%d", e->signal);
+	bputs(b, "," JKEY(KEY_REASON));
 	bjson_str(b, e->reason);
 	if (e->message[0]) {
-		bput(b, ",\"message\":", 11);
+		bputs(b, "," JKEY(KEY_MESSAGE));
 		bjson_str(b, e->message);
 	}
 	if (e->started) {
 		bput(b, ",", 1);
-		bjson_time(b, "startedAt", &started_at);
+		bjson_time(b, KEY_STARTED_AT, &started_at);
 	}
 	bput(b, ",", 1);
-	bjson_time(b, "finishedAt", &e->finished);
+	bjson_time(b, KEY_FINISHED_AT, &e->finished);
 	bput(b, "}", 1);
 }
 
@@ -397,7 +421,7 @@ static void write_exit(const struct exit_info *e) {
 	 * gone. A try cut short leaves no partial record behind. */
 	long long wait_ms = 50;
 	for (int tries = 0;; tries++) {
-		int fd = openat(dir_fd, "shim-exit.json", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		int fd = openat(dir_fd, EXIT_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		int rc = fd < 0 ? -1 : write_all(fd, b.p, b.n);
 		int err = errno;
 		if (fd >= 0 && close(fd) < 0 && rc == 0) {
@@ -407,7 +431,7 @@ static void write_exit(const struct exit_info *e) {
 		if (rc == 0)
 			break;
 		if (fd >= 0)
-			unlinkat(dir_fd, "shim-exit.json", 0);
+			unlinkat(dir_fd, EXIT_FILE, 0);
 		if (err != ENOSPC && err != EDQUOT && err != EROFS && err != EIO) {
 			logmsg("ERROR", "cannot write the exit record: %s", errstr(err));
 			break;
@@ -426,7 +450,7 @@ static void report_exit(const struct exit_info *e, int file_first) {
 	struct buf b = {0};
 	if (file_first)
 		write_exit(e);
-	bput(&b, "{\"exit\":", 8);
+	bputs(&b, "{" JKEY(KEY_EXIT));
 	exit_json(&b, e);
 	bput(&b, "}", 1);
 	send_line(&b);
@@ -466,10 +490,26 @@ static int hexval(char c) {
 	return -1;
 }
 
+/* hex64 reads 1 to 16 hex digits at v into *out and returns where they
+ * end, or NULL (strtoull would take spaces, a sign, "0x"). */
+static const char *hex64(const char *v, unsigned long long *out) {
+	unsigned long long x = 0;
+	int n = 0;
+	for (; hexval(*v) >= 0; v++) {
+		if (++n > 16)
+			return NULL;
+		x = x << 4 | (unsigned)hexval(*v);
+	}
+	*out = x;
+	return n > 0 ? v : NULL;
+}
+
 /* parse_ids reads n comma-separated decimal IDs. */
 static int parse_ids(const char *v, unsigned *out, size_t n) {
 	for (size_t i = 0; i < n; i++) {
 		char *end;
+		if (!(*v >= '0' && *v <= '9'))
+			return -1; /* strtoul would take spaces and signs */
 		errno = 0;
 		unsigned long x = strtoul(v, &end, 10);
 		if (errno || end == v || x > 0xffffffffUL || (i + 1 < n ? *end != ',' : *end != 0))
@@ -484,8 +524,11 @@ static int parse_ids(const char *v, unsigned *out, size_t n) {
  * (PTRACE_SECCOMP_GET_FILTER): struct sock_filter in native byte order. */
 static int parse_filter(const char *v) {
 	char *end;
+	if (!(*v >= '0' && *v <= '9'))
+		return -1;
+	errno = 0;
 	unsigned long flags = strtoul(v, &end, 10);
-	if (end == v || *end != ':')
+	if (errno || end == v || *end != ':' || flags > 0xffffffffUL)
 		return -1;
 	const char *hex = end + 1;
 	size_t n = strlen(hex);
@@ -516,6 +559,18 @@ static int parse_filter(const char *v) {
 	return 0;
 }
 
+/* num reads a whole decimal field into *v; -1 for anything else (an empty
+ * field, spaces, a sign but '-', trailing bytes, overflow): a field misread
+ * as 0 would be a task without its timeout, say. */
+static int num(const char *s, long long *v) {
+	char *end;
+	if (!(*s == '-' || (*s >= '0' && *s <= '9')))
+		return -1;
+	errno = 0;
+	*v = strtoll(s, &end, 10);
+	return errno || end == s || *end ? -1 : 0;
+}
+
 /* parse_option applies one "key=value" option of the job; -1 for one it
  * does not know or cannot read. */
 static int parse_option(char *opt) {
@@ -523,17 +578,15 @@ static int parse_option(char *opt) {
 	if (!v)
 		return -1;
 	*v++ = 0;
-	if (strcmp(opt, "nsflags") == 0) {
-		ns_flags = atoll(v);
-		return ns_flags < 0 ? -1 : 0;
-	}
-	if (strcmp(opt, "gone") == 0) {
+	if (strcmp(opt, OPT_NSFLAGS) == 0)
+		return num(v, &ns_flags) < 0 || ns_flags < 0 || ns_flags > INT_MAX ? -1 : 0;
+	if (strcmp(opt, OPT_GONE) == 0) {
 		gone_reason = v;
 		return *v ? 0 : -1;
 	}
-	if (strcmp(opt, "oom") == 0)
-		return strcmp(v, "1") == 0 ? 0 : -1;
-	if (strcmp(opt, "wrap") == 0) {
+	if (strcmp(opt, OPT_OOM) == 0)
+		return strcmp(v, FIELD_TRUE) == 0 ? 0 : -1;
+	if (strcmp(opt, OPT_WRAP) == 0) {
 		char **w = realloc(wrap_argv, (wrap_argc + 2) * sizeof *w);
 		if (!w)
 			return -1;
@@ -545,66 +598,65 @@ static int parse_option(char *opt) {
 		return wrap_argc == 1 && v[0] != '/' ? -1 : 0;
 	}
 	cred.set = 1;
-	if (strcmp(opt, "uid") == 0) {
+	if (strcmp(opt, OPT_UID) == 0) {
 		cred.ids |= 1;
 		return parse_ids(v, cred.uid, 3);
 	}
-	if (strcmp(opt, "gid") == 0) {
+	if (strcmp(opt, OPT_GID) == 0) {
 		cred.ids |= 2;
 		return parse_ids(v, cred.gid, 3);
 	}
-	if (strcmp(opt, "groups") == 0) {
-		cred.groups_set = 1;
+	if (strcmp(opt, OPT_GROUPS) == 0) {
 		size_t n = *v ? 1 : 0;
 		for (char *c = v; *c; c++)
 			n += *c == ',';
 		if (n > NGROUPS_MAX)
 			return -1;
+		free(cred.groups); /* an option given twice: the last one holds */
+		cred.groups_set = 1;
 		cred.groups = calloc(n + 1, sizeof(gid_t));
 		cred.ngroups = n;
 		return !cred.groups || (n > 0 && parse_ids(v, cred.groups, n) < 0) ? -1 : 0;
 	}
-	if (strcmp(opt, "caps") == 0) {
+	if (strcmp(opt, OPT_CAPS) == 0) {
 		/* bounding, permitted, effective, inheritable, ambient, in hex */
 		unsigned long long *sets[] = {&cred.bnd, &cred.prm, &cred.eff, &cred.inh, &cred.amb};
 		for (int i = 0; i < 5; i++) {
-			char *end;
-			errno = 0;
-			*sets[i] = strtoull(v, &end, 16);
-			if (errno || end == v || (i < 4 ? *end != ',' : *end != 0))
+			const char *end = hex64(v, sets[i]);
+			if (!end || (i < 4 ? *end != ',' : *end != 0))
 				return -1;
-			v = end + 1;
+			v = (char *)end + 1;
 		}
 		cred.caps = 1;
 		return 0;
 	}
-	if (strcmp(opt, "nnp") == 0) {
-		cred.nnp = strcmp(v, "1") == 0;
-		return cred.nnp || strcmp(v, "0") == 0 ? 0 : -1;
+	if (strcmp(opt, OPT_NNP) == 0) {
+		cred.nnp = strcmp(v, FIELD_TRUE) == 0;
+		return cred.nnp || strcmp(v, FIELD_FALSE) == 0 ? 0 : -1;
 	}
-	if (strcmp(opt, "umask") == 0) {
+	if (strcmp(opt, OPT_UMASK) == 0) {
 		char *end;
+		if (!(*v >= '0' && *v <= '7'))
+			return -1;
 		long m = strtol(v, &end, 8);
 		if (end == v || *end || m < 0 || m > 0777)
 			return -1;
 		cred.umask = (int)m;
 		return 0;
 	}
-	if (strcmp(opt, "apparmor") == 0) {
+	if (strcmp(opt, OPT_APPARMOR) == 0) {
 		cred.apparmor = v;
 		return *v ? 0 : -1;
 	}
-	if (strcmp(opt, "selinux") == 0) {
+	if (strcmp(opt, OPT_SELINUX) == 0) {
 		cred.selinux = v;
 		return *v ? 0 : -1;
 	}
-	if (strcmp(opt, "seccomp") == 0)
+	if (strcmp(opt, OPT_SECCOMP) == 0)
 		return parse_filter(v);
 	return -1;
 }
 
-/* receive_job returns 1 with the job read, 0 on EOF (no job will come), -1
- * on error. */
 /* join_cgroups writes "0" to each of fds (cgroup v1 tasks files, or
  * cgroup.procs), which moves this process into their cgroups, and closes
  * them; it returns 0 or the first errno. A single-threaded process moving
@@ -625,6 +677,115 @@ static int join_cgroups(const int *fds, int n) {
 	return e;
 }
 
+/* read_job reads a job's length and fields from in, the nfd descriptors
+ * fds having come with it, and returns 1, or -1 for a malformed job, -2 for
+ * one of another format. Every field must be what its place says, and
+ * there must be neither fewer nor more of them: a job this shim does not
+ * read whole it must not run. */
+static int read_job(int in, const int *fds, int nfd) {
+	if (nfd < 1 || nfd > MAX_JOB_FDS)
+		return -1;
+	dir_fd = fds[0]; /* kept open, its flock held, until we exit */
+	int next_fd = 1;
+
+	unsigned char lenb[4];
+	if (read_full(in, lenb, 4) < 0)
+		return -1;
+	uint32_t len = lenb[0] | lenb[1] << 8 | lenb[2] << 16 | (uint32_t)lenb[3] << 24;
+	if (len == 0 || len > MAX_JOB)
+		return -1;
+	char *p = malloc(len + 1);
+	if (!p || read_full(in, p, len) < 0)
+		return -1;
+	p[len] = 0;
+	if (p[len - 1] != 0)
+		return -1;
+
+	/* Fields are NUL-terminated strings laid end to end; the last byte is
+	 * a NUL, so none runs past the end. */
+	char *end = p + len, *q = p;
+#define NEXT(v)             \
+	do {                    \
+		if (q >= end)       \
+			return -1;      \
+		(v) = q;            \
+		q += strlen(q) + 1; \
+	} while (0)
+/* NUM reads a number field into v (see num). */
+#define NUM(v)                 \
+	do {                       \
+		char *f_;              \
+		NEXT(f_);              \
+		if (num(f_, &(v)) < 0) \
+			return -1;         \
+	} while (0)
+/* COUNT reads a count of fields that follow, each at least its NUL: no
+ * more than there are bytes left. */
+#define COUNT(v)                      \
+	do {                              \
+		NUM(v);                       \
+		if ((v) < 0 || (v) > end - q) \
+			return -1;                \
+	} while (0)
+	char *s;
+	NEXT(s);
+	if (strcmp(s, JOB_FORMAT) != 0)
+		return -2;
+	NEXT(s); state_dir = s;
+	NEXT(s); out_path = s;
+	NEXT(s); err_path = s;
+	NEXT(s); work_dir = s;
+	NUM(timeout_ns);
+	NUM(grace_ns);
+	long long argc, envc, optc;
+	COUNT(argc);
+	task_argv = calloc(argc + 1, sizeof *task_argv);
+	if (!task_argv)
+		return -1;
+	for (long long i = 0; i < argc; i++)
+		NEXT(task_argv[i]);
+	COUNT(envc);
+	task_env = calloc(envc + 1, sizeof *task_env);
+	if (!task_env)
+		return -1;
+	for (long long i = 0; i < envc; i++)
+		NEXT(task_env[i]);
+	NEXT(s);
+	if (strcmp(s, FIELD_TRUE) == 0) {
+		if (next_fd >= nfd)
+			return -1; /* namespaces promised, no pidfd came */
+		ns_fd = fds[next_fd++];
+	} else if (strcmp(s, FIELD_FALSE) != 0) {
+		return -1;
+	}
+	NUM(max_log);
+	if (max_log < 0)
+		return -1;
+	COUNT(optc);
+	for (long long i = 0; i < optc; i++) {
+		NEXT(s);
+		int is_oom = strncmp(s, OPT_OOM "=", sizeof OPT_OOM) == 0;
+		if (parse_option(s) < 0) {
+			fprintf(stderr, SHIM_NAME ": bad job option %s\n", s);
+			return -1;
+		}
+		if (is_oom) {
+			if (next_fd >= nfd)
+				return -1;
+			oom_fd = fds[next_fd++];
+		}
+	}
+#undef COUNT
+#undef NUM
+#undef NEXT
+	if (q != end || next_fd != nfd || (gone_reason && ns_fd < 0) || (cred.set && !cred.ids))
+		return -1;
+	return 1;
+}
+
+/* receive_job waits for the job on JOB_FD, joining cgroups as asked
+ * meanwhile, and returns read_job's answer, or 0 on EOF (no job will
+ * come). */
 static int receive_job(void) {
 	char one;
 	char cbuf[CMSG_SPACE(MAX_JOIN * sizeof(int))];
@@ -650,7 +811,7 @@ static int receive_job(void) {
 		if (nfd < 1 || nfd > MAX_JOIN)
 			return -1;
 		memcpy(fds, CMSG_DATA(c), nfd * sizeof(int));
-		if (one != 'C')
+		if (one != MSG_JOIN)
 			break;
 		/* Cgroups to join, before a job or while idle as a spare: the
 		 * answer is one byte, 0 or the errno. */
@@ -659,90 +820,15 @@ static int receive_job(void) {
 		if (write_all(JOB_FD, (const char *)&r, 1) < 0)
 			return -1;
 	}
-	if (nfd > 3)
+	if (one != MSG_JOB)
 		return -1;
-	dir_fd = fds[0]; /* kept open, its flock held, until we exit */
-	int next_fd = 1;
+	return read_job(JOB_FD, fds, nfd);
+}
 
-	unsigned char lenb[4];
-	if (read_full(JOB_FD, lenb, 4) < 0)
-		return -1;
-	uint32_t len = lenb[0] | lenb[1] << 8 | lenb[2] << 16 | (uint32_t)lenb[3] << 24;
-	if (len == 0 || len > MAX_JOB)
-		return -1;
-	char *p = malloc(len + 1);
-	if (!p || read_full(JOB_FD, p, len) < 0)
-		return -1;
-	p[len] = 0;
-	if (p[len - 1] != 0)
-		return -1;
-
-	/* Fields are NUL-terminated strings laid end to end. */
-	char *end = p + len, *q = p;
-#define NEXT(v)            \
-	do {                   \
-		if (q >= end)      \
-			return -1;     \
-		(v) = q;           \
-		q += strlen(q) + 1; \
-	} while (0)
-	char *s;
-	NEXT(s);
-	if (strcmp(s, JOB_FORMAT) != 0)
-		return -2;
-	NEXT(s); state_dir = s;
-	NEXT(s); out_path = s;
-	NEXT(s); err_path = s;
-	NEXT(s); work_dir = s;
-	NEXT(s); timeout_ns = atoll(s);
-	NEXT(s); grace_ns = atoll(s);
-	NEXT(s);
-	long argc = atol(s);
-	if (argc < 0 || argc > (long)len)
-		return -1;
-	task_argv = calloc(argc + 1, sizeof(char *));
-	for (long i = 0; i < argc; i++)
-		NEXT(task_argv[i]);
-	NEXT(s);
-	long envc = atol(s);
-	if (envc < 0 || envc > (long)len)
-		return -1;
-	task_env = calloc(envc + 1, sizeof(char *));
-	for (long i = 0; i < envc; i++)
-		NEXT(task_env[i]);
-	NEXT(s);
-	if (strcmp(s, "1") == 0) {
-		if (next_fd >= nfd)
-			return -1; /* namespaces promised, no pidfd came */
-		ns_fd = fds[next_fd++];
-	}
-	NEXT(s); max_log = atoll(s);
-	if (max_log < 0)
-		return -1;
-	/* Options: absent in a job of an earlier launcher. */
-	if (q < end) {
-		NEXT(s);
-		long optc = atol(s);
-		if (optc < 0 || optc > (long)len)
-			return -1;
-		for (long i = 0; i < optc; i++) {
-			NEXT(s);
-			int is_oom = strncmp(s, "oom=", 4) == 0;
-			if (parse_option(s) < 0) {
-				fprintf(stderr, "task-executor-shim: bad job option %s\n", s);
-				return -1;
-			}
-			if (is_oom) {
-				if (next_fd >= nfd)
-					return -1;
-				oom_fd = fds[next_fd++];
-			}
-		}
-	}
-#undef NEXT
-	if (next_fd != nfd || (gone_reason && ns_fd < 0) || (cred.set && !cred.ids))
-		return -1;
-	return 1;
+/* refusal is the report line of a job read_job refused with got. */
+static const char *refusal(int got) {
+	return got == -2 ? "{" JKEY(KEY_REFUSED) "\"" REFUSED_OTHER_FORMAT "\"}\n"
+	                 : "{" JKEY(KEY_REFUSED) "\"" REFUSED_MALFORMED "\"}\n";
 }
 
 /* ---- starting the task ---- */
@@ -898,11 +984,11 @@ static int open_relay(struct stream *st, const char *path, int *task_end) {
 	return 0;
 }
 
-/* rotate moves a stream's full file aside as <name>.1 and starts a new
- * one. */
+/* rotate moves a stream's full file aside as <name>.1 (ROTATED_SUFFIX)
+ * and starts a new one. */
 static void rotate(struct stream *st) {
 	char old[4200];
-	snprintf(old, sizeof old, "%s.1", st->name);
+	snprintf(old, sizeof old, "%s" ROTATED_SUFFIX, st->name);
 	int nf = -1;
 	if (renameat(st->out_dir, st->name, st->out_dir, old) == 0)
 		nf = openat(st->out_dir, st->name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -1424,10 +1510,10 @@ static void terminate(long long grace, int kill_tfd) {
 static void state_json(struct buf *b) {
 	char ts[64];
 	rfc3339(&started_at, ts, sizeof ts);
-	bprintf(b, "{\"shimPid\":%d,\"shimStart\":%llu,\"pid\":%d,\"pidStart\":%llu,\"startedAt\":\"%s\"",
+	bprintf(b, "{" JKEY(KEY_SHIM_PID) "%d," JKEY(KEY_SHIM_START) "%llu," JKEY(KEY_PID) "%d," JKEY(KEY_PID_START) "%llu," JKEY(KEY_STARTED_AT) "\"%s\"",
 	        getpid(), proc_start(getpid()), task_pid, proc_start(task_pid), ts);
 	if (gone_reason && holder_pid > 0) {
-		bprintf(b, ",\"holderPid\":%d,\"holderStart\":%llu,\"goneReason\":", holder_pid, holder_start);
+		bprintf(b, "," JKEY(KEY_HOLDER_PID) "%d," JKEY(KEY_HOLDER_START) "%llu," JKEY(KEY_GONE_REASON), holder_pid, holder_start);
 		bjson_str(b, gone_reason);
 	}
 	bput(b, "}", 1);
@@ -1436,7 +1522,7 @@ static void state_json(struct buf *b) {
 static void record(void) {
 	struct buf b = {0};
 	state_json(&b);
-	int rc = write_atomic("shim-state.json", b.p, b.n);
+	int rc = write_atomic(STATE_FILE, b.p, b.n);
 	free(b.p);
 	if (rc < 0) {
 		/* Without the record nobody could find the task again: better to
@@ -1588,8 +1674,8 @@ static void supervise(struct exit_info *e) {
 	int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
 	/* A wrapper reports its command's death by a signal as the exit code
 	 * 128+N, as shells do: that is the only account of it there is. */
-	if (!sig && wrap_argc > 0 && WEXITSTATUS(status) > 128 && WEXITSTATUS(status) <= 128 + 64)
-		sig = WEXITSTATUS(status) - 128;
+	if (!sig && wrap_argc > 0 && WEXITSTATUS(status) > SIGNAL_EXIT_BASE && WEXITSTATUS(status) <= SIGNAL_EXIT_BASE + 64)
+		sig = WEXITSTATUS(status) - SIGNAL_EXIT_BASE;
 	int sigkilled = sig == SIGKILL;
 	int oom = sigkilled && oom_fd >= 0 && oom_base >= 0 && oom_kills() > oom_base;
 	if (gone_reason && !holder_gone && ns_fd >= 0) {
@@ -1605,24 +1691,23 @@ static void supervise(struct exit_info *e) {
 	e->message[0] = 0;
 	if (sig) {
 		e->signal = sig;
-		e->code = 128 + e->signal;
-		e->reason = "Failed";
+		e->code = SIGNAL_EXIT_BASE + e->signal;
+		e->reason = REASON_FAILED;
 		snprintf(e->message, sizeof e->message, "killed by signal %d (%s)", e->signal, signame(e->signal));
 	} else {
 		e->code = WEXITSTATUS(status);
-		e->reason = e->code == 0 ? "Succeeded" : "Failed";
+		e->reason = e->code == 0 ? REASON_SUCCEEDED : REASON_FAILED;
 	}
 	if (holder_gone) {
 		e->reason = gone_reason;
-		snprintf(e->message, sizeof e->message,
-		         "the container the task ran in has ended (its process %d exited), and the task with it", holder_pid);
+		snprintf(e->message, sizeof e->message, GONE_MESSAGE, holder_pid);
 	} else if (oom) {
-		e->reason = "OOMKilled";
+		e->reason = REASON_OOM_KILLED;
 		snprintf(e->message, sizeof e->message, "killed by the kernel for lack of memory in its cgroup");
 	} else if (timed_out) {
 		char d[32];
 		duration(timeout_ns, d, sizeof d);
-		e->reason = "TaskTimeout";
+		e->reason = REASON_TASK_TIMEOUT;
 		snprintf(e->message, sizeof e->message, "task ran longer than its timeout of %s and was stopped", d);
 	} else if (stop_requested) {
 		snprintf(e->message, sizeof e->message, "stopped on request");
@@ -1649,12 +1734,111 @@ static void close_inherited(void) {
 	closedir(d);
 }
 
+/* ---- checking a job ---- */
+
+static void bjson_strs(struct buf *b, const char *key, char **v, int n) {
+	bprintf(b, "," JKEY("%s") "[", key);
+	for (int i = 0; n < 0 ? v[i] != NULL : i < n; i++) {
+		if (i > 0)
+			bput(b, ",", 1);
+		bjson_str(b, v[i]);
+	}
+	bput(b, "]", 1);
+}
+
+/* job_json describes the job read_job read (for check_job; its keys are
+ * this mode's own, read only by package shim's tests). */
+static void job_json(struct buf *b) {
+	bputs(b, "{\"job\":{\"dir\":");
+	bjson_str(b, state_dir);
+	bputs(b, ",\"stdout\":");
+	bjson_str(b, out_path);
+	bputs(b, ",\"stderr\":");
+	bjson_str(b, err_path);
+	bputs(b, ",\"workdir\":");
+	bjson_str(b, work_dir);
+	bprintf(b, ",\"timeout\":%lld,\"grace\":%lld", timeout_ns, grace_ns);
+	bjson_strs(b, "argv", task_argv, -1);
+	bjson_strs(b, "env", task_env, -1);
+	bprintf(b, ",\"namespaces\":%s,\"maxLogBytes\":%lld,\"nsflags\":%lld,\"oom\":%s", ns_fd >= 0 ? "true" : "false",
+	        max_log, ns_flags, oom_fd >= 0 ? "true" : "false");
+	if (gone_reason) {
+		bputs(b, ",\"gone\":");
+		bjson_str(b, gone_reason);
+	}
+	if (wrap_argc > 0)
+		bjson_strs(b, "wrap", wrap_argv, wrap_argc);
+	if (cred.set) {
+		bprintf(b, ",\"uid\":[%u,%u,%u],\"gid\":[%u,%u,%u]", cred.uid[0], cred.uid[1], cred.uid[2], cred.gid[0],
+		        cred.gid[1], cred.gid[2]);
+		if (cred.groups_set) {
+			bputs(b, ",\"groups\":[");
+			for (size_t i = 0; i < cred.ngroups; i++)
+				bprintf(b, i > 0 ? ",%u" : "%u", cred.groups[i]);
+			bput(b, "]", 1);
+		}
+		if (cred.caps)
+			bprintf(b, ",\"caps\":[%llu,%llu,%llu,%llu,%llu]", cred.bnd, cred.prm, cred.eff, cred.inh, cred.amb);
+		bprintf(b, ",\"nnp\":%s", cred.nnp ? "true" : "false");
+		if (cred.umask >= 0)
+			bprintf(b, ",\"umask\":%d", cred.umask);
+		if (cred.apparmor) {
+			bputs(b, ",\"apparmor\":");
+			bjson_str(b, cred.apparmor);
+		}
+		if (cred.selinux) {
+			bputs(b, ",\"selinux\":");
+			bjson_str(b, cred.selinux);
+		}
+		bputs(b, ",\"seccomp\":[");
+		for (size_t i = 0; i < cred.nfilters; i++) {
+			bprintf(b, "%s{\"flags\":%u,\"program\":\"", i > 0 ? "," : "", cred.filters[i].flags);
+			const unsigned char *insns = (const unsigned char *)cred.filters[i].prog;
+			for (size_t k = 0; k < cred.filters[i].len * sizeof(struct bpf_insn); k++)
+				bprintf(b, "%02x", insns[k]);
+			bputs(b, "\"}");
+		}
+		bput(b, "]", 1);
+	}
+	bputs(b, "}}\n");
+}
+
+/* check_job is the shim run as "task-executor-shim --check-job N": it reads
+ * a job from its standard input as if N descriptors (of /dev/null) had come
+ * with it, and prints one line, what it read (exiting 0) or its refusal, as
+ * a launcher would get it (exiting 1); it starts nothing. 2: it could not
+ * tell. */
+static int check_job(int argc, char **argv) {
+	long long n;
+	if (argc != 3 || num(argv[2], &n) < 0 || n < 1 || n > MAX_JOB_FDS) {
+		fprintf(stderr, "usage: " SHIM_NAME " " CHECK_JOB_ARG " DESCRIPTORS (1-%d) < JOB\n", MAX_JOB_FDS);
+		return 2;
+	}
+	int fds[MAX_JOB_FDS];
+	for (int i = 0; i < n; i++) {
+		fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fds[i] < 0) {
+			fprintf(stderr, SHIM_NAME ": /dev/null: %s\n", errstr(errno));
+			return 2;
+		}
+	}
+	int got = read_job(0, fds, (int)n);
+	struct buf b = {0};
+	if (got < 0)
+		bputs(&b, refusal(got));
+	else
+		job_json(&b);
+	return write_all(1, b.p, b.n) < 0 ? 2 : got < 0;
+}
+
 static void ignore(int sig) { (void)sig; }
 
-int main(void) {
+int main(int argc, char **argv) {
+	if (argc > 1 && strcmp(argv[1], CHECK_JOB_ARG) == 0)
+		return check_job(argc, argv);
 	/* Started from /proc/self/fd/N (the executor's shim in memory), the
 	 * shim would be named "N" in ps; the kernel keeps 15 bytes of this. */
-	prctl(PR_SET_NAME, "task-executor-shim", 0, 0, 0);
+	prctl(PR_SET_NAME, SHIM_NAME, 0, 0, 0);
 	fcntl(JOB_FD, F_SETFD, FD_CLOEXEC);
 	close_inherited();
 	/* The shim lives in a session of its own; swallow the signals a
@@ -1680,11 +1864,9 @@ int main(void) {
 	if (got < 0) {
 		/* Said to the launcher, which has no other way to learn it: this
 		 * shim's stderr is /dev/null until a job names its directory. */
-		const char *r = got == -2
-			? "{\"refused\":\"a job of another format (this shim reads " JOB_FORMAT "): the plugin's SDK and the shim come from different versions\"}\n"
-			: "{\"refused\":\"a malformed job\"}\n";
+		const char *r = refusal(got);
 		write_all(JOB_FD, r, strlen(r));
-		fprintf(stderr, "task-executor-shim: cannot read a job from descriptor %d\n", JOB_FD);
+		fprintf(stderr, SHIM_NAME ": cannot read a job from descriptor %d\n", JOB_FD);
 		return 1;
 	}
 
@@ -1695,7 +1877,7 @@ int main(void) {
 	if (task_pid < 0) {
 		logmsg("INFO", "task could not start: %s", se.msg);
 		e.code = se.code;
-		e.reason = "StartError";
+		e.reason = REASON_START_ERROR;
 		snprintf(e.message, sizeof e.message, "%s", se.msg);
 		clock_gettime(CLOCK_REALTIME, &e.finished);
 		report_exit(&e, 1);
@@ -1703,7 +1885,7 @@ int main(void) {
 	}
 
 	struct buf b = {0};
-	bput(&b, "{\"state\":", 9);
+	bputs(&b, "{" JKEY(KEY_STATE));
 	state_json(&b);
 	bput(&b, "}", 1);
 	send_line(&b);
