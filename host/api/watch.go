@@ -122,9 +122,13 @@ func (s *server) watch(w http.ResponseWriter, req *http.Request) {
 		defer close(done)
 		st.write()
 	}()
+	// The writer must be done with w before the handler returns, however
+	// it returns.
+	defer func() {
+		st.close()
+		<-done
+	}()
 	s.produce(ctx, wt, st)
-	st.close()
-	<-done
 }
 
 // produce encodes the watch's events into st until ctx ends, the client

@@ -194,10 +194,11 @@ func (w *Watch) Next(ctx context.Context, max int) ([]Event, error) {
 			f.mu.Unlock()
 			return nil, fmt.Errorf("changes after resource version %d are no longer kept: %w", w.after, ErrFellBehind)
 		}
-		if avail := int(f.rv - w.after); avail > 0 && f.n > 0 {
-			// The ring's versions are contiguous after the floor.
-			skip := int(w.after - f.floor)
-			take := min(avail, max, f.n-skip)
+		// The ring's versions are contiguous after the floor. (The newest
+		// version handed out may not be in it yet: transition hands it out
+		// just before it publishes.)
+		if skip := int(w.after - f.floor); skip < f.n {
+			take := min(max, f.n-skip)
 			out := make([]Event, take)
 			for i := range out {
 				out[i] = f.ring[(f.head+skip+i)%len(f.ring)]

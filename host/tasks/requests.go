@@ -303,13 +303,16 @@ func (c *Manager) planLocked(desired []NewTask) (syncPlan, <-chan struct{}, stri
 		p.agreed = append(p.agreed, e)
 	}
 	for name, e := range c.tasks {
-		if want[name] || e.del != delNone {
+		if want[name] {
 			continue
 		}
+		// A deletion being recorded may yet fail: its outcome decides.
 		if ch, what := busy(e); ch != nil {
 			return p, ch, what, nil
 		}
-		p.deletes = append(p.deletes, e)
+		if e.del == delNone {
+			p.deletes = append(p.deletes, e)
+		}
 	}
 	return p, nil, "", nil
 }
@@ -333,6 +336,7 @@ func (c *Manager) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
 	// meanwhile admits what it has not yet.
 	admitted := map[string]store.Record{}
 	var p syncPlan
+	var seen []*entry
 	var releases []func()
 	defer func() {
 		for _, r := range releases {
@@ -363,6 +367,12 @@ func (c *Manager) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
 			}
 		}
 		if len(todo) == 0 {
+			// The setTasks takes place here: it answers the tasks as they
+			// are now, with its own changes, and not a task a concurrent
+			// create adds later.
+			for _, e := range c.tasks {
+				seen = append(seen, e)
+			}
 			// Claim what the plan touches.
 			for _, t := range p.creates {
 				releases = append(releases, c.reserveLocked(t.Name))
@@ -405,7 +415,7 @@ func (c *Manager) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
 		c.transition(e, event{kind: evMarked, deletion: marks[i]})
 	}
 	for _, r := range recs {
-		c.addLocked(r, false)
+		seen = append(seen, c.addLocked(r, false))
 	}
 	for _, e := range p.mismatched {
 		c.transition(e, event{kind: evSpecMismatch, msg: "setTasks listed this task with another spec than it was created with (" + now.UTC().Format(time.RFC3339) +
@@ -414,8 +424,13 @@ func (c *Manager) Sync(ctx context.Context, desired []NewTask) ([]Task, error) {
 	for _, e := range p.agreed {
 		c.transition(e, event{kind: evSpecAgreed})
 	}
+	out := make([]Task, len(seen))
+	for i, e := range seen {
+		out[i] = e.view()
+	}
 	c.mu.Unlock()
-	return c.List(), nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
 }
 
 // commitSync makes a setTasks durable: its creates, then its deletions;
