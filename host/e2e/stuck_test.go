@@ -113,3 +113,46 @@ func sleepRuns(arg string) bool {
 	}
 	return false
 }
+
+// TestSlowValidate: while a plugin's Validate takes 5 s (a slow runtime),
+// for a create and for a setTasks that names a new task on it, creates and
+// deletes on the built-in runtime go through, each long before the slow
+// requests answer: nothing waits for a call to a plugin but the requests
+// that need its answer.
+func TestSlowValidate(t *testing.T) {
+	dir := pluginDir(t, "stuck", "./internal/stuckplugin")
+	mark := filepath.Join(t.TempDir(), "in-validate")
+	h := &hostProc{t: t, dataDir: dataDir(t), pluginDir: dir, env: []string{"SLOW_VALIDATE=5s", "SLOW_VALIDATE_MARK=" + mark}}
+	h.start()
+	t.Cleanup(h.cleanup)
+	onSlow := func(name string) map[string]any {
+		return map[string]any{"name": name, "spec": map[string]any{"runtime": "stuck", "process": map[string]any{"command": []string{"true"}}}}
+	}
+	h.mustDo(201, "POST", "/tasks", processTask("kept", "sleep", "600"))
+	slowDone := make(chan string, 2)
+	go func() {
+		code, body := h.do("POST", "/tasks", onSlow("slow-create"))
+		slowDone <- fmt.Sprintf("create: %d %s", code, body)
+	}()
+	go func() {
+		code, body := h.do("POST", "/setTasks", []any{processTask("kept", "sleep", "600"), onSlow("slow-sync")})
+		slowDone <- fmt.Sprintf("setTasks: %d %.200s", code, body)
+	}()
+	eventually(t, 20*time.Second, func() bool { _, err := os.Stat(mark); return err == nil },
+		func() string { return "the slow plugin's Validate was never called" })
+	for i := 0; i < 10; i++ {
+		name := fmt.Sprintf("quick-%d", i)
+		h.mustDo(201, "POST", "/tasks", processTask(name, "true"))
+		h.mustDo(204, "DELETE", "/tasks/"+name, nil)
+		select {
+		case done := <-slowDone:
+			t.Fatalf("a slow request answered (%s) before %d creates and deletes on another runtime were through", done, i+1)
+		default:
+		}
+	}
+	for i := 0; i < 2; i++ {
+		if done := <-slowDone; !strings.Contains(done, " 20") {
+			t.Fatalf("the slow request failed: %s", done)
+		}
+	}
+}
