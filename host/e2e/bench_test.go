@@ -160,6 +160,19 @@ func BenchmarkExitToVisiblePolled(b *testing.B) { benchExitToVisible(b, false) }
 
 func benchExitToVisible(b *testing.B, longPoll bool) {
 	h := startHost(b, "--log-level", "info")
+	running := func(name string) {
+		eventually(b, 10*time.Second, func() bool {
+			t, _ := h.get(name)
+			return t.Status.State.Running != nil
+		}, func() string { return "the task never ran" })
+	}
+	benchExits(b, h, "exit-visible", running, func(name string) { h.awaitTerminated(name, longPoll) })
+}
+
+// benchExits runs b.N tasks that each block on a FIFO, and measures from
+// the write that ends each (once running says it runs) until terminated
+// says the end is seen.
+func benchExits(b *testing.B, h *hostProc, metric string, running, terminated func(name string)) {
 	dir := b.TempDir()
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
@@ -171,16 +184,13 @@ func benchExitToVisible(b *testing.B, longPoll bool) {
 			b.Fatal(err)
 		}
 		h.mustDo(201, "POST", "/tasks", processTask(name, "head", "-c1", fifo))
-		eventually(b, 10*time.Second, func() bool {
-			t, _ := h.get(name)
-			return t.Status.State.Running != nil
-		}, func() string { return "the task never ran" })
+		running(name)
 		began := releaseFIFO(b, fifo)
-		h.awaitTerminated(name, longPoll)
+		terminated(name)
 		lat = append(lat, time.Since(began))
 	}
 	b.StopTimer()
-	reportPercentiles(b, "exit-visible", lat)
+	reportPercentiles(b, metric, lat)
 }
 
 // BenchmarkExitToWatch: from the moment a running task's process exits
@@ -188,7 +198,6 @@ func benchExitToVisible(b *testing.B, longPoll bool) {
 // so. Measured as BenchmarkExitToVisible is.
 func BenchmarkExitToWatch(b *testing.B) {
 	h := startHost(b, "--log-level", "info")
-	dir := b.TempDir()
 	resp, err := http.Get(h.url + "/getTasks?watch=true")
 	if err != nil {
 		b.Fatal(err)
@@ -221,23 +230,7 @@ func BenchmarkExitToWatch(b *testing.B) {
 		}
 		b.Fatal("the watch ended")
 	}
-	lat := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		name := fmt.Sprintf("exit-%d", i)
-		fifo := filepath.Join(dir, name)
-		if err := unix.Mkfifo(fifo, 0o600); err != nil {
-			b.Fatal(err)
-		}
-		h.mustDo(201, "POST", "/tasks", processTask(name, "head", "-c1", fifo))
-		await(name, false)
-		began := releaseFIFO(b, fifo)
-		await(name, true)
-		lat = append(lat, time.Since(began))
-	}
-	b.StopTimer()
-	reportPercentiles(b, "exit-watch", lat)
+	benchExits(b, h, "exit-watch", func(name string) { await(name, false) }, func(name string) { await(name, true) })
 }
 
 // BenchmarkCreate: POST /tasks until the 201.
