@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/julienschmidt/httprouter"
 	"golang.org/x/sys/unix"
 
@@ -106,6 +107,7 @@ func (s *server) watch(w http.ResponseWriter, req *http.Request) {
 	ctx, cancel := context.WithCancel(req.Context())
 	defer cancel()
 	st := newStream(w, s.watchOpts.BufferBytes, cancel, unsentOf(req.Context()))
+	st.log, st.client = s.log, req.RemoteAddr
 	go func() {
 		select {
 		case <-s.watchStop:
@@ -200,6 +202,8 @@ type stream struct {
 	// has not taken (0 where it cannot be known): a client that stops
 	// reading fills that first, long before the stream's own buffer.
 	unsent func() int
+	log    hclog.Logger
+	client string
 
 	mu     sync.Mutex
 	buf    []byte
@@ -290,6 +294,7 @@ func (st *stream) put(ctx context.Context, line []byte, wait bool) bool {
 		return false
 	}
 	if held >= st.max {
+		st.log.Info("cut off a watch whose client left its events unread", "unread", held, "client", st.client)
 		st.cut = true
 		line = encodeError(http.StatusServiceUnavailable, fmt.Sprintf("the client fell behind: it left %d bytes of events unread for %s, more than the executor holds for a watch (--watch-buffer-bytes); resume from the last resourceVersion read", held, watchStall))
 	}

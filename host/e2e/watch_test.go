@@ -213,7 +213,10 @@ func TestWatchSeesEveryChange(t *testing.T) {
 	const n = 1000
 	// Room for a reader slowed down by the race detector on a busy machine;
 	// the one that never reads leaves more than that.
-	h := startHost(t, "--watch-buffer-bytes", "512Ki", "--watch-history", "100000", "--log-level", "info")
+	// (The kernel queues about 512 KiB for a connection whose client does
+	// not read, which counts too: the buffer must be below that for the
+	// one that never reads to be cut for sure.)
+	h := startHost(t, "--watch-buffer-bytes", "256Ki", "--watch-history", "100000", "--log-level", "info")
 	var from []*watcher
 	for i := 0; i < 5; i++ {
 		from = append(from, h.watch("", true, nil))
@@ -403,11 +406,13 @@ func TestWatchSeesEveryChange(t *testing.T) {
 	if lastEv.Type != "ERROR" || e.Code != http.StatusServiceUnavailable || !strings.HasSuffix(string(raw), "\r\n0\r\n\r\n") {
 		t.Fatalf("the stream of the watcher that never read ended %q, want an ERROR 503 event and the stream's end", tail(raw))
 	}
-	// What the host held for it is bounded by --watch-buffer-bytes: the
-	// stream stopped there (plus the event that crossed it, the client's
-	// own receive buffer and the HTTP framing).
-	if len(raw) > 512<<10+128<<10 {
-		t.Fatalf("the watcher that never read got %d bytes before it was cut, more than the 512 KiB the host may hold for it", len(raw))
+	// What the host held for it is bounded: the stream stopped once the
+	// buffer and the kernel's queue held more than --watch-buffer-bytes
+	// (plus what the kernel took on before the check, the client's own
+	// receive buffer and the HTTP framing). The run's events are several
+	// times more.
+	if len(raw) > 1<<20 {
+		t.Fatalf("the watcher that never read got %d bytes before it was cut, more than the 1 MiB bound", len(raw))
 	}
 	t.Logf("the watcher that never read was cut after %d bytes; host RSS %d KiB", len(raw), rss/1024)
 }

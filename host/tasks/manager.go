@@ -179,11 +179,14 @@ func New(cfg Config, st *store.Store, rts Runtimes, log hclog.Logger) (*Manager,
 	if err != nil {
 		return nil, err
 	}
-	// Versions from the last lease on: never one handed out before the
-	// restart. The first lease is written before any is handed out.
-	first, limit := lease+1, lease+leaseStep
+	// Versions begin after the last lease, so never one handed out before
+	// the restart; and no lower than the clock in microseconds, so that
+	// they do not go back either when the lease could not be written (a
+	// full or read-only data directory, on which the host still serves).
+	first := max(lease+1, uint64(time.Now().UnixMicro()))
+	limit := first + leaseStep
 	if err := st.LeaseVersions(limit); err != nil {
-		return nil, err
+		log.Error("cannot record the resource versions' lease; versions follow the clock until it can be", "error", err)
 	}
 	recs, err := st.Load()
 	if err != nil {
