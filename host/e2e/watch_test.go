@@ -32,7 +32,6 @@ type wevent struct {
 
 // watcher reads one watch stream into memory.
 type watcher struct {
-	t    *testing.T
 	h    *hostProc
 	resp *http.Response
 	// resumed counts the times the host cut the stream (ERROR 503, the
@@ -49,16 +48,15 @@ type watcher struct {
 	done     chan struct{}
 }
 
-// watch opens GET /getTasks?watch=true (from rv, unless ""); with
-// read=false nothing is read until drain.
-func (h *hostProc) watch(rv string, read bool, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *watcher {
+// watch opens GET /getTasks?watch=true (from rv, unless "") and reads it
+// into memory as it comes.
+func (h *hostProc) watch(rv string) *watcher {
 	h.t.Helper()
 	url := h.url + "/getTasks?watch=true"
 	if rv != "" {
 		url += "&resourceVersion=" + rv
 	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: dial, DisableCompression: true}}
-	resp, err := hc.Get(url)
+	resp, err := http.Get(url)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -70,14 +68,12 @@ func (h *hostProc) watch(rv string, read bool, dial func(ctx context.Context, ne
 	if ct := resp.Header.Get("Content-Type"); ct != "application/x-ndjson" {
 		h.t.Fatalf("watch answered Content-Type %q", ct)
 	}
-	w := &watcher{t: h.t.(*testing.T), h: h, resp: resp, snapshot: -1, done: make(chan struct{})}
+	w := &watcher{h: h, resp: resp, snapshot: -1, done: make(chan struct{})}
 	if rv != "" {
 		w.snapshot = 0
 	}
 	h.t.Cleanup(func() { resp.Body.Close() })
-	if read {
-		go w.read()
-	}
+	go w.read()
 	return w
 }
 
@@ -244,7 +240,7 @@ func TestWatchSeesEveryChange(t *testing.T) {
 	h := startHost(t, "--watch-buffer-bytes", "256Ki", "--watch-history", "100000", "--log-level", "info")
 	var from []*watcher
 	for i := 0; i < 5; i++ {
-		from = append(from, h.watch("", true, nil))
+		from = append(from, h.watch(""))
 	}
 	silent := silentWatch(t, h)
 	ref := from[0]
@@ -272,11 +268,11 @@ func TestWatchSeesEveryChange(t *testing.T) {
 			old := evs[len(evs)/3].rv
 			now := ref.at()
 			for _, rv := range []uint64{old, now} {
-				w := h.watch(strconv.FormatUint(rv, 10), true, nil)
+				w := h.watch(strconv.FormatUint(rv, 10))
 				resumedFrom[w] = rv
 				late = append(late, w)
 			}
-			late = append(late, h.watch("", true, nil))
+			late = append(late, h.watch(""))
 		}
 	}
 	terminated := func() int {
@@ -296,7 +292,7 @@ func TestWatchSeesEveryChange(t *testing.T) {
 		return fmt.Sprintf("the reference watcher saw %d of %d tasks terminate (%d events read, ended: %v)", k, n, len(ref.events), ref.ended)
 	})
 	_, evs := ref.changes()
-	early := h.watch(strconv.FormatUint(evs[10].rv, 10), true, nil)
+	early := h.watch(strconv.FormatUint(evs[10].rv, 10))
 	resumedFrom[early] = evs[10].rv
 	late = append(late, early)
 
@@ -562,7 +558,7 @@ func TestWatchAcrossKill9(t *testing.T) {
 	h.mustDo(201, "POST", "/tasks", processTask("before", "true"))
 	h.mustDo(201, "POST", "/tasks", processTask("survivor", "sleep", "600"))
 	ended := await("the first task's end", func(s seen) bool { return s.name == "before" && s.term })
-	running := h.watch("", true, nil)
+	running := h.watch("")
 	eventually(t, 30*time.Second, func() bool { return running.at() >= ended.rv }, func() string { return "the raw watch did not catch up" })
 	last := h.list()
 	var highest uint64
@@ -591,7 +587,7 @@ func TestWatchAcrossKill9(t *testing.T) {
 			t.Fatalf("after the restart task %s has version %d, at or below %d, the highest before", tk.Name, rv, highest)
 		}
 	}
-	fresh := h.watch("", true, nil)
+	fresh := h.watch("")
 	h.mustDo(201, "POST", "/tasks", processTask("after", "true"))
 	after := await("the new task's end, through the re-listed watch", func(s seen) bool { return s.name == "after" && s.term })
 	if after.rv <= highest {
