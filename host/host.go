@@ -51,6 +51,9 @@ type Config struct {
 	MaxConcurrent     int
 	GracePeriod       time.Duration
 	LogLevel          string
+	// LogDropped, when set, counts the log lines dropped because stderr
+	// did not take them (see internal/logsink), for the metrics.
+	LogDropped func() uint64
 	// MaxTasks caps the tasks kept at once; 0 means no cap.
 	MaxTasks int
 	// MaxConnections caps the API's open connections (see connLimit).
@@ -227,6 +230,7 @@ func Run(ctx context.Context, cfg Config, log hclog.Logger) error {
 		return err
 	}
 	met.CountStatesWith(ctrl.CountStates)
+	met.CountDroppedLogLinesWith(cfg.LogDropped)
 	met.ReportUsageWith(usageOf(ctrl, mgr, log.Named("metrics")))
 	ctrl.Run()
 	if err := mgr.Start(ctrl); err != nil {

@@ -32,6 +32,7 @@ import (
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/host/dispatch"
 	"github.com/opensandbox/task-executor/host/tasks"
+	"github.com/opensandbox/task-executor/internal/logsink"
 	"github.com/opensandbox/task-executor/sdk"
 )
 
@@ -47,23 +48,42 @@ func main() {
 		fmt.Fprintln(os.Stderr, "task-executor:", err)
 		os.Exit(2)
 	}
+	// The log never waits for stderr (see internal/logsink): a reader that
+	// falls behind costs log lines, counted, not the executor.
+	sink := logsink.New(os.Stderr, logsink.DefaultMaxBytes)
 	log := hclog.New(&hclog.LoggerOptions{
 		Name:       "task-executor",
 		Level:      hclog.LevelFromString(cfg.LogLevel),
 		JSONFormat: logFormat == "json",
-		Output:     os.Stderr,
+		Output:     sink,
 	})
+	sink.OnDrop(func(n uint64) {
+		log.Warn("log lines were dropped: stderr did not take them in time", "dropped", n)
+	})
+	cfg.LogDropped = sink.Dropped
+	os.Exit(run(cfg, log, sink))
+}
+
+// run runs the host until it is told to stop, and returns the exit code
+// once its last log lines are out.
+func run(cfg host.Config, log hclog.Logger, sink *logsink.Sink) int {
+	defer sink.Flush(logFlushTimeout)
 	if err := wireRuntimes(&cfg, log); err != nil {
 		log.Error("exiting", "error", err)
-		os.Exit(1)
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := host.Run(ctx, cfg, log); err != nil {
 		log.Error("exiting", "error", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
+
+// logFlushTimeout bounds how long an exiting host waits for stderr to take
+// its last log lines.
+const logFlushTimeout = 5 * time.Second
 
 // wireRuntimes gives the host the built-in runtimes and the shim every
 // plugin is to use: the one in this executable, unless the operator names

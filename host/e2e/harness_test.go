@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/opensandbox/task-executor/host/api"
 	"github.com/opensandbox/task-executor/internal/containerdtest"
 	"github.com/opensandbox/task-executor/internal/testbin"
@@ -79,11 +81,15 @@ type hostProc struct {
 	early bool
 	args  []string
 	// env is added to the host's environment (a later entry wins).
-	env    []string
-	cmd    *exec.Cmd
-	url    string
-	logs   *syncBuffer
-	exited chan struct{}
+	env []string
+	// holdLogs, when set, stops the reading of the host's stderr once the
+	// host serves, until it is closed, on a pipe shrunk to one page: a log
+	// reader that has stopped.
+	holdLogs chan struct{}
+	cmd      *exec.Cmd
+	url      string
+	logs     *syncBuffer
+	exited   chan struct{}
 }
 
 type syncBuffer struct {
@@ -166,6 +172,11 @@ func (h *hostProc) start() {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	if h.holdLogs != nil {
+		if _, err := unix.FcntlInt(stderr.(*os.File).Fd(), unix.F_SETPIPE_SZ, os.Getpagesize()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	h.cmd = cmd
 	h.exited = make(chan struct{})
 	addr := make(chan string, 1)
@@ -183,6 +194,9 @@ func (h *hostProc) start() {
 			if json.Unmarshal(line, &m) == nil && strings.SplitN(fmt.Sprint(m["@message"]), ";", 2)[0] == want {
 				if a, ok := m["addr"].(string); ok {
 					addr <- a
+					if h.holdLogs != nil {
+						<-h.holdLogs
+					}
 				}
 			}
 		}

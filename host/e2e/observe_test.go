@@ -239,6 +239,7 @@ func TestMetricsAfterTasks(t *testing.T) {
 		`task_executor_tasks{state="waiting"}`:                                       0,
 		`task_executor_task_start_latency_seconds_count`:                             4,
 		`task_executor_task_exit_visible_latency_seconds_count`:                      3,
+		`task_executor_log_lines_dropped_total`:                                      0,
 		`task_executor_http_requests_total{code="201",method="POST",route="/tasks"}`: 4,
 	} {
 		if got, ok := m[k]; !ok || got != want {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,6 +42,8 @@ type Metrics struct {
 	usageMu              sync.Mutex
 	usage                func(context.Context) []TaskUsage
 	cpuD, memD, memPeakD *prometheus.Desc
+
+	logDropped atomic.Pointer[func() uint64]
 }
 
 // TaskUsage is what one task has used, as its runtime reports it.
@@ -99,8 +102,17 @@ func New() *Metrics {
 		memPeakD: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "task_memory_peak_bytes"),
 			"The most memory a task's cgroup has held.", []string{"task"}, nil),
 	}
+	logDropped := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "log_lines_dropped_total",
+		Help: "Log lines dropped because stderr did not take them in time (its reader fell behind or stopped).",
+	}, func() float64 {
+		if fn := m.logDropped.Load(); fn != nil {
+			return float64((*fn)())
+		}
+		return 0
+	})
 	m.reg.MustRegister(m.starts, m.terminations, m.startLatency, m.exitVisible,
-		m.pluginRestarts, m.httpRequests, stateCollector{m}, usageCollector{m},
+		m.pluginRestarts, m.httpRequests, logDropped, stateCollector{m}, usageCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -111,6 +123,15 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// CountDroppedLogLinesWith makes the dropped log lines counter ask fn at
+// every scrape.
+func (m *Metrics) CountDroppedLogLinesWith(fn func() uint64) {
+	if m == nil || fn == nil {
+		return
+	}
+	m.logDropped.Store(&fn)
 }
 
 // CountStatesWith makes the tasks-by-state gauge ask fn at every scrape:
