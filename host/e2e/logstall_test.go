@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -85,28 +83,14 @@ func TestStderrNobodyReads(t *testing.T) {
 // to terminate and deletes it, with every request bounded in time: a host
 // that stops answering is an error, not a hung test.
 func churn(url string, first, n int) error {
-	c := &http.Client{Timeout: 30 * time.Second}
+	c := newAPIClient(url)
+	defer c.close()
 	do := func(method, path string, body any) (int, []byte, error) {
-		var r io.Reader
-		if body != nil {
-			j, err := json.Marshal(body)
-			if err != nil {
-				return 0, nil, err
-			}
-			r = bytes.NewReader(j)
-		}
-		req, err := http.NewRequest(method, url+path, r)
+		code, out, err := c.call(method, path, body)
 		if err != nil {
-			return 0, nil, err
+			err = fmt.Errorf("%s %s: %w", method, path, err)
 		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := c.Do(req)
-		if err != nil {
-			return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
-		}
-		defer resp.Body.Close()
-		out, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, out, err
+		return code, out, err
 	}
 	for i := first; i < first+n; i++ {
 		name := fmt.Sprintf("quiet-%d", i)
