@@ -428,6 +428,13 @@ func (h *handle) watch(ctx context.Context) {
 			timeout = timer.C
 		}
 	}
+	// A nudge can come before the CRI status shows the exit: containerd's
+	// own exit event comes before containerd has deleted the task, which
+	// the status waits for (tens of milliseconds), and containerd 1.6
+	// sends no CRI event then. Rather than wait for the next list, look
+	// again soon, at growing intervals, for a while.
+	var recheck <-chan time.Time
+	var every, rechecked time.Duration
 	for {
 		if _, final, _ := h.snapshot(); final {
 			return
@@ -436,6 +443,10 @@ func (h *handle) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-h.exited:
+			every, rechecked = recheckFirst, 0
+		case <-recheck:
+			rechecked += every
+			every = min(2*every, recheckMax)
 		case <-timeout:
 			timeout = nil
 			if err := markTimedOut(h.task.Dir); err != nil {
@@ -449,8 +460,21 @@ func (h *handle) watch(ctx context.Context) {
 		if err := h.refresh(ctx); err != nil && ctx.Err() == nil {
 			h.d.log.Warn("cannot read a container's status", "task", h.task.Name, "error", err)
 		}
+		recheck = nil
+		if _, final, _ := h.snapshot(); !final && every > 0 && rechecked < recheckFor {
+			recheck = time.After(every)
+		}
 	}
 }
+
+// After a nudge, the status is read again recheckFirst later, then at
+// doubling intervals up to recheckMax, for recheckFor in all; the list
+// (monitorInterval) and the events take over after that.
+const (
+	recheckFirst = 2 * time.Millisecond
+	recheckMax   = 50 * time.Millisecond
+	recheckFor   = 2 * time.Second
+)
 
 // refresh asks containerd for the container's status and applies it.
 func (h *handle) refresh(ctx context.Context) error {
