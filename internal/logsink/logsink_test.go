@@ -10,14 +10,20 @@ import (
 )
 
 // gatedWriter blocks every Write until open is closed, as a pipe nobody
-// reads does once it is full.
+// reads does once it is full; entered gets a value each time a Write
+// starts, if anyone listens.
 type gatedWriter struct {
-	open chan struct{}
-	mu   sync.Mutex
-	buf  bytes.Buffer
+	open    chan struct{}
+	entered chan struct{}
+	mu      sync.Mutex
+	buf     bytes.Buffer
 }
 
 func (w *gatedWriter) Write(p []byte) (int, error) {
+	select {
+	case w.entered <- struct{}{}:
+	default:
+	}
 	<-w.open
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -48,17 +54,21 @@ func TestWriteNeverBlocksAndLossIsTold(t *testing.T) {
 		lines int
 	}{
 		{"a queue smaller than the lines", 4096, 1000},
-		{"a queue holding all but a few", 100 * 40, 120},
+		{"a queue holding all but a few", 100 * 41, 105}, // lines of 41 bytes
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			out := &gatedWriter{open: make(chan struct{})}
+			out := &gatedWriter{open: make(chan struct{}), entered: make(chan struct{})}
 			s := New(out, tc.max)
 			s.OnDrop(func(n uint64) { fmt.Fprintf(s, "dropped %d\n", n) })
+			// The first line goes to the output, which holds it: from
+			// then on the queue alone takes lines.
+			fmt.Fprintf(s, "line %04d %s\n", 0, strings.Repeat("x", 30))
+			<-out.entered
 			wrote := make(chan struct{})
 			go func() {
 				defer close(wrote)
-				for i := 0; i < tc.lines; i++ {
+				for i := 1; i < tc.lines; i++ {
 					fmt.Fprintf(s, "line %04d %s\n", i, strings.Repeat("x", 30))
 				}
 			}()
