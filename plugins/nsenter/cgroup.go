@@ -1,8 +1,6 @@
 package nsenter
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -19,45 +17,16 @@ import (
 	"github.com/opensandbox/task-executor/sdk/cgroups"
 )
 
-// hierarchy is one line of /proc/<pid>/cgroup: a cgroup hierarchy (its
-// controllers, or "name=..." for a named v1 one; none for v2) and the
+// hierarchy is one line of /proc/<pid>/cgroup: a cgroup hierarchy and the
 // process's cgroup in it.
-type hierarchy struct {
-	controllers []string
-	v2          bool
-	path        string
-}
+type hierarchy = cgroups.Membership
 
-// key names the hierarchy for the mount cache.
-func (h hierarchy) key() string {
-	if h.v2 {
+// hierarchyKey names h's hierarchy for the mount cache.
+func hierarchyKey(h hierarchy) string {
+	if h.V2 {
 		return ""
 	}
-	return strings.Join(h.controllers, ",")
-}
-
-// parseCgroups reads /proc/<pid>/cgroup.
-func parseCgroups(b []byte) ([]hierarchy, error) {
-	var hs []hierarchy
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			return nil, fmt.Errorf("malformed cgroup line %q", sc.Text())
-		}
-		h := hierarchy{path: parts[2], v2: parts[0] == "0" && parts[1] == ""}
-		if !h.v2 {
-			if parts[1] == "" {
-				return nil, fmt.Errorf("cgroup line %q names no controller", sc.Text())
-			}
-			h.controllers = strings.Split(parts[1], ",")
-		}
-		hs = append(hs, h)
-	}
-	if len(hs) == 0 {
-		return nil, errors.New("no cgroup hierarchy")
-	}
-	return hs, nil
+	return strings.Join(h.Controllers, ",")
 }
 
 // cgroupMounts reaches every cgroup hierarchy through mounts of its own:
@@ -90,11 +59,11 @@ var taskControllers = []string{"memory", "cpu", "cpuacct"}
 func (m *cgroupMounts) mount(h hierarchy) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if fd, ok := m.mounts[h.key()]; ok {
+	if fd, ok := m.mounts[hierarchyKey(h)]; ok {
 		return fd, nil
 	}
 	fsType := "cgroup"
-	if h.v2 {
+	if h.V2 {
 		fsType = "cgroup2"
 	}
 	fsfd, err := unix.Fsopen(fsType, unix.FSOPEN_CLOEXEC)
@@ -102,7 +71,7 @@ func (m *cgroupMounts) mount(h hierarchy) (int, error) {
 		return -1, fmt.Errorf("while opening a %s file system: %w", fsType, err)
 	}
 	defer unix.Close(fsfd)
-	for _, c := range h.controllers {
+	for _, c := range h.Controllers {
 		if name, ok := strings.CutPrefix(c, "name="); ok {
 			err = unix.FsconfigSetString(fsfd, "name", name)
 			if err == nil {
@@ -112,20 +81,20 @@ func (m *cgroupMounts) mount(h hierarchy) (int, error) {
 			err = unix.FsconfigSetFlag(fsfd, c)
 		}
 		if err != nil {
-			return -1, fmt.Errorf("while configuring a cgroup mount of %s: %w", h.key(), err)
+			return -1, fmt.Errorf("while configuring a cgroup mount of %s: %w", hierarchyKey(h), err)
 		}
 	}
 	if err := unix.FsconfigCreate(fsfd); err != nil {
-		return -1, fmt.Errorf("while mounting the cgroup hierarchy %q: %w", h.key(), err)
+		return -1, fmt.Errorf("while mounting the cgroup hierarchy %q: %w", hierarchyKey(h), err)
 	}
 	fd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 	if err != nil {
-		return -1, fmt.Errorf("while mounting the cgroup hierarchy %q: %w", h.key(), err)
+		return -1, fmt.Errorf("while mounting the cgroup hierarchy %q: %w", hierarchyKey(h), err)
 	}
 	if m.mounts == nil {
 		m.mounts = map[string]int{}
 	}
-	m.mounts[h.key()] = fd
+	m.mounts[hierarchyKey(h)] = fd
 	return fd, nil
 }
 
@@ -162,11 +131,11 @@ func (m *cgroupMounts) openAll(pid int, withTasks bool, log hclog.Logger) (procs
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
 	}
-	hs, err := parseCgroups(b)
+	hs, err := cgroups.ParseMemberships(b)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("while reading the main container's cgroups: %w", err)
 	}
-	v1Memory := slices.ContainsFunc(hs, func(h hierarchy) bool { return slices.Contains(h.controllers, "memory") })
+	v1Memory := slices.ContainsFunc(hs, func(h hierarchy) bool { return slices.Contains(h.Controllers, "memory") })
 	var (
 		taskHs []cgroups.Hierarchy
 		// mainPath is main's cgroup in the hierarchies its tasks get
@@ -177,36 +146,36 @@ func (m *cgroupMounts) openAll(pid int, withTasks bool, log hclog.Logger) (procs
 		mainPath string
 	)
 	for _, h := range hs {
-		if !h.v2 && slices.Contains(h.controllers, "memory") {
-			mainPath = h.path
+		if !h.V2 && slices.Contains(h.Controllers, "memory") {
+			mainPath = h.Path
 		}
 	}
 	for _, h := range hs {
-		if strings.HasPrefix(h.path, "/..") {
-			return nil, nil, nil, fmt.Errorf("the main container's cgroup %s is outside the executor's cgroup namespace (cgroup v2 gives each unprivileged container one of its own)", h.path)
+		if strings.HasPrefix(h.Path, "/..") {
+			return nil, nil, nil, fmt.Errorf("the main container's cgroup %s is outside the executor's cgroup namespace (cgroup v2 gives each unprivileged container one of its own)", h.Path)
 		}
 		fd, err := m.mount(h)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		if withTasks && !h.v2 && h.path == mainPath && slices.ContainsFunc(h.controllers, func(c string) bool { return slices.Contains(taskControllers, c) }) {
-			taskHs = append(taskHs, cgroups.Hierarchy{Dir: fmt.Sprintf("/proc/self/fd/%d", fd), Controllers: h.controllers})
+		if withTasks && !h.V2 && h.Path == mainPath && slices.ContainsFunc(h.Controllers, func(c string) bool { return slices.Contains(taskControllers, c) }) {
+			taskHs = append(taskHs, cgroups.Hierarchy{Dir: fmt.Sprintf("/proc/self/fd/%d", fd), Controllers: h.Controllers})
 			continue
 		}
-		dir := strings.TrimPrefix(h.path, "/")
+		dir := strings.TrimPrefix(h.Path, "/")
 		if dir == "" {
 			dir = "."
 		}
-		f, err := openAt(fd, dir+"/"+cgroups.JoinFile(h.v2), unix.O_WRONLY)
+		f, err := openAt(fd, dir+"/"+cgroups.JoinFile(h.V2), unix.O_WRONLY)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("while opening the main container's cgroup %s in %q: %w", h.path, h.key(), err)
+			return nil, nil, nil, fmt.Errorf("while opening the main container's cgroup %s in %q: %w", h.Path, hierarchyKey(h), err)
 		}
 		procs = append(procs, f)
 		counter := ""
 		switch {
-		case slices.Contains(h.controllers, "memory"):
+		case slices.Contains(h.Controllers, "memory"):
 			counter = "memory.oom_control"
-		case h.v2 && !v1Memory:
+		case h.V2 && !v1Memory:
 			counter = "memory.events"
 		}
 		if counter != "" && oom == nil {

@@ -151,13 +151,13 @@ func (m *mainContainer) checkSelf() []string {
 	b, err := os.ReadFile("/proc/self/cgroup")
 	if err == nil {
 		var hs []hierarchy
-		if hs, err = parseCgroups(b); err == nil {
+		if hs, err = cgroups.ParseMemberships(b); err == nil {
 			for _, h := range hs {
 				if _, err = m.cgroups.mount(h); err != nil {
 					break
 				}
 			}
-			if err == nil && len(hs) == 1 && hs[0].v2 && hs[0].path == "/" {
+			if err == nil && len(hs) == 1 && hs[0].V2 && hs[0].Path == "/" {
 				err = errors.New("the executor's container has a cgroup namespace of its own (cgroup v2 gives one to every unprivileged container), which does not hold the main container's cgroup: run the executor's container privileged")
 			}
 		}

@@ -3,8 +3,6 @@ package nsenter
 import (
 	"context"
 	"fmt"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/opensandbox/task-executor/sdk"
+	"github.com/opensandbox/task-executor/sdk/cgroups"
 	"github.com/opensandbox/task-executor/sdk/runtimetest"
 	"github.com/opensandbox/task-executor/sdk/shim"
 )
@@ -141,23 +143,20 @@ func TestLSMTransition(t *testing.T) {
 	}
 }
 
-func TestParseCgroups(t *testing.T) {
-	hs, err := parseCgroups([]byte("12:cpu,cpuacct:/kubepods/pod1/c1\n1:name=systemd:/kubepods/pod1/c1\n0::/kubepods/pod1/c1\n"))
+// TestHierarchyKeys: each hierarchy of /proc/<pid>/cgroup gets a mount of
+// its own, named by its controllers (v2: none).
+func TestHierarchyKeys(t *testing.T) {
+	hs, err := cgroups.ParseMemberships([]byte("12:cpu,cpuacct:/kubepods/pod1/c1\n1:name=systemd:/kubepods/pod1/c1\n0::/kubepods/pod1/c1\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var keys []string
 	for _, h := range hs {
-		keys = append(keys, fmt.Sprintf("%s|%v|%s", h.key(), h.v2, h.path))
+		keys = append(keys, fmt.Sprintf("%s|%v|%s", hierarchyKey(h), h.V2, h.Path))
 	}
 	want := []string{"cpu,cpuacct|false|/kubepods/pod1/c1", "name=systemd|false|/kubepods/pod1/c1", "|true|/kubepods/pod1/c1"}
 	if !slices.Equal(keys, want) {
 		t.Fatalf("got %v, want %v", keys, want)
-	}
-	for _, bad := range []string{"", "garbage\n", "3::/x\n"} {
-		if _, err := parseCgroups([]byte(bad)); err == nil {
-			t.Errorf("parseCgroups(%q) succeeded", bad)
-		}
 	}
 }
 
@@ -186,17 +185,17 @@ func memoryCgroup(t *testing.T, c *runtimetest.Container, limit int64) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs, err := parseCgroups(b)
+	hs, err := cgroups.ParseMemberships(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var dir, limitFile string
 	for _, h := range hs {
 		switch {
-		case slices.Contains(h.controllers, "memory"):
-			dir, limitFile = filepath.Join("/sys/fs/cgroup/memory", h.path), "memory.limit_in_bytes"
-		case h.v2 && dir == "":
-			dir, limitFile = filepath.Join("/sys/fs/cgroup", h.path), "memory.max"
+		case slices.Contains(h.Controllers, "memory"):
+			dir, limitFile = filepath.Join("/sys/fs/cgroup/memory", h.Path), "memory.limit_in_bytes"
+		case h.V2 && dir == "":
+			dir, limitFile = filepath.Join("/sys/fs/cgroup", h.Path), "memory.max"
 		}
 	}
 	if dir == "" {

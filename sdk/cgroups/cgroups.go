@@ -185,7 +185,7 @@ func New(parent, id string) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: while reading the executor's cgroups: %w", ErrUnavailable, err)
 	}
-	cgs, err := parseProcCgroup(cgData)
+	cgs, err := ParseMemberships(cgData)
 	if err != nil {
 		return nil, fmt.Errorf("%w: while reading the executor's cgroups: %w", ErrUnavailable, err)
 	}
@@ -616,13 +616,13 @@ func isMember(pid int, t tree, cg string) (bool, error) {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return false, nil // gone meanwhile
 	}
-	lines, err := parseProcCgroup(b)
+	lines, err := ParseMemberships(b)
 	if err != nil {
 		return false, fmt.Errorf("while reading the cgroups of process %d: %w", pid, err)
 	}
 	for _, l := range lines {
 		if t.matches(l) {
-			return pathHasPrefix(l.path, cg), nil
+			return pathHasPrefix(l.Path, cg), nil
 		}
 	}
 	return false, nil

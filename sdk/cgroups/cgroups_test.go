@@ -99,21 +99,21 @@ func TestParseProcCgroup(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      string
-		want    []procCgroup
+		want    []Membership
 		wantErr bool
 	}{
-		{"hybrid", "4:memory:/process_api/x\n2:cpuacct:/\n1:cpu:/\n1:name=systemd:/user.slice\n0::/\n", []procCgroup{
-			{controllers: []string{"memory"}, path: "/process_api/x"},
-			{controllers: []string{"cpuacct"}, path: "/"},
-			{controllers: []string{"cpu"}, path: "/"},
-			{controllers: []string{"name=systemd"}, path: "/user.slice"},
-			{v2: true, path: "/"},
+		{"hybrid", "4:memory:/process_api/x\n2:cpuacct:/\n1:cpu:/\n1:name=systemd:/user.slice\n0::/\n", []Membership{
+			{Controllers: []string{"memory"}, Path: "/process_api/x"},
+			{Controllers: []string{"cpuacct"}, Path: "/"},
+			{Controllers: []string{"cpu"}, Path: "/"},
+			{Controllers: []string{"name=systemd"}, Path: "/user.slice"},
+			{V2: true, Path: "/"},
 		}, false},
-		{"co-mounted", "3:cpu,cpuacct:/kubepods/pod1\n", []procCgroup{
-			{controllers: []string{"cpu", "cpuacct"}, path: "/kubepods/pod1"},
+		{"co-mounted", "3:cpu,cpuacct:/kubepods/pod1\n", []Membership{
+			{Controllers: []string{"cpu", "cpuacct"}, Path: "/kubepods/pod1"},
 		}, false},
-		{"v2 only", "0::/system.slice/te.service\n", []procCgroup{{v2: true, path: "/system.slice/te.service"}}, false},
-		{"outside the namespace", "0::/../../x\n", []procCgroup{{v2: true, path: "/../../x"}}, false},
+		{"v2 only", "0::/system.slice/te.service\n", []Membership{{V2: true, Path: "/system.slice/te.service"}}, false},
+		{"outside the namespace", "0::/../../x\n", []Membership{{V2: true, Path: "/../../x"}}, false},
 		{"malformed", "4:memory\n", nil, true},
 		{"no controller on v1", "4::/x\n", nil, true},
 		{"relative path", "4:memory:x\n", nil, true},
@@ -121,12 +121,12 @@ func TestParseProcCgroup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseProcCgroup([]byte(tt.in))
+			got, err := ParseMemberships([]byte(tt.in))
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
 			}
-			if !slices.EqualFunc(got, tt.want, func(a, b procCgroup) bool {
-				return a.v2 == b.v2 && a.path == b.path && slices.Equal(a.controllers, b.controllers)
+			if !slices.EqualFunc(got, tt.want, func(a, b Membership) bool {
+				return a.V2 == b.V2 && a.Path == b.Path && slices.Equal(a.Controllers, b.Controllers)
 			}) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
@@ -307,7 +307,7 @@ func TestSelectTrees(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cgs, err := parseProcCgroup([]byte(tt.cgroup))
+			cgs, err := ParseMemberships([]byte(tt.cgroup))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -834,7 +834,7 @@ func hostIsV2(t *testing.T) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cgs, err := parseProcCgroup(cgData)
+	cgs, err := ParseMemberships(cgData)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -965,7 +965,7 @@ func checkMember(t *testing.T, m *Manager, g *Group, pid int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines, err := parseProcCgroup(b)
+	lines, err := ParseMemberships(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -974,8 +974,8 @@ func checkMember(t *testing.T, m *Manager, g *Group, pid int) {
 		if i < 0 {
 			t.Fatalf("process %d has no cgroup in %s: %s", pid, tr.name(), b)
 		}
-		if want := g.path(tr); lines[i].path != want || !strings.HasSuffix(want, "/"+g.name) {
-			t.Errorf("process %d is in %s in %s, want %s", pid, lines[i].path, tr.name(), want)
+		if want := g.path(tr); lines[i].Path != want || !strings.HasSuffix(want, "/"+g.name) {
+			t.Errorf("process %d is in %s in %s, want %s", pid, lines[i].Path, tr.name(), want)
 		}
 	}
 }

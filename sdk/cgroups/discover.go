@@ -13,18 +13,24 @@ import (
 	"strings"
 )
 
-// procCgroup is one line of /proc/<pid>/cgroup: a hierarchy (its v1
-// controllers, "name=..." for a named one, none for v2) and the process's
-// cgroup in it, relative to the reader's cgroup namespace.
-type procCgroup struct {
-	v2          bool
-	controllers []string
-	path        string
+// Membership is one line of /proc/<pid>/cgroup: a hierarchy and the
+// process's cgroup in it. A runtime that places tasks in another process's
+// cgroups (a container's) reads that process's memberships.
+type Membership struct {
+	// V2 marks the unified hierarchy (the line "0::PATH").
+	V2 bool
+	// Controllers are a v1 hierarchy's controllers, or "name=..." for a
+	// named one; none for v2.
+	Controllers []string
+	// Path is the process's cgroup in the hierarchy, relative to the
+	// reader's cgroup namespace ("/.." and below when outside it).
+	Path string
 }
 
-// parseProcCgroup parses /proc/<pid>/cgroup.
-func parseProcCgroup(b []byte) ([]procCgroup, error) {
-	var cgs []procCgroup
+// ParseMemberships parses the contents of /proc/<pid>/cgroup. A malformed
+// line, a v1 line without a controller, or no line at all is an error.
+func ParseMemberships(b []byte) ([]Membership, error) {
+	var cgs []Membership
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		if sc.Text() == "" {
@@ -34,12 +40,12 @@ func parseProcCgroup(b []byte) ([]procCgroup, error) {
 		if len(parts) != 3 || !strings.HasPrefix(parts[2], "/") {
 			return nil, fmt.Errorf("malformed cgroup line %q", sc.Text())
 		}
-		cg := procCgroup{path: parts[2], v2: parts[0] == "0" && parts[1] == ""}
-		if !cg.v2 {
+		cg := Membership{Path: parts[2], V2: parts[0] == "0" && parts[1] == ""}
+		if !cg.V2 {
 			if parts[1] == "" {
 				return nil, fmt.Errorf("cgroup line %q names no controller", sc.Text())
 			}
-			cg.controllers = strings.Split(parts[1], ",")
+			cg.Controllers = strings.Split(parts[1], ",")
 		}
 		cgs = append(cgs, cg)
 	}
@@ -161,11 +167,11 @@ func (t tree) name() string {
 }
 
 // matches tells whether a /proc/<pid>/cgroup line is of this hierarchy.
-func (t tree) matches(l procCgroup) bool {
-	if t.v2 || l.v2 {
-		return t.v2 == l.v2
+func (t tree) matches(l Membership) bool {
+	if t.v2 || l.V2 {
+		return t.v2 == l.V2
 	}
-	return slices.Equal(sorted(l.controllers), sorted(t.controllers))
+	return slices.Equal(sorted(l.Controllers), sorted(t.controllers))
 }
 
 // oomCounter is the file that counts the OOM kills of a cgroup of this
@@ -225,7 +231,7 @@ func (t tree) chain() []string {
 // selectTrees picks the hierarchies to use and where the parent cgroup is in
 // each, from the executor's cgroups and the cgroup mounts. controllersOf
 // reads a v2 cgroup's cgroup.controllers.
-func selectTrees(cgs []procCgroup, mounts []mountEntry, parent, id string, controllersOf func(dir string) ([]string, error)) ([]tree, []string, error) {
+func selectTrees(cgs []Membership, mounts []mountEntry, parent, id string, controllersOf func(dir string) ([]string, error)) ([]tree, []string, error) {
 	target, err := parentPath(parent, id)
 	if err != nil {
 		return nil, nil, err
@@ -233,7 +239,7 @@ func selectTrees(cgs []procCgroup, mounts []mountEntry, parent, id string, contr
 	var trees []tree
 	var warnings, reasons []string
 	for _, cg := range cgs {
-		if cg.v2 || !slices.ContainsFunc(cg.controllers, func(c string) bool { return c == "memory" || c == "cpu" || c == "cpuacct" }) {
+		if cg.V2 || !slices.ContainsFunc(cg.Controllers, func(c string) bool { return c == "memory" || c == "cpu" || c == "cpuacct" }) {
 			continue
 		}
 		t, reason, err := place(cg, mounts, target)
@@ -250,7 +256,7 @@ func selectTrees(cgs []procCgroup, mounts []mountEntry, parent, id string, contr
 		reasons = append(reasons, warnings...)
 		warnings = nil
 		for _, cg := range cgs {
-			if !cg.v2 {
+			if !cg.V2 {
 				continue
 			}
 			t, reason, err := place(cg, mounts, target)
@@ -317,19 +323,19 @@ func parentPath(parent, id string) (func(own string) (string, error), error) {
 // place finds the mount that shows cg's hierarchy at the parent. reason
 // says why the hierarchy cannot be used when there is no mount of it at
 // all; an error, when it is mounted but the parent is outside every mount.
-func place(cg procCgroup, mounts []mountEntry, target func(string) (string, error)) (tree, string, error) {
-	t := tree{v2: cg.v2, controllers: cg.controllers}
-	parent, err := target(cg.path)
+func place(cg Membership, mounts []mountEntry, target func(string) (string, error)) (tree, string, error) {
+	t := tree{v2: cg.V2, controllers: cg.Controllers}
+	parent, err := target(cg.Path)
 	if err != nil {
 		return tree{}, "", err
 	}
 	var best *mountEntry
 	var seen []string
 	for i, m := range mounts {
-		if m.v2 != cg.v2 {
+		if m.v2 != cg.V2 {
 			continue
 		}
-		if !cg.v2 && missingOf(cg.controllers, m.options) != nil {
+		if !cg.V2 && missingOf(cg.Controllers, m.options) != nil {
 			continue
 		}
 		seen = append(seen, fmt.Sprintf("%s shows %s", m.point, m.root))
