@@ -374,9 +374,11 @@ func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
 // exitReported is containerd's own report of a container's exit (see
 // followContainerd). It only wakes the watch, which settles the task from
 // the container's CRI status: containerd's CRI logger writes a last line
-// without a newline only when the task's FIFO closes, at the task's
-// deletion, which the CRI status follows; an exit reported from the event
-// itself came before the container's output was complete.
+// without a newline only once the container's FIFO closes, which can come
+// after the event, and containerd has closed the container's IO for sure
+// only at the task's deletion, which the CRI status follows; an exit
+// reported from the event itself came, at times, before the container's
+// output was complete.
 func (h *handle) exitReported() { h.nudge() }
 
 // ended builds a final status from an exit code (and a message from the
