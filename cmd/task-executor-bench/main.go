@@ -174,6 +174,8 @@ var rows = []row{
 	{figure: "hot path: store, write a final state", target: "", bench: "store.SetFinal", metric: "ns/op"},
 	{figure: "hot path: status event -> visible to GET", target: "", bench: "tasks.ReportToVisible", metric: "ns/op"},
 	{figure: "hot path: JSON of a 10,000-task list", target: "", bench: "api.ListJSON", metric: "ns/op"},
+	{figure: "hot path: one event for 10 watches, encoding (once for all)", target: "", bench: "api.WatchEncode/shared", metric: "ns/op"},
+	{figure: "  the same, each watch encoding it", target: "", bench: "api.WatchEncode/per-watch", metric: "ns/op"},
 	{figure: "hot path: a shim runs /bin/true, launch -> exit reported, p50", target: "", bench: "shim.TrueTask/relay=true", metric: "shim-us", baseline: "floor-us"},
 	{figure: "  floor in the same loop: bare fork+exec+wait, p50", target: "(baseline)", bench: "shim.TrueTask/relay=true", metric: "floor-us"},
 }

@@ -86,6 +86,8 @@ type server struct {
 	// watches).
 	watchOpts WatchOptions
 	watchStop <-chan struct{}
+	// lines are the latest events as the watches write them.
+	lines eventLines
 }
 
 // WithDefaultRuntimes has GET /runtimes tell, for each runtime, the kinds

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -140,7 +141,7 @@ func (s *server) produce(ctx context.Context, wt *tasks.Watch, st *stream) {
 		for _, t := range wt.Snapshot {
 			// The snapshot is in memory already: it waits for the client
 			// rather than counting against the buffer.
-			if !st.put(ctx, encodeEvent(string(tasks.Added), toAPI(t)), true) {
+			if !st.put(ctx, s.lines.line(tasks.Added, t), true) {
 				return
 			}
 		}
@@ -167,11 +168,43 @@ func (s *server) produce(ctx context.Context, wt *tasks.Watch, st *stream) {
 			continue
 		}
 		for _, ev := range evs {
-			if !st.put(ctx, encodeEvent(string(ev.Type), toAPI(ev.Task)), false) {
+			if !st.put(ctx, s.lines.line(ev.Type, ev.Task), false) {
 				return
 			}
 		}
 	}
+}
+
+// eventLines keeps the encoded lines of the latest events, shared by every
+// watch: an event is encoded once, not once for each watcher that writes
+// it. A task at a resource version never changes, so a version and an
+// event type name one line; a slot holds the latest version that fell on it.
+type eventLines struct {
+	slots [eventLineSlots]atomic.Pointer[eventLine]
+}
+
+// eventLineSlots bounds what the cache holds: the events of the last
+// moments, which the watches write at about the same time.
+const eventLineSlots = 1024
+
+type eventLine struct {
+	rv   uint64
+	typ  tasks.EventType
+	line []byte // never written to once shared
+}
+
+// line returns the event's line, encoded once per version and type.
+func (c *eventLines) line(typ tasks.EventType, t tasks.Task) []byte {
+	if t.ResourceVersion == 0 {
+		return encodeEvent(string(typ), toAPI(t))
+	}
+	slot := &c.slots[t.ResourceVersion%eventLineSlots]
+	if l := slot.Load(); l != nil && l.rv == t.ResourceVersion && l.typ == typ {
+		return l.line
+	}
+	line := encodeEvent(string(typ), toAPI(t))
+	slot.Store(&eventLine{rv: t.ResourceVersion, typ: typ, line: line})
+	return line
 }
 
 func encodeEvent(typ string, obj any) []byte {
