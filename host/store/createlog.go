@@ -135,32 +135,12 @@ func openLog(dir string, log hclog.Logger) (*createLog, []logEntry, error) {
 // newLog writes an empty log in full, so that later writes change no
 // metadata (an fdatasync then flushes only data), and syncs it into place.
 func newLog(dir string, log hclog.Logger) (*createLog, error) {
-	path := filepath.Join(dir, logName)
-	tmp := path + ".new"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("while creating the create log: %w", classify(err))
-	}
 	b := make([]byte, logSize)
 	putLogHeader(b, 1, logHeaderSize)
-	_, err = f.Write(b)
-	if err == nil {
-		err = syncFile(f)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncOne(dir)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
+	if err := replaceFile(dir, logName, b); err != nil {
 		return nil, fmt.Errorf("while creating the create log: %w", classify(err))
 	}
-	return &createLog{path: path, log: log, gen: 1, start: logHeaderSize, off: logHeaderSize, live: map[string]int64{}}, nil
+	return &createLog{path: filepath.Join(dir, logName), log: log, gen: 1, start: logHeaderSize, off: logHeaderSize, live: map[string]int64{}}, nil
 }
 
 func putLogHeader(b []byte, gen uint64, start int64) {

@@ -289,6 +289,35 @@ func syncOne(path string) error {
 	return err
 }
 
+// replaceFile durably replaces dir's file name with data: written whole to
+// a new file, synced, renamed over the old one and the rename synced, so
+// that a crash leaves the old file or the new one.
+func replaceFile(dir, name string, data []byte) error {
+	path := filepath.Join(dir, name)
+	tmp := path + ".new"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = syncFile(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncOne(dir)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+	}
+	return err
+}
+
 // What completes a task's record is written once, in place, and never
 // replaced: replacing a file frees its blocks, and on a disk mounted with
 // online discard the next journal commit — often the one a create is

@@ -34,25 +34,7 @@ func (s *Store) VersionLease() (uint64, error) {
 // host may hand out. Written whole (a new file renamed over the old), so a
 // crash leaves the old lease or the new one.
 func (s *Store) LeaseVersions(limit uint64) error {
-	path := filepath.Join(s.dir, versionsFile)
-	tmp := path + ".new"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err == nil {
-		_, err = f.WriteString(strconv.FormatUint(limit, 10) + "\n")
-		if err == nil {
-			err = syncFile(f)
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncOne(s.dir)
-	}
-	if err != nil {
+	if err := replaceFile(s.dir, versionsFile, []byte(strconv.FormatUint(limit, 10)+"\n")); err != nil {
 		return fmt.Errorf("while recording the resource versions' lease: %w", classify(err))
 	}
 	return nil
