@@ -51,6 +51,20 @@ func parseLogQuery(v url.Values) (logs.Options, error) {
 	return o, nil
 }
 
+// cancelOn returns a context of ctx that is also cancelled once stop is
+// closed: a long-lived answer (a follow, a watch) ends with the server.
+func cancelOn(ctx context.Context, stop <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 func (s *server) logs(w http.ResponseWriter, req *http.Request, ps httprouter.Params) {
 	name := ps.ByName("name")
 	opts, err := parseLogQuery(req.URL.Query())
@@ -83,15 +97,8 @@ func (s *server) logs(w http.ResponseWriter, req *http.Request, ps httprouter.Pa
 		// The server's shutdown waits for the requests in flight: a
 		// follower would otherwise hold it up until its task ends.
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
+		ctx, cancel = cancelOn(ctx, s.stop)
 		defer cancel()
-		go func() {
-			select {
-			case <-s.stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		holdOpen(w, 0)
 	}
 	if err := r.Copy(ctx, &logAnswer{w: w, stream: r.Following()}); err != nil {

@@ -105,17 +105,10 @@ func (s *server) watch(w http.ResponseWriter, req *http.Request) {
 		s.fail(w, req, err)
 		return
 	}
-	ctx, cancel := context.WithCancel(req.Context())
+	ctx, cancel := cancelOn(req.Context(), s.watchStop)
 	defer cancel()
 	st := newStream(w, s.watchOpts.BufferBytes, cancel, unsentOf(req.Context()))
 	st.log, st.client = s.log, req.RemoteAddr
-	go func() {
-		select {
-		case <-s.watchStop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	holdOpen(w, 0)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-cache")
