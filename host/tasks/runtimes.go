@@ -270,6 +270,13 @@ func (c *Manager) scheduleDeleteLocked(e *entry) {
 	if e.del != delMarked {
 		return
 	}
+	// Past its bound, a deletion is not tried again, however it comes
+	// here (the loop, or a plugin recovered moments after it was killed
+	// as stuck): one more try would take a whole Stop timeout beyond it.
+	if time.Now().After(e.rec.DeletionTimestamp.Add(e.rec.DeletionGracePeriod + deleteGiveUp)) {
+		c.forceDeleteLocked(e)
+		return
+	}
 	switch e.stage {
 	case stagePending:
 		// Never handed to a runtime: nothing to stop.
@@ -403,15 +410,7 @@ func (c *Manager) reconcile(relist bool) {
 			up = append(up, target{name, rs.rt, rs.epoch})
 		}
 	}
-	now := time.Now()
 	for _, e := range c.tasks {
-		if e.del != delMarked {
-			continue
-		}
-		if now.After(e.rec.DeletionTimestamp.Add(e.rec.DeletionGracePeriod + deleteGiveUp)) {
-			c.forceDeleteLocked(e)
-			continue
-		}
 		c.scheduleDeleteLocked(e)
 	}
 	c.pumpLocked()
