@@ -11,7 +11,7 @@ import (
 
 // gatedWriter blocks every Write until open is closed, as a pipe nobody
 // reads does once it is full; entered gets a value each time a Write
-// starts, if anyone listens.
+// starts, while its one slot is free.
 type gatedWriter struct {
 	open    chan struct{}
 	entered chan struct{}
@@ -58,7 +58,7 @@ func TestWriteNeverBlocksAndLossIsTold(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			out := &gatedWriter{open: make(chan struct{}), entered: make(chan struct{})}
+			out := &gatedWriter{open: make(chan struct{}), entered: make(chan struct{}, 1)}
 			s := New(out, tc.max)
 			s.OnDrop(func(n uint64) { fmt.Fprintf(s, "dropped %d\n", n) })
 			// The first line goes to the output, which holds it: from
