@@ -486,16 +486,101 @@ func TestImagePull(t *testing.T) {
 	t.Cleanup(func() { checkNoLeftovers(t, env) })
 }
 
-// TestOOMKilled: a container over its memory limit terminates with
-// Kubernetes' reason OOMKilled.
+// TestOOMKilled: a container in which the kernel killed a process over its
+// memory limit terminates with Kubernetes' reason OOMKilled, as the CRI
+// status says: also when the process killed was a child and the container
+// then exited with a code of its own, which containerd's exit event alone
+// would not tell.
 func TestOOMKilled(t *testing.T) {
 	env := containerdtest.Require(t)
 	rt := launch(t, env, nil)
-	c := busybox(env, "sh", "-c", "exec dd if=/dev/zero of=/dev/null bs=64M count=4")
-	c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resourceMustParse(t, "16Mi")}
-	term := run(t, rt, newTask(t, "oom", sdk.TaskSpec{Container: c}))
-	if term.Reason != "OOMKilled" || term.ExitCode != 137 {
-		t.Errorf("terminated %+v, want reason OOMKilled and exit code 137", term)
+	tests := []struct {
+		name, script string
+		wantCode     int32
+	}{
+		{"main-process", "exec dd if=/dev/zero of=/dev/null bs=64M count=4", 137},
+		{"child", "dd if=/dev/zero of=/dev/null bs=64M count=4; exit 3", 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := busybox(env, "sh", "-c", tc.script)
+			c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resourceMustParse(t, "16Mi")}
+			term := run(t, rt, newTask(t, "oom-"+tc.name, sdk.TaskSpec{Container: c}))
+			if term.Reason != "OOMKilled" || term.ExitCode != tc.wantCode {
+				t.Errorf("terminated %+v, want reason OOMKilled and exit code %d", term, tc.wantCode)
+			}
+		})
+	}
+}
+
+// TestOutputCompleteAtExit: the moment a task is reported terminated, its
+// log holds all the output the runtime will ever write for it: nothing is
+// added once its container is removed. containerd's exit event comes before
+// its CRI logger has written everything: a task that ends with its pipes
+// full of short lines leaves the logger tens of milliseconds of writes
+// behind. The output is there whole, its last line without a newline
+// included, except where containerd 1.6 drops it: what its pipes still
+// hold when it deletes the task (up to 128 KiB), the same output the
+// kubelet would show.
+func TestOutputCompleteAtExit(t *testing.T) {
+	const lines = 128 << 10
+	cases := []struct {
+		name, script string
+		// cutOn16: containerd 1.6 writes only a part of the output.
+		cutOn16 bool
+		want    string
+	}{
+		{"one-long-line", fmt.Sprintf(`head -c %d /dev/zero | tr '\0' a; echo; printf end`, lines), false, strings.Repeat("a", lines) + "\nend"},
+		{"short-lines", fmt.Sprintf(`yes a | head -n %d; printf end`, lines), true, strings.Repeat("a\n", lines) + "end"},
+	}
+	for _, rt := range []struct {
+		name string
+		env  func(testing.TB) *containerdtest.Env
+		is16 bool
+	}{{"containerd1.6", containerdtest.Require, true}, {"containerd2", containerdtest.RequireEvented, false}} {
+		t.Run(rt.name, func(t *testing.T) {
+			env := rt.env(t)
+			r := launch(t, env, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			events, err := r.Events(ctx)
+			if err != nil {
+				t.Fatalf("Events: %v", err)
+			}
+			for _, tc := range cases {
+				for i := range 3 {
+					task := newTask(t, fmt.Sprintf("complete-%s-%d", tc.name, i), sdk.TaskSpec{Container: busybox(env, "sh", "-c", tc.script)})
+					st, err := r.Start(ctx, task)
+					if err != nil {
+						t.Fatalf("Start(%s): %v", task.Name, err)
+					}
+					for !st.IsTerminal() {
+						select {
+						case st = <-events:
+							if st.Name != task.Name {
+								st = sdk.TaskStatus{}
+							}
+						case <-ctx.Done():
+							t.Fatalf("task %s did not terminate", task.Name)
+						}
+					}
+					atExit := criLogText(t, task, "container.log")
+					remove(t, r, task.Name)
+					final := criLogText(t, task, "container.log")
+					if atExit != final {
+						t.Errorf("task %s: %d bytes of output when reported %+v, %d once removed", task.Name, len(atExit), st.State.Terminated, len(final))
+					}
+					whole := !(rt.is16 && tc.cutOn16)
+					if !strings.HasPrefix(tc.want, final) || whole && final != tc.want {
+						t.Errorf("task %s: output of %d bytes (ending %q), want %d (ending %q)",
+							task.Name, len(final), final[max(0, len(final)-8):], len(tc.want), tc.want[len(tc.want)-8:])
+					}
+					if term := st.State.Terminated; term.ExitCode != 0 || term.FinishedAt.Before(&term.StartedAt) {
+						t.Errorf("task %s: terminated %+v, want exit code 0 and a finish after the start", task.Name, term)
+					}
+				}
+			}
+		})
 	}
 }
 

@@ -63,6 +63,19 @@ type handle struct {
 	// sandboxStopped: the container's sandbox was found stopped when it
 	// ended (not by this executor).
 	sandboxStopped atomic.Bool
+	// exit is containerd's own report of the container's exit, not yet
+	// acted on; oomReported, its report of an OOM kill in the container.
+	exit        atomic.Pointer[taskExit]
+	oomReported atomic.Bool
+	// logHeld: the container's log was still written logCloseFor after
+	// its exit.
+	logHeld atomic.Bool
+}
+
+// taskExit is what containerd's exit event tells of the container's end.
+type taskExit struct {
+	code int32
+	at   time.Time
 }
 
 func newHandle(d *Driver, task sdk.Task, attempt string) *handle {
@@ -309,7 +322,7 @@ func (h *handle) adopt(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	h.observe(cs)
+	h.observe(ctx, cs)
 	return nil
 }
 
@@ -344,14 +357,50 @@ func (h *handle) startError(err error) {
 	h.finish(sdk.TaskStatus{Name: h.task.Name, State: sdk.Terminated(128, 0, sdk.ReasonStartError, err.Error(), time.Time{}, time.Now())})
 }
 
-// observe applies a container status from containerd.
-func (h *handle) observe(cs *cri.ContainerStatus) {
+// observe applies a container status from containerd. An exit is
+// reported once the container's log is complete (see logWritten), or
+// after logCloseFor without it; not at all if ctx ends first (whoever
+// ended it acts on the task now).
+func (h *handle) observe(ctx context.Context, cs *cri.ContainerStatus) {
 	switch cs.State {
 	case cri.ContainerState_CONTAINER_RUNNING:
 		h.set(sdk.TaskStatus{Name: h.task.Name, State: sdk.Running(time.Unix(0, cs.StartedAt))})
 	case cri.ContainerState_CONTAINER_EXITED:
+		closed, err := h.awaitLogClosed(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil:
+			h.d.log.Debug("reporting a task's exit without knowing its log complete", "task", h.task.Name, "error", err)
+		case !closed:
+			h.d.log.Warn("a task's log is still written after its container exited (by a process that outlived it?); reporting the exit with the log as it is",
+				"task", h.task.Name, "waited", logCloseFor.String())
+		}
 		h.finish(h.terminated(cs))
 	}
+}
+
+// exitFromEvent settles the task from containerd's own exit event, tens
+// of milliseconds before the CRI status shows the exit, once the
+// container's log is complete, and reports whether it did. It leaves to
+// the CRI status what only containerd's CRI service can tell: an exit by
+// a signal (an OOM kill, the sandbox's stop, the reason for which comes
+// after the exit) and a container in which an OOM kill was reported.
+func (h *handle) exitFromEvent(ctx context.Context) bool {
+	ex := h.exit.Swap(nil)
+	if ex == nil || ex.code > 128 || h.oomReported.Load() {
+		return false
+	}
+	st, final, _ := h.snapshot()
+	if final || st.State.Running == nil {
+		return false
+	}
+	if closed, _ := h.awaitLogClosed(ctx); !closed || h.oomReported.Load() {
+		return false
+	}
+	h.finish(h.ended(ex.code, false, "", st.State.Running.StartedAt.Time, ex.at))
+	return true
 }
 
 // terminated builds a final status from an exited container.
@@ -372,14 +421,11 @@ func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
 }
 
 // exitReported is containerd's own report of a container's exit (see
-// followContainerd). It only wakes the watch, which settles the task from
-// the container's CRI status: containerd's CRI logger writes a last line
-// without a newline only once the container's FIFO closes, which can come
-// after the event, and containerd has closed the container's IO for sure
-// only at the task's deletion, which the CRI status follows; an exit
-// reported from the event itself came, at times, before the container's
-// output was complete.
-func (h *handle) exitReported() { h.nudge() }
+// followContainerd), for the watch to act on.
+func (h *handle) exitReported(ex taskExit) {
+	h.exit.Store(&ex)
+	h.nudge()
+}
 
 // ended builds a final status from an exit code (and a message from the
 // runtime), between the start and the end.
@@ -433,8 +479,9 @@ func (h *handle) watch(ctx context.Context) {
 	// A nudge can come before the CRI status shows the exit: containerd's
 	// own exit event comes before containerd has deleted the task, which
 	// the status waits for (tens of milliseconds), and containerd 1.6
-	// sends no CRI event then. Rather than wait for the next list, look
-	// again soon, at growing intervals, for a while.
+	// sends no CRI event then. For an exit the event cannot settle (see
+	// exitFromEvent), rather than wait for the next list, look again soon,
+	// at growing intervals, for a while.
 	var recheck <-chan time.Time
 	var every, rechecked time.Duration
 	for {
@@ -445,6 +492,9 @@ func (h *handle) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-h.exited:
+			if h.exitFromEvent(ctx) {
+				return
+			}
 			every, rechecked = recheckFirst, 0
 		case <-recheck:
 			rechecked += every
@@ -511,7 +561,7 @@ func (h *handle) refresh(ctx context.Context) error {
 		!h.stopRequested.Load() && !timedOut(h.task.Dir) {
 		h.sandboxStopped.Store(h.sandboxStopping(ctx))
 	}
-	h.observe(cs)
+	h.observe(ctx, cs)
 	return nil
 }
 
