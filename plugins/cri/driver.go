@@ -249,6 +249,9 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	// Every attempt of the name, including ones a previous plugin process
 	// knew and this one never saw.
 	defer d.removalLock(name)()
+	if h := d.handle(name); h != nil {
+		h.awaitRuntimeExit(ctx)
+	}
 	objs, err := d.place.objects(ctx, map[string]string{labelOwner: d.owner, labelTask: name})
 	if err != nil {
 		return err
@@ -511,6 +514,9 @@ func (d *Driver) sweep(ctx context.Context) error {
 		}
 		d.log.Debug("removing what no task needs", "id", o.id, "task", name, "attempt", attempt)
 		unlock := d.removalLock(name)
+		if h := d.handle(name); h != nil && h.attempt == attempt {
+			h.awaitRuntimeExit(ctx)
+		}
 		err := d.place.remove(ctx, o)
 		unlock()
 		if err != nil {
@@ -524,13 +530,13 @@ func (d *Driver) sweep(ctx context.Context) error {
 // then removes its container (and its own sandbox) in the background; the
 // janitor retries what fails. Without the record the objects stay: the
 // runtime keeps the exit code, and a later look records it again.
-func (d *Driver) cleanup(task sdk.Task, attempt string, record *exitRecord) {
-	name := task.Name
+func (d *Driver) cleanup(h *handle, record *exitRecord) {
+	name := h.task.Name
 	d.cleanups.Add(1)
 	go func() {
 		defer d.cleanups.Done()
 		if record != nil {
-			if err := writeExit(task.Dir, *record); err != nil && !errors.Is(err, fs.ErrExist) {
+			if err := writeExit(h.task.Dir, *record); err != nil && !errors.Is(err, fs.ErrExist) {
 				d.log.Error("cannot record a task's exit; its container stays until it is", "task", name, "error", err)
 				return
 			}
@@ -538,7 +544,8 @@ func (d *Driver) cleanup(task sdk.Task, attempt string, record *exitRecord) {
 		defer d.removalLock(name)()
 		ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 		defer cancel()
-		objs, err := d.place.objects(ctx, d.selector(name, attempt))
+		h.awaitRuntimeExit(ctx)
+		objs, err := d.place.objects(ctx, d.selector(name, h.attempt))
 		if err == nil {
 			for _, o := range objs {
 				if err = d.place.remove(ctx, o); err != nil {

@@ -70,6 +70,9 @@ type handle struct {
 	// logHeld: the container's log was still written logCloseFor after
 	// its exit.
 	logHeld atomic.Bool
+	// runtimeBehind: the exit was reported from containerd's event, and
+	// containerd may not have handled it yet (see awaitRuntimeExit).
+	runtimeBehind atomic.Bool
 }
 
 // taskExit is what containerd's exit event tells of the container's end.
@@ -156,7 +159,7 @@ func (h *handle) finish(st sdk.TaskStatus) {
 		r := recordOf(st)
 		record = &r
 	}
-	h.d.cleanup(h.task, h.attempt, record)
+	h.d.cleanup(h, record)
 }
 
 // start runs the handle's goroutine.
@@ -399,9 +402,44 @@ func (h *handle) exitFromEvent(ctx context.Context) bool {
 	if closed, _ := h.awaitLogClosed(ctx); !closed || h.oomReported.Load() {
 		return false
 	}
+	h.runtimeBehind.Store(true)
 	h.finish(h.ended(ex.code, false, "", st.State.Running.StartedAt.Time, ex.at))
 	return true
 }
+
+// awaitRuntimeExit waits, for an exit reported from containerd's event,
+// until containerd has handled it too (deleted the task and closed its IO,
+// which its CRI status then shows), for up to runtimeExitFor: a container
+// or sandbox removed meanwhile fails (the shim is going away under
+// containerd's stop) and containerd's copy of the container's output is
+// cut. Anyone removing the task's objects calls it first.
+func (h *handle) awaitRuntimeExit(ctx context.Context) {
+	if !h.runtimeBehind.Load() {
+		return
+	}
+	h.mu.Lock()
+	id := h.containerID
+	h.mu.Unlock()
+	deadline := time.Now().Add(runtimeExitFor)
+	for pause := recheckFirst; ; pause = min(2*pause, recheckMax) {
+		cs, err := h.d.cri.containerStatus(ctx, id)
+		if err == nil && (cs == nil || cs.State != cri.ContainerState_CONTAINER_RUNNING) {
+			h.runtimeBehind.Store(false)
+			return
+		}
+		if time.Now().After(deadline) {
+			h.d.log.Warn("containerd has not handled a task's exit yet; removing its container anyway", "task", h.task.Name, "waited", runtimeExitFor.String())
+			return
+		}
+		if !sleep(ctx, pause) {
+			return
+		}
+	}
+}
+
+// runtimeExitFor bounds awaitRuntimeExit: containerd handles an exit in
+// tens of milliseconds.
+const runtimeExitFor = 10 * time.Second
 
 // terminated builds a final status from an exited container.
 func (h *handle) terminated(cs *cri.ContainerStatus) sdk.TaskStatus {
