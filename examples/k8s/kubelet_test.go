@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -114,6 +115,30 @@ func (n *node) containerModePod() (*corev1.Pod, string) {
 		c.ReadinessProbe.HTTPGet.Port = intstr.FromInt32(int32(port))
 	}
 	return &pod, "http://127.0.0.1:" + strconv.Itoa(port)
+}
+
+// podLogLines returns the lines of the node's pod logs that contain s.
+func (n *node) podLogLines(s string) []string {
+	var lines []string
+	err := filepath.WalkDir(n.k.PodLogs, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, s) {
+				lines = append(lines, l)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.t.Fatalf("cannot read the pods' logs: %v", err)
+	}
+	return lines
 }
 
 // freePort is a free port below the ephemeral range (32768 on), where no
@@ -272,6 +297,12 @@ func TestContainerTasksBesideTheKubelet(t *testing.T) {
 	n.k.AddStaticPod("executor.json", pod)
 	c := n.executor(url)
 	n.securityContext(c)
+	// In the pod, the executor can tell when a container's log is complete
+	// (a file lease on the node's file), which lets it report exits from
+	// containerd's event.
+	if lines := n.podLogLines("cannot tell when a container's log is complete"); len(lines) > 0 {
+		t.Errorf("the executor cannot tell when logs are complete in its pod:\n%s", strings.Join(lines, "\n"))
+	}
 
 	const tasks = 20
 	for i := range tasks {

@@ -47,12 +47,15 @@ type Driver struct {
 	events sdk.Publisher
 	// ctx lives as long as the plugin: Close cancels it, which ends the
 	// monitor, the event followers and the handles' loops.
-	ctx     context.Context
-	cancel  context.CancelFunc
-	cri     *client
-	owner   string
-	grace   time.Duration
-	volumes map[string]string
+	ctx    context.Context
+	cancel context.CancelFunc
+	cri    *client
+	owner  string
+	// logUnknownTold: the log says once that whether a container's log is
+	// complete cannot be told here (see logWritten).
+	logUnknownTold atomic.Bool
+	grace          time.Duration
+	volumes        map[string]string
 	// allowedHostPaths are the node directories a hostPath volume may be in.
 	allowedHostPaths []string
 	// maxLog caps container.log as the shim caps a process's output: the

@@ -375,7 +375,7 @@ func (h *handle) observe(ctx context.Context, cs *cri.ContainerStatus) {
 		}
 		switch {
 		case err != nil:
-			h.d.log.Debug("reporting a task's exit without knowing its log complete", "task", h.task.Name, "error", err)
+			h.d.logUnknown(err)
 		case !closed:
 			h.d.log.Warn("a task's log is still written after its container exited (by a process that outlived it?); reporting the exit with the log as it is",
 				"task", h.task.Name, "waited", logCloseFor.String())
@@ -399,7 +399,11 @@ func (h *handle) exitFromEvent(ctx context.Context) bool {
 	if final || st.State.Running == nil {
 		return false
 	}
-	if closed, _ := h.awaitLogClosed(ctx); !closed || h.oomReported.Load() {
+	closed, err := h.awaitLogClosed(ctx)
+	if err != nil {
+		h.d.logUnknown(err)
+	}
+	if !closed || h.oomReported.Load() {
 		return false
 	}
 	h.runtimeBehind.Store(true)

@@ -89,3 +89,12 @@ func (h *handle) awaitLogClosed(ctx context.Context) (bool, error) {
 		pause = min(2*pause, logPollMax)
 	}
 }
+
+// logUnknown says, once for the plugin, that the logs' completion cannot be
+// told: exits then wait for the CRI status, which can come before the last
+// lines are written.
+func (d *Driver) logUnknown(err error) {
+	if d.logUnknownTold.CompareAndSwap(false, true) {
+		d.log.Warn("cannot tell when a container's log is complete: exits are reported from the CRI status, tens of milliseconds later, at times before the log's last lines", "error", err)
+	}
+}
