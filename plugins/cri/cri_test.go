@@ -481,6 +481,12 @@ func TestImagePull(t *testing.T) {
 				t.Errorf("after Stop: %+v, %v; want terminated, the message naming the image problem", st.State, err)
 			}
 			remove(t, rt, task.Name)
+			// Remove returns once nothing more is written into the task's
+			// directory, which the host then deletes: the exit record the
+			// stop wrote in the background is there.
+			if _, err := os.Stat(filepath.Join(task.Dir, "cri-exit.json")); err != nil {
+				t.Errorf("after Remove: %v", err)
+			}
 		})
 	}
 	t.Cleanup(func() { checkNoLeftovers(t, env) })

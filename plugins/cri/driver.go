@@ -248,6 +248,9 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 			return err
 		}
 		h.halt()
+		// Its cleanup writes the exit record into the task's directory,
+		// which the host removes once this returns.
+		h.cleaning.Wait()
 	}
 	// Every attempt of the name, including ones a previous plugin process
 	// knew and this one never saw.
@@ -499,34 +502,41 @@ func (d *Driver) sweep(ctx context.Context) error {
 		return err
 	}
 	for _, o := range objs {
-		name, attempt, dir := o.labels[labelTask], o.labels[labelAttempt], o.labels[labelDir]
-		if h := d.handle(name); h != nil && h.attempt == attempt {
-			st, final, _ := h.snapshot()
-			if !final {
-				continue
-			}
-			// The exit record goes before the objects that also hold the
-			// exit code (see cleanup).
-			if err := writeExit(dir, recordOf(st)); err != nil && !errors.Is(err, fs.ErrExist) {
-				d.log.Warn("cannot record a task's exit; keeping its container", "task", name, "error", err)
-				continue
-			}
-		} else if current, err := readAttempt(dir); err == nil && current == attempt && !exists(dir, exitFile) {
-			// Its task may yet be recovered.
-			continue
-		}
-		d.log.Debug("removing what no task needs", "id", o.id, "task", name, "attempt", attempt)
+		// Under the task's removal lock, as Remove: a record written
+		// after Remove returned would land in a directory being deleted.
+		name := o.labels[labelTask]
 		unlock := d.removalLock(name)
-		if h := d.handle(name); h != nil && h.attempt == attempt {
-			h.awaitRuntimeExit(ctx)
-		}
-		err := d.place.remove(ctx, o)
+		err := d.sweepOne(ctx, o)
 		unlock()
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// sweepOne removes o if no task needs it, its task's removal lock held.
+func (d *Driver) sweepOne(ctx context.Context, o object) error {
+	name, attempt, dir := o.labels[labelTask], o.labels[labelAttempt], o.labels[labelDir]
+	h := d.handle(name)
+	if h != nil && h.attempt == attempt {
+		st, final, _ := h.snapshot()
+		if !final {
+			return nil
+		}
+		// The exit record goes before the objects that also hold the
+		// exit code (see cleanup).
+		if err := writeExit(dir, recordOf(st)); err != nil && !errors.Is(err, fs.ErrExist) {
+			d.log.Warn("cannot record a task's exit; keeping its container", "task", name, "error", err)
+			return nil
+		}
+		h.awaitRuntimeExit(ctx)
+	} else if current, err := readAttempt(dir); err == nil && current == attempt && !exists(dir, exitFile) {
+		// Its task may yet be recovered.
+		return nil
+	}
+	d.log.Debug("removing what no task needs", "id", o.id, "task", name, "attempt", attempt)
+	return d.place.remove(ctx, o)
 }
 
 // cleanup writes a finished task's exit record (when record is set) and
@@ -536,15 +546,17 @@ func (d *Driver) sweep(ctx context.Context) error {
 func (d *Driver) cleanup(h *handle, record *exitRecord) {
 	name := h.task.Name
 	d.cleanups.Add(1)
+	h.cleaning.Add(1)
 	go func() {
 		defer d.cleanups.Done()
+		defer h.cleaning.Done()
+		defer d.removalLock(name)()
 		if record != nil {
 			if err := writeExit(h.task.Dir, *record); err != nil && !errors.Is(err, fs.ErrExist) {
 				d.log.Error("cannot record a task's exit; its container stays until it is", "task", name, "error", err)
 				return
 			}
 		}
-		defer d.removalLock(name)()
 		ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 		defer cancel()
 		h.awaitRuntimeExit(ctx)

@@ -73,6 +73,8 @@ type handle struct {
 	// runtimeBehind: the exit was reported from containerd's event, and
 	// containerd may not have handled it yet (see awaitRuntimeExit).
 	runtimeBehind atomic.Bool
+	// cleaning counts the driver's cleanup of the task under way.
+	cleaning sync.WaitGroup
 }
 
 // taskExit is what containerd's exit event tells of the container's end.
