@@ -251,13 +251,11 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 		// Its cleanup writes the exit record into the task's directory,
 		// which the host removes once this returns.
 		h.cleaning.Wait()
+		h.awaitRuntimeExit(ctx)
 	}
 	// Every attempt of the name, including ones a previous plugin process
 	// knew and this one never saw.
 	defer d.removalLock(name)()
-	if h := d.handle(name); h != nil {
-		h.awaitRuntimeExit(ctx)
-	}
 	objs, err := d.place.objects(ctx, map[string]string{labelOwner: d.owner, labelTask: name})
 	if err != nil {
 		return err
