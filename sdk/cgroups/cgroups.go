@@ -420,12 +420,12 @@ func (g *Group) Stats() (Usage, error) {
 		defer held.mu.Unlock()
 	}
 	for _, t := range g.m.trees {
-		dir := t.dir(g.path(t))
 		if !t.v2 && !t.has("memory") && !t.has("cpuacct") {
 			// Counts nothing; and on the path of a task's exit report
-			// (its final usage) every look costs.
+			// (its final usage) every look costs, its path's too.
 			continue
 		}
+		dir := t.dir(g.path(t))
 		var err error
 		if t.v2 {
 			err = statsV2(dir, &u)
