@@ -69,8 +69,10 @@ func TestDefaultRuntimeRefused(t *testing.T) {
 			// Bounded: a host that starts after all would serve for good.
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
+			dir := dataDir(t)
+			t.Cleanup(func() { releaseDataDir(t, dir) })
 			cmd := exec.CommandContext(ctx, filepath.Join(binDir, "task-executor"), append(tc.args,
-				"--data-dir", t.TempDir(), "--listen-addr", "127.0.0.1:0")...)
+				"--data-dir", dir, "--listen-addr", "127.0.0.1:0")...)
 			out, err := cmd.CombinedOutput()
 			if err == nil || !strings.Contains(string(out), tc.says) {
 				t.Fatalf("exit %v: want a refusal that says %q: %s", err, tc.says, out)

@@ -50,6 +50,7 @@ func TestEnvConfiguresAndFlagWins(t *testing.T) {
 	// LISTEN_ADDR is overridden by the flag the harness passes; DATA_DIR is
 	// used because no flag names a data directory here.
 	dataDir := filepath.Join(t.TempDir(), "from-env")
+	t.Cleanup(func() { releaseDataDir(t, dataDir) })
 	cmd := exec.Command(filepath.Join(binDir, "task-executor"), "--listen-addr", "127.0.0.1:0",
 		"--plugin-dir", filepath.Join(binDir, "plugins"), "--log-format", "json")
 	cmd.Env = append(os.Environ(), "DATA_DIR="+dataDir, "LISTEN_ADDR=not-an-address")

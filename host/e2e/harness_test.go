@@ -257,8 +257,7 @@ func (h *hostProc) cleanup() {
 		<-h.exited
 	}
 	killTasks(h.dataDir)
-	removeTaskCgroups(h.t, h.dataDir)
-	hostDataDirs.Store(h.dataDir, true)
+	releaseDataDir(h.t, h.dataDir)
 	// The sockets the plugins of a killed host left, which only the next
 	// host on the data directory would clear.
 	if dir := h.socketDir(); dir != "" {
@@ -667,6 +666,17 @@ func removeTaskCgroups(t testing.TB, dataDir string) {
 
 // hostDataDirs are the data directories of every host the tests started.
 var hostDataDirs sync.Map
+
+// releaseDataDir removes the task cgroups hosts on dataDir left and has the
+// package's last check (leftCgroups) look at them again: a plugin that
+// outlives its host by a moment may make a spare meanwhile. Every test that
+// runs a host on a data directory of its own calls it when done, however
+// the host ended (a host that refuses to start has launched its plugins
+// already).
+func releaseDataDir(t testing.TB, dataDir string) {
+	removeTaskCgroups(t, dataDir)
+	hostDataDirs.Store(dataDir, true)
+}
 
 // leftCgroups lists the task cgroups (and their parents) that the hosts
 // of these tests left. Other packages' tests, which may run at the same
