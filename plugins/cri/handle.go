@@ -388,13 +388,17 @@ func (h *handle) observe(ctx context.Context, cs *cri.ContainerStatus) {
 
 // exitFromEvent settles the task from containerd's own exit event, tens
 // of milliseconds before the CRI status shows the exit, once the
-// container's log is complete, and reports whether it did. It leaves to
-// the CRI status what only containerd's CRI service can tell: an exit by
-// a signal (an OOM kill, the sandbox's stop, the reason for which comes
-// after the exit) and a container in which an OOM kill was reported.
+// container's log is complete, and reports whether it did. It does so for
+// a successful exit only, and leaves to the CRI status what only
+// containerd's CRI service can tell: an exit by a signal (an OOM kill, the
+// sandbox's stop, the reason for which comes after the exit), a failure
+// (a process of the task killed for lack of memory makes it OOMKilled, and
+// containerd's shim publishes the OOM and the exit from goroutines of
+// their own, so the OOM event may come second: TestOOMKilled/child once
+// read Failed so) and a container in which an OOM kill was reported.
 func (h *handle) exitFromEvent(ctx context.Context) bool {
 	ex := h.exit.Swap(nil)
-	if ex == nil || ex.code > 128 || h.oomReported.Load() {
+	if ex == nil || ex.code != 0 || h.oomReported.Load() {
 		return false
 	}
 	st, final, _ := h.snapshot()
