@@ -56,7 +56,9 @@ func TestTaskLeavesNothingBehind(t *testing.T) {
 			// when its command line reads empty.
 			for pid, marker := range escaped {
 				eventually(t, 10*time.Second, func() bool { return runs(pid, marker) },
-					func() string { return fmt.Sprintf("escaped process %d (%s) is not running before the task ends", pid, marker) })
+					func() string {
+						return fmt.Sprintf("escaped process %d (%s) is not running before the task ends", pid, marker)
+					})
 			}
 			if ending == "deleted" {
 				h.mustDo(204, "DELETE", "/tasks/"+name, nil)
